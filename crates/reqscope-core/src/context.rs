@@ -1,0 +1,425 @@
+use std::fmt;
+use std::future::Future;
+use std::net::IpAddr;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use arc_swap::ArcSwap;
+use http::{Extensions, Method};
+
+use crate::error::NoRequestContext;
+use crate::id::RequestId;
+
+tokio::task_local! {
+    static CURRENT: Arc<RequestContext>;
+}
+
+/// A future running inside a request context; returned by [`RequestContext::scope`].
+pub type Scoped<F> = tokio::task::futures::TaskLocalFuture<Arc<RequestContext>, F>;
+
+/// Everything known about the request being served, readable from anywhere that runs on its
+/// behalf.
+///
+/// The immutable part (id, method, path, client ip, start time) is set when the request
+/// arrives. The [`Patch`] part (user, org, roles, route, rate-limit budget, custom fields) is
+/// filled in by later layers and handlers; every log line written after a patch shows it,
+/// including the access line. Reading the patch never takes a lock: it is an atomically
+/// swapped `Arc`, replaced as a whole on each (rare) write.
+pub struct RequestContext {
+    id: RequestId,
+    method: Option<Method>,
+    path: Option<Box<str>>,
+    client_ip: Option<IpAddr>,
+    started: Instant,
+    started_at: SystemTime,
+    patch: ArcSwap<Patch>,
+    extensions: RwLock<Extensions>,
+}
+
+/// The patchable part of a [`RequestContext`]: who is asking and with how much budget.
+///
+/// Change it through [`RequestContext::update`] or the `set_*` shortcuts. Every field is
+/// stamped on log lines; typed data that must not be logged goes into
+/// [extensions](RequestContext::insert_extension) instead.
+#[derive(Clone, Debug, Default, PartialEq)]
+#[non_exhaustive]
+pub struct Patch {
+    /// The authenticated user (the JWT `sub`), if any.
+    pub user_id: Option<Arc<str>>,
+    /// The user's organisation or tenant, if any.
+    pub org_id: Option<Arc<str>>,
+    /// The user's roles.
+    pub roles: Arc<[Arc<str>]>,
+    /// The matched route template, e.g. `/users/{id}`.
+    pub route: Option<Arc<str>>,
+    /// Requests left in the current rate-limit window.
+    pub rate_limit_remaining: Option<u64>,
+    /// Seconds until the rate-limit budget resets.
+    pub rate_limit_reset: Option<u64>,
+    /// Custom fields stamped on every later log line, in insertion order.
+    pub fields: Vec<(Arc<str>, FieldValue)>,
+}
+
+impl Patch {
+    /// Sets a custom field, replacing an earlier value under the same key.
+    pub fn set_field(&mut self, key: impl Into<Arc<str>>, value: impl Into<FieldValue>) {
+        let key = key.into();
+        let value = value.into();
+        match self.fields.iter_mut().find(|(k, _)| *k == key) {
+            Some(slot) => slot.1 = value,
+            None => self.fields.push((key, value)),
+        }
+    }
+
+    /// A custom field by key.
+    pub fn field(&self, key: &str) -> Option<&FieldValue> {
+        self.fields.iter().find(|(k, _)| &**k == key).map(|(_, v)| v)
+    }
+}
+
+/// The value of a custom context field.
+#[derive(Clone, Debug, PartialEq)]
+pub enum FieldValue {
+    /// Text.
+    Str(Arc<str>),
+    /// A signed integer.
+    I64(i64),
+    /// An unsigned integer.
+    U64(u64),
+    /// A float.
+    F64(f64),
+    /// A boolean.
+    Bool(bool),
+}
+
+macro_rules! field_from {
+    ($($t:ty => $variant:ident($conv:expr)),* $(,)?) => {
+        $(impl From<$t> for FieldValue {
+            fn from(v: $t) -> Self { FieldValue::$variant($conv(v)) }
+        })*
+    };
+}
+field_from! {
+    &str => Str(Arc::from),
+    String => Str(Arc::from),
+    Arc<str> => Str(|v| v),
+    i64 => I64(|v| v),
+    i32 => I64(i64::from),
+    u64 => U64(|v| v),
+    u32 => U64(u64::from),
+    f64 => F64(|v| v),
+    bool => Bool(|v| v),
+}
+
+/// Builds a [`RequestContext`]; start with [`RequestContext::builder`].
+#[derive(Debug)]
+pub struct RequestContextBuilder {
+    id: RequestId,
+    method: Option<Method>,
+    path: Option<Box<str>>,
+    client_ip: Option<IpAddr>,
+    started: Option<(Instant, SystemTime)>,
+}
+
+impl RequestContextBuilder {
+    /// The HTTP method.
+    pub fn method(mut self, method: Method) -> Self {
+        self.method = Some(method);
+        self
+    }
+
+    /// The request path (without the query string, which may carry secrets).
+    pub fn path(mut self, path: impl Into<Box<str>>) -> Self {
+        self.path = Some(path.into());
+        self
+    }
+
+    /// The client's address.
+    pub fn client_ip(mut self, ip: IpAddr) -> Self {
+        self.client_ip = Some(ip);
+        self
+    }
+
+    /// Overrides the start time (defaults to the moment of `build`).
+    pub fn started(mut self, at: Instant, wall_clock: SystemTime) -> Self {
+        self.started = Some((at, wall_clock));
+        self
+    }
+
+    /// The context.
+    pub fn build(self) -> RequestContext {
+        let (started, started_at) = self.started.unwrap_or_else(|| (Instant::now(), SystemTime::now()));
+        RequestContext {
+            id: self.id,
+            method: self.method,
+            path: self.path,
+            client_ip: self.client_ip,
+            started,
+            started_at,
+            patch: ArcSwap::from_pointee(Patch::default()),
+            extensions: RwLock::new(Extensions::new()),
+        }
+    }
+}
+
+impl RequestContext {
+    /// A context with only an id, for jobs, CLIs and tests; add details with
+    /// [`RequestContext::builder`].
+    pub fn new(id: RequestId) -> Self {
+        Self::builder(id).build()
+    }
+
+    /// Starts building a context.
+    pub fn builder(id: RequestId) -> RequestContextBuilder {
+        RequestContextBuilder { id, method: None, path: None, client_ip: None, started: None }
+    }
+
+    /// The context of the request being served, or `None` outside a request.
+    ///
+    /// Costs one atomic increment; use [`RequestContext::with`] to read without it.
+    pub fn current() -> Option<Arc<RequestContext>> {
+        CURRENT.try_with(Arc::clone).ok()
+    }
+
+    /// Like [`RequestContext::current`], but outside a request returns an error whose message
+    /// names the layer to add.
+    pub fn try_current() -> Result<Arc<RequestContext>, NoRequestContext> {
+        Self::current().ok_or(NoRequestContext)
+    }
+
+    /// Runs `f` with the current context, without cloning it; `None` outside a request.
+    pub fn with<R>(f: impl FnOnce(&RequestContext) -> R) -> Option<R> {
+        CURRENT.try_with(|ctx| f(ctx)).ok()
+    }
+
+    /// Runs `future` with `ctx` as the current context on every poll.
+    ///
+    /// Tasks it spawns with plain `tokio::spawn` do not see the context; use
+    /// [`spawn`](crate::spawn) and the other propagation helpers.
+    pub fn scope<F: Future>(ctx: impl Into<Arc<RequestContext>>, future: F) -> Scoped<F> {
+        CURRENT.scope(ctx.into(), future)
+    }
+
+    /// Runs the closure `f` with `ctx` as the current context: for synchronous jobs, threads
+    /// and tests. Works on any thread, inside or outside a tokio runtime.
+    pub fn scope_sync<R>(ctx: impl Into<Arc<RequestContext>>, f: impl FnOnce() -> R) -> R {
+        CURRENT.sync_scope(ctx.into(), f)
+    }
+
+    /// A copy of this context to scope a sub-task with different values; changes to the copy
+    /// never reach this context (nor the other way round). The id and start time are kept.
+    pub fn fork(&self) -> RequestContext {
+        let extensions = self.extensions.read().map(|e| e.clone()).unwrap_or_default();
+        RequestContext {
+            id: self.id.clone(),
+            method: self.method.clone(),
+            path: self.path.clone(),
+            client_ip: self.client_ip,
+            started: self.started,
+            started_at: self.started_at,
+            patch: ArcSwap::new(self.patch.load_full()),
+            extensions: RwLock::new(extensions),
+        }
+    }
+
+    /// The request id.
+    pub fn id(&self) -> &RequestId {
+        &self.id
+    }
+
+    /// The HTTP method, if this context belongs to an HTTP request.
+    pub fn method(&self) -> Option<&Method> {
+        self.method.as_ref()
+    }
+
+    /// The request path, without the query string.
+    pub fn path(&self) -> Option<&str> {
+        self.path.as_deref()
+    }
+
+    /// The client's address (the peer, or the forwarded client behind a trusted proxy).
+    pub fn client_ip(&self) -> Option<IpAddr> {
+        self.client_ip
+    }
+
+    /// When the request started (monotonic clock).
+    pub fn started(&self) -> Instant {
+        self.started
+    }
+
+    /// When the request started (wall clock).
+    pub fn started_at(&self) -> SystemTime {
+        self.started_at
+    }
+
+    /// Time since the request started.
+    pub fn elapsed(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// Reads the patchable part without cloning it and without a lock.
+    pub fn read_patch<R>(&self, f: impl FnOnce(&Patch) -> R) -> R {
+        f(&self.patch.load())
+    }
+
+    /// A snapshot of the patchable part.
+    pub fn patch(&self) -> Arc<Patch> {
+        self.patch.load_full()
+    }
+
+    /// Changes the patchable part. Concurrent updates are applied one after the other (the
+    /// closure may run more than once under contention, so keep it free of side effects).
+    pub fn update(&self, f: impl Fn(&mut Patch)) {
+        self.patch.rcu(|old| {
+            let mut next = Patch::clone(old);
+            f(&mut next);
+            next
+        });
+    }
+
+    /// The authenticated user, if any.
+    pub fn user_id(&self) -> Option<Arc<str>> {
+        self.patch.load().user_id.clone()
+    }
+
+    /// Sets the user id.
+    pub fn set_user_id(&self, user_id: impl Into<Arc<str>>) {
+        let user_id = user_id.into();
+        self.update(|p| p.user_id = Some(user_id.clone()));
+    }
+
+    /// Sets the organisation id.
+    pub fn set_org_id(&self, org_id: impl Into<Arc<str>>) {
+        let org_id = org_id.into();
+        self.update(|p| p.org_id = Some(org_id.clone()));
+    }
+
+    /// Sets the roles.
+    pub fn set_roles<I, S>(&self, roles: I)
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<Arc<str>>,
+    {
+        let roles: Arc<[Arc<str>]> = roles.into_iter().map(Into::into).collect();
+        self.update(|p| p.roles = roles.clone());
+    }
+
+    /// Whether the user has `role`.
+    pub fn has_role(&self, role: &str) -> bool {
+        self.patch.load().roles.iter().any(|r| &**r == role)
+    }
+
+    /// Sets the matched route template.
+    pub fn set_route(&self, route: impl Into<Arc<str>>) {
+        let route = route.into();
+        self.update(|p| p.route = Some(route.clone()));
+    }
+
+    /// Sets the rate-limit budget: requests remaining and seconds until the reset.
+    pub fn set_rate_limit(&self, remaining: u64, reset_secs: u64) {
+        self.update(|p| {
+            p.rate_limit_remaining = Some(remaining);
+            p.rate_limit_reset = Some(reset_secs);
+        });
+    }
+
+    /// Sets a custom field that is stamped on every later log line of this request.
+    pub fn set_field(&self, key: impl Into<Arc<str>>, value: impl Into<FieldValue>) {
+        let key = key.into();
+        let value = value.into();
+        self.update(|p| p.set_field(key.clone(), value.clone()));
+    }
+
+    /// Stores typed data for handlers (never logged), returning the value it replaces.
+    pub fn insert_extension<T: Clone + Send + Sync + 'static>(&self, value: T) -> Option<T> {
+        match self.extensions.write() {
+            Ok(mut ext) => ext.insert(value),
+            Err(poisoned) => poisoned.into_inner().insert(value),
+        }
+    }
+
+    /// Typed data stored with [`RequestContext::insert_extension`].
+    pub fn extension<T: Clone + Send + Sync + 'static>(&self) -> Option<T> {
+        match self.extensions.read() {
+            Ok(ext) => ext.get::<T>().cloned(),
+            Err(poisoned) => poisoned.into_inner().get::<T>().cloned(),
+        }
+    }
+}
+
+impl fmt::Debug for RequestContext {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RequestContext")
+            .field("id", &self.id)
+            .field("method", &self.method)
+            .field("path", &self.path)
+            .field("client_ip", &self.client_ip)
+            .field("started_at", &self.started_at)
+            .field("patch", &self.patch.load())
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ctx(id: &str) -> RequestContext {
+        RequestContext::new(RequestId::parse(id).unwrap())
+    }
+
+    #[test]
+    fn outside_a_request() {
+        assert!(RequestContext::current().is_none());
+        assert!(RequestContext::with(|_| ()).is_none());
+        let err = RequestContext::try_current().unwrap_err().to_string();
+        assert!(err.contains("RequestContextLayer"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn scope_survives_awaits() {
+        RequestContext::scope(ctx("abc"), async {
+            tokio::task::yield_now().await;
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            assert_eq!(RequestContext::with(|c| c.id().to_string()).unwrap(), "abc");
+            assert_eq!(RequestContext::try_current().unwrap().id().as_str(), "abc");
+        })
+        .await;
+        assert!(RequestContext::current().is_none());
+    }
+
+    #[test]
+    fn fork_leaves_the_parent_untouched() {
+        let parent = ctx("parent");
+        parent.set_user_id("1");
+        parent.insert_extension(7u8);
+        let child = parent.fork();
+        child.set_user_id("2");
+        child.set_field("job", "x");
+        child.insert_extension(9u8);
+        assert_eq!(parent.user_id().as_deref(), Some("1"));
+        assert!(parent.patch().fields.is_empty());
+        assert_eq!(parent.extension::<u8>(), Some(7));
+        assert_eq!(child.user_id().as_deref(), Some("2"));
+        assert_eq!(child.extension::<u8>(), Some(9));
+        assert_eq!(child.id(), parent.id());
+    }
+
+    #[test]
+    fn patches_are_visible_through_every_handle() {
+        let shared = Arc::new(ctx("p"));
+        RequestContext::scope_sync(shared.clone(), || {
+            RequestContext::with(|c| {
+                c.set_roles(["admin", "dev"]);
+                c.set_rate_limit(9, 60);
+                c.set_field("tenant", "acme");
+                c.set_field("tenant", "globex");
+            });
+        });
+        assert!(shared.has_role("admin"));
+        let patch = shared.patch();
+        assert_eq!(patch.rate_limit_remaining, Some(9));
+        assert_eq!(patch.fields.len(), 1);
+        assert_eq!(patch.field("tenant"), Some(&FieldValue::from("globex")));
+    }
+}

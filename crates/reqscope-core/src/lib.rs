@@ -1,0 +1,38 @@
+//! The request context at the heart of reqscope.
+//!
+//! Every request gets one [`RequestContext`]: its [`RequestId`], method, path, client ip and
+//! start time, plus a patchable part (user, org, roles, rate-limit budget, custom fields and
+//! typed extensions) that later layers fill in. The context lives in a tokio task-local, so
+//! any code running on behalf of the request reads it with [`RequestContext::current`] or
+//! [`RequestContext::with`] — no `req` parameter anywhere.
+//!
+//! ```
+//! use reqscope_core::{RequestContext, RequestId};
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! let ctx = RequestContext::builder(RequestId::new_v4()).path("/jobs/nightly").build();
+//! RequestContext::scope(ctx, async {
+//!     // Deep inside any function, without a parameter:
+//!     let id = RequestContext::with(|ctx| ctx.id().clone()).unwrap();
+//!     assert_eq!(id.as_str().len(), 36);
+//! })
+//! .await;
+//! assert!(RequestContext::current().is_none());
+//! # }
+//! ```
+//!
+//! This crate knows no HTTP framework and no log format: `reqscope-tower` builds the context
+//! for each request and `reqscope-tracing` stamps it on log lines.
+#![warn(missing_docs)]
+
+mod context;
+mod error;
+mod id;
+mod propagate;
+mod proxy;
+
+pub use context::{FieldValue, Patch, RequestContext, RequestContextBuilder, Scoped};
+pub use error::{InvalidRequestId, NoRequestContext};
+pub use id::{ForwardedIdPolicy, IdGenerator, RequestId};
+pub use propagate::{Captured, FutureExt, InContext, bind, bind_fn, spawn, spawn_blocking};
+pub use proxy::{InvalidProxy, TrustedProxies};

@@ -1,0 +1,194 @@
+//! Carrying the context across task and thread boundaries.
+//!
+//! tokio task-locals belong to one task: `tokio::spawn`, `spawn_blocking`, `JoinSet`, std
+//! threads and callbacks run elsewhere and see no context (tokio will not add inheritance).
+//! These helpers capture the current context — and the current `tracing` span, so that
+//! libraries that hop threads with the span (sqlx-sqlite) stay stamped too — and re-enter
+//! both around the work.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use pin_project_lite::pin_project;
+use tokio::task::JoinHandle;
+use tracing::Span;
+
+use crate::context::RequestContext;
+
+/// The current request context and tracing span, captured to be re-entered elsewhere.
+///
+/// For callbacks that take arguments, where [`bind`] and [`bind_fn`] do not fit:
+///
+/// ```
+/// let captured = reqscope_core::Captured::current();
+/// let on_row = move |row: u32| captured.run(|| tracing::info!(row, "row received"));
+/// # on_row(1);
+/// ```
+#[derive(Clone, Debug)]
+pub struct Captured {
+    ctx: Option<Arc<RequestContext>>,
+    span: Span,
+}
+
+impl Captured {
+    /// Captures the context and span current here (either may be absent).
+    pub fn current() -> Self {
+        Captured { ctx: RequestContext::current(), span: Span::current() }
+    }
+
+    /// The captured context.
+    pub fn context(&self) -> Option<&Arc<RequestContext>> {
+        self.ctx.as_ref()
+    }
+
+    /// Runs `f` inside the captured context and span.
+    pub fn run<R>(&self, f: impl FnOnce() -> R) -> R {
+        let _entered = self.span.enter();
+        match &self.ctx {
+            Some(ctx) => RequestContext::scope_sync(Arc::clone(ctx), f),
+            None => f(),
+        }
+    }
+}
+
+/// Spawns a task that keeps the current request context; use it instead of `tokio::spawn`.
+///
+/// Must be called inside a tokio runtime, like `tokio::spawn`.
+pub fn spawn<F>(future: F) -> JoinHandle<F::Output>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    tokio::spawn(future.in_current_context())
+}
+
+/// Runs blocking work on tokio's blocking pool, keeping the current request context; use it
+/// instead of `tokio::task::spawn_blocking`.
+pub fn spawn_blocking<F, R>(f: F) -> JoinHandle<R>
+where
+    F: FnOnce() -> R + Send + 'static,
+    R: Send + 'static,
+{
+    tokio::task::spawn_blocking(bind(f))
+}
+
+/// Binds a closure to the current request context, like Node's `AsyncResource.bind`: it can
+/// then run on a std thread, in a callback or a thread pool and still log with the request's
+/// id.
+///
+/// ```
+/// use reqscope_core::{RequestContext, RequestId};
+///
+/// let ctx = RequestContext::new(RequestId::parse("job-7").unwrap());
+/// let job = RequestContext::scope_sync(ctx, || {
+///     reqscope_core::bind(|| RequestContext::with(|c| c.id().to_string()))
+/// });
+/// let seen = std::thread::spawn(job).join().unwrap();
+/// assert_eq!(seen.as_deref(), Some("job-7"));
+/// ```
+pub fn bind<F, R>(f: F) -> impl FnOnce() -> R
+where
+    F: FnOnce() -> R,
+{
+    let captured = Captured::current();
+    move || captured.run(f)
+}
+
+/// Like [`bind`], for a callback that runs many times.
+pub fn bind_fn<F, R>(f: F) -> impl Fn() -> R
+where
+    F: Fn() -> R,
+{
+    let captured = Captured::current();
+    move || captured.run(&f)
+}
+
+/// Carries the current request context into a future that will run elsewhere.
+pub trait FutureExt: Future + Sized {
+    /// Makes this future run inside the context (and tracing span) current *now*, wherever
+    /// it is polled later: for `JoinSet::spawn`, `select!` arms moved into tasks, executors
+    /// other than tokio's.
+    ///
+    /// ```
+    /// use reqscope_core::{FutureExt, RequestContext, RequestId};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let ctx = RequestContext::new(RequestId::parse("req-1").unwrap());
+    /// RequestContext::scope(ctx, async {
+    ///     let mut set = tokio::task::JoinSet::new();
+    ///     set.spawn(async { RequestContext::with(|c| c.id().to_string()) }.in_current_context());
+    ///     let seen = set.join_next().await.unwrap().unwrap();
+    ///     assert_eq!(seen.as_deref(), Some("req-1"));
+    /// })
+    /// .await;
+    /// # }
+    /// ```
+    fn in_current_context(self) -> InContext<Self> {
+        InContext { captured: Captured::current(), inner: self }
+    }
+
+    /// Makes this future run inside `ctx` (for example a [`RequestContext::fork`]).
+    fn in_context(self, ctx: impl Into<Arc<RequestContext>>) -> InContext<Self> {
+        InContext { captured: Captured { ctx: Some(ctx.into()), span: Span::current() }, inner: self }
+    }
+}
+
+impl<F: Future> FutureExt for F {}
+
+pin_project! {
+    /// A future that re-enters a captured request context on every poll; see
+    /// [`FutureExt::in_current_context`].
+    #[must_use = "futures do nothing unless polled"]
+    pub struct InContext<F> {
+        captured: Captured,
+        #[pin]
+        inner: F,
+    }
+}
+
+impl<F: Future> Future for InContext<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        this.captured.run(|| this.inner.poll(cx))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::RequestId;
+
+    fn seen_id() -> Option<String> {
+        RequestContext::with(|c| c.id().to_string())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_helper_carries_the_context() {
+        let ctx = RequestContext::new(RequestId::parse("r-9").unwrap());
+        RequestContext::scope(ctx, async {
+            let want = Some("r-9".to_owned());
+            assert_eq!(spawn(async { seen_id() }).await.unwrap(), want);
+            assert_eq!(spawn_blocking(seen_id).await.unwrap(), want);
+            assert_eq!(std::thread::spawn(bind(seen_id)).join().unwrap(), want);
+            let callback = bind_fn(seen_id);
+            assert_eq!((callback(), callback()), (want.clone(), want.clone()));
+            // The pitfall the helpers exist for:
+            assert_eq!(tokio::spawn(async { seen_id() }).await.unwrap(), None);
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn in_context_scopes_a_fork() {
+        let parent = Arc::new(RequestContext::new(RequestId::parse("p").unwrap()));
+        let child = parent.fork();
+        child.set_user_id("batch");
+        let user = async { RequestContext::with(|c| c.user_id()).flatten() }.in_context(child).await;
+        assert_eq!(user.as_deref(), Some("batch"));
+        assert_eq!(parent.user_id(), None);
+    }
+}
