@@ -1,0 +1,72 @@
+/// The key names of a log line.
+///
+/// The defaults are the contract of reqscope's log lines; switch to
+/// [`FieldNames::camel_case`] for pipelines that expect `requestId`, or set any field.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct FieldNames {
+    /// RFC 3339 UTC time of the event.
+    pub timestamp: &'static str,
+    /// `TRACE` … `ERROR`.
+    pub level: &'static str,
+    /// The event's target (usually its module path).
+    pub target: &'static str,
+    /// The event's message.
+    pub message: &'static str,
+    /// The request id.
+    pub request_id: &'static str,
+    /// The authenticated user.
+    pub user_id: &'static str,
+    /// The user's organisation.
+    pub org_id: &'static str,
+    /// The HTTP method.
+    pub method: &'static str,
+    /// The request path.
+    pub path: &'static str,
+    /// The matched route template.
+    pub route: &'static str,
+    /// The client's address.
+    pub client_ip: &'static str,
+    /// The user's roles.
+    pub roles: &'static str,
+    /// Requests left in the rate-limit window.
+    pub rate_limit_remaining: &'static str,
+    /// Seconds until the rate-limit budget resets.
+    pub rate_limit_reset: &'static str,
+}
+
+impl Default for FieldNames {
+    fn default() -> Self {
+        FieldNames {
+            timestamp: "timestamp",
+            level: "level",
+            target: "target",
+            message: "message",
+            request_id: "request_id",
+            user_id: "user_id",
+            org_id: "org_id",
+            method: "method",
+            path: "path",
+            route: "route",
+            client_ip: "client_ip",
+            roles: "roles",
+            rate_limit_remaining: "rate_limit_remaining",
+            rate_limit_reset: "rate_limit_reset",
+        }
+    }
+}
+
+impl FieldNames {
+    /// camelCase keys: `requestId`, `userId`, `rateLimitRemaining`, …
+    pub fn camel_case() -> Self {
+        FieldNames {
+            request_id: "requestId",
+            user_id: "userId",
+            org_id: "orgId",
+            client_ip: "clientIp",
+            rate_limit_remaining: "rateLimitRemaining",
+            rate_limit_reset: "rateLimitReset",
+            ..FieldNames::default()
+        }
+    }
+}
