@@ -1,1 +1,65 @@
+//! # reqscope
+//!
+//! One task-local **request context** for every request an axum/tower service handles, and a
+//! `tracing-subscriber` layer that stamps it on every log line — handler logs, database
+//! queries, error reports, spawned tasks and streaming bodies — with no `req` parameter
+//! anywhere. The Rust counterpart of Node's `AsyncLocalStorage` request-context pattern.
+//!
+//! ```no_run
+//! use axum::{Router, routing::get};
+//! use reqscope::{MatchedRouteLayer, RequestContext, RequestContextLayer};
+//!
+//! async fn hello() -> &'static str {
+//!     tracing::info!("hello"); // {"…","message":"hello","request_id":"…","method":"GET","path":"/hello",…}
+//!     let _user = RequestContext::with(|ctx| ctx.user_id()).flatten();
+//!     "hi"
+//! }
+//!
+//! #[tokio::main]
+//! async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     let _guard = reqscope::logging::init_from_env()?; // JSON lines on a non-blocking stdout
+//!     let app = Router::new()
+//!         .route("/hello", get(hello))
+//!         .route_layer(MatchedRouteLayer)
+//!         .layer(RequestContextLayer::new());
+//!     let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
+//!     axum::serve(listener, app.into_make_service_with_connect_info::<std::net::SocketAddr>()).await?;
+//!     Ok(())
+//! }
+//! ```
+//!
+//! The parts:
+//!
+//! - the context itself and the propagation helpers ([`spawn`], [`spawn_blocking`], [`bind`],
+//!   [`FutureExt::in_current_context`]) — from `reqscope-core`, always on;
+//! - [`RequestContextLayer`] and [`MatchedRouteLayer`] — from `reqscope-tower`, features
+//!   `tower` and `axum` (default);
+//! - [`logging`]: the stamping [`LogLayer`] and its non-blocking writer — from
+//!   `reqscope-tracing`, feature `tracing` (default).
+#![warn(missing_docs)]
 
+pub use reqscope_core::{
+    Captured, FieldValue, ForwardedIdPolicy, FutureExt, IdGenerator, InContext, InvalidProxy, InvalidRequestId,
+    NoRequestContext, Patch, RequestContext, RequestContextBuilder, RequestId, Scoped, TrustedProxies, bind, bind_fn,
+    spawn, spawn_blocking,
+};
+
+/// The tower layers (feature `tower`).
+#[cfg(feature = "tower")]
+pub mod tower {
+    pub use reqscope_tower::*;
+}
+
+#[cfg(feature = "axum")]
+pub use reqscope_tower::MatchedRouteLayer;
+#[cfg(feature = "tower")]
+pub use reqscope_tower::RequestContextLayer;
+
+/// The stamping log layer and its writers (feature `tracing`).
+#[cfg(feature = "tracing")]
+pub mod logging {
+    pub use reqscope_tracing::*;
+}
+
+#[cfg(feature = "tracing")]
+pub use reqscope_tracing::LogLayer;

@@ -1,1 +1,17 @@
-//! placeholder
+//! Tower layers for reqscope.
+//!
+//! - [`RequestContextLayer`] gives every request its [`RequestContext`](reqscope_core::RequestContext):
+//!   it assigns or forwards the request id, echoes it on every response, scopes the context
+//!   around the inner service *and every poll of the response body*, opens the request span
+//!   and writes one access-log event per request.
+//! - [`MatchedRouteLayer`] (feature `axum`) records axum's matched route template into the
+//!   context.
+#![warn(missing_docs)]
+
+pub mod request_context;
+#[cfg(feature = "axum")]
+pub mod route;
+
+pub use request_context::{ContextBody, RequestContextLayer, RequestContextService, ResponseFuture};
+#[cfg(feature = "axum")]
+pub use route::{MatchedRoute, MatchedRouteLayer};

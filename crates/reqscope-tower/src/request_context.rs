@@ -1,0 +1,355 @@
+//! Assign or forward the request id and scope the request context around a service.
+//!
+//! ```
+//! use axum::{Router, routing::get};
+//! use reqscope_core::RequestContext;
+//! use reqscope_tower::RequestContextLayer;
+//!
+//! async fn hello() -> String {
+//!     // No `req` parameter: the context is task-local.
+//!     let id = RequestContext::with(|ctx| ctx.id().to_string()).unwrap_or_default();
+//!     tracing::info!("saying hello"); // stamped with request_id, method, path, …
+//!     format!("hello from request {id}")
+//! }
+//!
+//! let app: Router = Router::new()
+//!     .route("/hello", get(hello))
+//!     .layer(RequestContextLayer::new());
+//! ```
+//!
+//! What the layer does for each request:
+//!
+//! 1. **Id.** A valid `x-request-id` (1–128 bytes of `[A-Za-z0-9._:+/=@-]`) is kept when the
+//!    [`ForwardedIdPolicy`] trusts the peer; otherwise a new id is generated (UUID v4 by
+//!    default). A rejected value is never echoed and never logged. The request's header is
+//!    set to the final id, so inner services see it too.
+//! 2. **Client ip.** The connection's peer address (axum's `ConnectInfo<SocketAddr>`, or a
+//!    `SocketAddr` request extension), or — only when the peer is one of the
+//!    [`TrustedProxies`] — the client named by `Forwarded` / `X-Forwarded-For`.
+//! 3. **Scope.** The context is the task-local for the inner service's future and for every
+//!    `poll_frame` of the response body, so streaming bodies log with the request id. A
+//!    `request` span (target `reqscope::request`) is entered around both; it carries the
+//!    context to threads that only see the span.
+//! 4. **Echo.** Every response carries the final id in the same header: handler responses,
+//!    404s and error responses built by inner layers alike.
+//! 5. **Access line.** One INFO event (target `reqscope::access`) per request when the body
+//!    ends — or when it is dropped early, then with `aborted = true` — with `status`,
+//!    `duration_ms` and `bytes`. It is written with the context as it is *then*, so a user id
+//!    patched in by an inner layer is on it.
+//!
+//! [`ForwardedIdPolicy`]: reqscope_core::ForwardedIdPolicy
+//! [`TrustedProxies`]: reqscope_core::TrustedProxies
+
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use bytes::Buf;
+use http::{HeaderName, HeaderValue, Request, Response, StatusCode};
+use http_body::{Body, Frame, SizeHint};
+use pin_project_lite::pin_project;
+use reqscope_core::{ForwardedIdPolicy, IdGenerator, RequestContext, RequestId, Scoped, TrustedProxies};
+use tower_layer::Layer;
+use tower_service::Service;
+use tracing::Span;
+
+/// The default request-id header.
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+#[derive(Clone, Debug)]
+struct Config {
+    header: HeaderName,
+    generator: IdGenerator,
+    policy: ForwardedIdPolicy,
+    proxies: TrustedProxies,
+    access_log: bool,
+}
+
+/// Gives every request a [`RequestContext`]; see the [module docs](self).
+#[derive(Clone, Debug)]
+pub struct RequestContextLayer {
+    config: Arc<Config>,
+}
+
+impl Default for RequestContextLayer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl RequestContextLayer {
+    /// `x-request-id`, UUID v4 ids, valid forwarded ids kept, no trusted proxies, access log on.
+    pub fn new() -> Self {
+        RequestContextLayer {
+            config: Arc::new(Config {
+                header: X_REQUEST_ID,
+                generator: IdGenerator::default(),
+                policy: ForwardedIdPolicy::default(),
+                proxies: TrustedProxies::default(),
+                access_log: true,
+            }),
+        }
+    }
+
+    fn config_mut(&mut self) -> &mut Config {
+        // Builders run before the layer is shared, so this clones nothing in practice.
+        Arc::make_mut(&mut self.config)
+    }
+
+    /// Reads and echoes the id in another header (e.g. `x-correlation-id`).
+    pub fn header_name(mut self, header: HeaderName) -> Self {
+        self.config_mut().header = header;
+        self
+    }
+
+    /// Generates ids with `generator` (UUID v7, your own function).
+    pub fn id_generator(mut self, generator: IdGenerator) -> Self {
+        self.config_mut().generator = generator;
+        self
+    }
+
+    /// Decides when a forwarded id is kept.
+    pub fn forwarded_id_policy(mut self, policy: ForwardedIdPolicy) -> Self {
+        self.config_mut().policy = policy;
+        self
+    }
+
+    /// Believes `Forwarded` / `X-Forwarded-For` from these proxies when finding the client ip.
+    pub fn trusted_proxies(mut self, proxies: TrustedProxies) -> Self {
+        self.config_mut().proxies = proxies;
+        self
+    }
+
+    /// Turns the access-log event off (or back on).
+    pub fn access_log(mut self, enabled: bool) -> Self {
+        self.config_mut().access_log = enabled;
+        self
+    }
+}
+
+impl<S> Layer<S> for RequestContextLayer {
+    type Service = RequestContextService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RequestContextService { inner, config: Arc::clone(&self.config) }
+    }
+}
+
+/// The service made by [`RequestContextLayer`].
+#[derive(Clone, Debug)]
+pub struct RequestContextService<S> {
+    inner: S,
+    config: Arc<Config>,
+}
+
+fn peer_ip<B>(req: &Request<B>) -> Option<IpAddr> {
+    #[cfg(feature = "axum")]
+    if let Some(info) = req.extensions().get::<axum::extract::ConnectInfo<SocketAddr>>() {
+        return Some(info.0.ip());
+    }
+    req.extensions().get::<SocketAddr>().map(SocketAddr::ip)
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for RequestContextService<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    ResBody: Body,
+{
+    type Response = Response<ContextBody<ResBody>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
+        let config = &*self.config;
+        let peer = peer_ip(&req);
+        let forwarded = match req.headers().get(&config.header) {
+            Some(value) if config.policy.trusts(peer) => RequestId::from_bytes(value.as_bytes()).ok(),
+            _ => None,
+        };
+        let id = forwarded.unwrap_or_else(|| config.generator.generate());
+        let id_header = id.to_header_value();
+        req.headers_mut().insert(config.header.clone(), id_header.clone());
+
+        let mut builder = RequestContext::builder(id).method(req.method().clone()).path(req.uri().path());
+        if let Some(ip) = config.proxies.client_ip(peer, req.headers()) {
+            builder = builder.client_ip(ip);
+        }
+        let ctx = Arc::new(builder.build());
+
+        let span = RequestContext::scope_sync(Arc::clone(&ctx), || tracing::info_span!(target: "reqscope::request", "request"));
+        let future = {
+            let _entered = span.enter();
+            RequestContext::scope_sync(Arc::clone(&ctx), || self.inner.call(req))
+        };
+        let state = RequestState { ctx: Arc::clone(&ctx), span, status: None, bytes: 0, empty_body: false, log: config.access_log, finished: false };
+        ResponseFuture {
+            inner: RequestContext::scope(ctx, future),
+            state: Some(state),
+            header: config.header.clone(),
+            id: id_header,
+        }
+    }
+}
+
+pin_project! {
+    /// The response future of [`RequestContextService`].
+    pub struct ResponseFuture<F> {
+        #[pin]
+        inner: Scoped<F>,
+        state: Option<RequestState>,
+        header: HeaderName,
+        id: HeaderValue,
+    }
+}
+
+impl<F, ResBody, E> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<Response<ResBody>, E>>,
+    ResBody: Body,
+{
+    type Output = Result<Response<ContextBody<ResBody>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let result = {
+            let _entered = this.state.as_ref().map(|s| s.span.enter());
+            ready!(this.inner.poll(cx))
+        };
+        let Some(mut state) = this.state.take() else {
+            // Polled after completion: a contract violation by the caller; keep it harmless.
+            return Poll::Pending;
+        };
+        match result {
+            Ok(mut response) => {
+                response.headers_mut().insert(this.header.clone(), this.id.clone());
+                state.status = Some(response.status());
+                state.empty_body = response.body().is_end_stream();
+                Poll::Ready(Ok(response.map(|inner| ContextBody { inner, state: Some(state) })))
+            }
+            Err(error) => {
+                state.finish(Outcome::ServiceError);
+                Poll::Ready(Err(error))
+            }
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Completed,
+    Aborted,
+    BodyError,
+    ServiceError,
+}
+
+/// What the access line needs; owned by the future, then by the body. Dropped unfinished, it
+/// reports the request as aborted, so no request goes without its line.
+struct RequestState {
+    ctx: Arc<RequestContext>,
+    span: Span,
+    status: Option<StatusCode>,
+    bytes: u64,
+    empty_body: bool,
+    log: bool,
+    finished: bool,
+}
+
+impl RequestState {
+    fn finish(&mut self, outcome: Outcome) {
+        if std::mem::replace(&mut self.finished, true) || !self.log {
+            return;
+        }
+        let _entered = self.span.enter();
+        let duration_ms = self.ctx.elapsed().as_micros() as f64 / 1000.0;
+        let status = self.status.map(|s| s.as_u16());
+        let bytes = self.bytes;
+        RequestContext::scope_sync(Arc::clone(&self.ctx), || match outcome {
+            Outcome::Completed => {
+                tracing::info!(target: "reqscope::access", status, duration_ms, bytes, "request completed")
+            }
+            Outcome::Aborted => tracing::info!(
+                target: "reqscope::access", status, duration_ms, bytes, aborted = true,
+                "request aborted before the response was complete"
+            ),
+            Outcome::BodyError => tracing::warn!(
+                target: "reqscope::access", status, duration_ms, bytes, aborted = true,
+                "response body failed"
+            ),
+            Outcome::ServiceError => tracing::warn!(
+                target: "reqscope::access", duration_ms, "service failed without a response"
+            ),
+        });
+    }
+}
+
+impl Drop for RequestState {
+    fn drop(&mut self) {
+        self.finish(Outcome::Aborted);
+    }
+}
+
+pin_project! {
+    /// The response body of [`RequestContextService`]: the inner body, polled inside the
+    /// request context, counting bytes for the access line.
+    pub struct ContextBody<B> {
+        #[pin]
+        inner: B,
+        state: Option<RequestState>,
+    }
+
+    impl<B> PinnedDrop for ContextBody<B> {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            if let Some(state) = this.state.as_mut() {
+                // hyper never polls a body that reports its end up front (empty bodies).
+                let outcome = if state.empty_body { Outcome::Completed } else { Outcome::Aborted };
+                state.finish(outcome);
+            }
+        }
+    }
+}
+
+impl<B: Body> Body for ContextBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let mut this = self.project();
+        let Some(state) = this.state.as_mut() else {
+            return this.inner.poll_frame(cx);
+        };
+        let polled = {
+            let _entered = state.span.enter();
+            let inner = this.inner.as_mut();
+            RequestContext::scope_sync(Arc::clone(&state.ctx), || inner.poll_frame(cx))
+        };
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    state.bytes += data.remaining() as u64;
+                }
+                if this.inner.is_end_stream() {
+                    state.finish(Outcome::Completed);
+                }
+            }
+            Poll::Ready(Some(Err(_))) => state.finish(Outcome::BodyError),
+            Poll::Ready(None) => state.finish(Outcome::Completed),
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
