@@ -1,1 +1,22 @@
+//! End-to-end tests: real servers on 127.0.0.1, real HTTP, and the JSON lines actually written.
 
+mod support;
+
+// The example server's own modules, so that its routes are tested exactly as they ship.
+#[path = "../../examples/api/app.rs"]
+mod app;
+#[path = "../../examples/api/fanout.rs"]
+mod fanout;
+#[path = "../../examples/api/health.rs"]
+mod health;
+#[path = "../../examples/api/not_found.rs"]
+mod not_found;
+#[path = "../../examples/api/stream.rs"]
+mod stream;
+
+mod access;
+mod concurrency;
+mod context;
+mod example_binary;
+mod forwarded_ids;
+mod stamping;

@@ -76,11 +76,7 @@ impl RequestId {
         if id.len() > Self::MAX_LEN {
             return Err(InvalidRequestId::TooLong);
         }
-        if id.iter().all(|&b| is_id_byte(b)) {
-            Ok(())
-        } else {
-            Err(InvalidRequestId::ForbiddenByte)
-        }
+        if id.iter().all(|&b| is_id_byte(b)) { Ok(()) } else { Err(InvalidRequestId::ForbiddenByte) }
     }
 
     /// The id as text.

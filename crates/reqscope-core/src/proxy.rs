@@ -134,7 +134,10 @@ mod tests {
         let proxies = TrustedProxies::parse(["10.0.0.0/8"]).unwrap();
         let h = headers(&[("x-forwarded-for", "1.2.3.4")]);
         assert_eq!(proxies.client_ip(Some("8.8.8.8".parse().unwrap()), &h), Some("8.8.8.8".parse().unwrap()));
-        assert_eq!(TrustedProxies::none().client_ip(Some("10.0.0.1".parse().unwrap()), &h), Some("10.0.0.1".parse().unwrap()));
+        assert_eq!(
+            TrustedProxies::none().client_ip(Some("10.0.0.1".parse().unwrap()), &h),
+            Some("10.0.0.1".parse().unwrap())
+        );
     }
 
     #[test]
@@ -147,10 +150,7 @@ mod tests {
     #[test]
     fn prefers_forwarded_and_parses_ports_and_v6() {
         let proxies = TrustedProxies::parse(["127.0.0.1"]).unwrap();
-        let h = headers(&[
-            ("forwarded", "for=\"[2001:db8::1]:4711\";proto=https"),
-            ("x-forwarded-for", "9.9.9.9"),
-        ]);
+        let h = headers(&[("forwarded", "for=\"[2001:db8::1]:4711\";proto=https"), ("x-forwarded-for", "9.9.9.9")]);
         assert_eq!(proxies.client_ip(Some("127.0.0.1".parse().unwrap()), &h), Some("2001:db8::1".parse().unwrap()));
         let h = headers(&[("forwarded", "for=192.0.2.60:8080")]);
         assert_eq!(proxies.client_ip(Some("127.0.0.1".parse().unwrap()), &h), Some("192.0.2.60".parse().unwrap()));

@@ -182,12 +182,23 @@ where
         }
         let ctx = Arc::new(builder.build());
 
-        let span = RequestContext::scope_sync(Arc::clone(&ctx), || tracing::info_span!(target: "reqscope::request", "request"));
+        let span = RequestContext::scope_sync(
+            Arc::clone(&ctx),
+            || tracing::info_span!(target: "reqscope::request", "request"),
+        );
         let future = {
             let _entered = span.enter();
             RequestContext::scope_sync(Arc::clone(&ctx), || self.inner.call(req))
         };
-        let state = RequestState { ctx: Arc::clone(&ctx), span, status: None, bytes: 0, empty_body: false, log: config.access_log, finished: false };
+        let state = RequestState {
+            ctx: Arc::clone(&ctx),
+            span,
+            status: None,
+            bytes: 0,
+            empty_body: false,
+            log: config.access_log,
+            finished: false,
+        };
         ResponseFuture {
             inner: RequestContext::scope(ctx, future),
             state: Some(state),

@@ -199,11 +199,28 @@ mod tests {
         );
         let line = logs.lines().remove(0);
         let expected = [
-                "timestamp", "level", "target", "message", "request_id", "user_id", "org_id", "method", "path",
-            "route", "client_ip", "roles", "rate_limit_remaining", "rate_limit_reset", "tenant", "rows", "ok",
+            "timestamp",
+            "level",
+            "target",
+            "message",
+            "request_id",
+            "user_id",
+            "org_id",
+            "method",
+            "path",
+            "route",
+            "client_ip",
+            "roles",
+            "rate_limit_remaining",
+            "rate_limit_reset",
+            "tenant",
+            "rows",
+            "ok",
         ];
-        let positions: Vec<usize> =
-            expected.iter().map(|k| line.find(&format!("\"{k}\":")).unwrap_or_else(|| panic!("{k} missing: {line}"))).collect();
+        let positions: Vec<usize> = expected
+            .iter()
+            .map(|k| line.find(&format!("\"{k}\":")).unwrap_or_else(|| panic!("{k} missing: {line}")))
+            .collect();
         assert!(positions.is_sorted(), "keys out of order: {line}");
         let v: serde_json::Value = serde_json::from_str(&line).unwrap();
         assert_eq!(v["level"], "INFO");

@@ -189,7 +189,10 @@ impl NonBlocking {
 
 impl std::fmt::Debug for NonBlocking {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NonBlocking").field("limit", &self.shared.limit).field("dropped", &self.dropped_lines()).finish()
+        f.debug_struct("NonBlocking")
+            .field("limit", &self.shared.limit)
+            .field("dropped", &self.dropped_lines())
+            .finish()
     }
 }
 
@@ -273,9 +276,11 @@ mod tests {
     fn stalled_output_drops_counts_and_reports() {
         let (open, gate) = mpsc::channel();
         let out = Arc::new(Mutex::new(Vec::new()));
-        let (writer, guard) = NonBlockingBuilder::default()
-            .buffer_limit(100)
-            .finish(Gate { open: gate, out: Arc::clone(&out), opened: false });
+        let (writer, guard) = NonBlockingBuilder::default().buffer_limit(100).finish(Gate {
+            open: gate,
+            out: Arc::clone(&out),
+            opened: false,
+        });
         // The first line goes to the worker, which then blocks on the gate.
         (&writer).write_all(b"first\n").unwrap();
         std::thread::sleep(Duration::from_millis(50));

@@ -1,0 +1,62 @@
+//! Exactly one access line per request: when the body ends, or when it is dropped early.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::StatusCode;
+use axum::routing::get;
+use reqscope::RequestContextLayer;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::support::{access_lines_of, fetch, serve};
+
+fn app() -> Router {
+    Router::new()
+        .route("/empty", get(|| async { StatusCode::NO_CONTENT }))
+        .route(
+            "/endless",
+            get(|| async {
+                let chunks = futures_util::stream::unfold(0u64, |n| async move {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    Some((Ok::<_, Infallible>(format!("chunk {n}\n")), n + 1))
+                });
+                Body::from_stream(chunks)
+            }),
+        )
+        .layer(RequestContextLayer::new())
+}
+
+#[tokio::test]
+async fn an_empty_body_gets_one_completed_line() {
+    let addr = serve(app()).await;
+    let reply = fetch(addr, "/empty", &[("x-request-id", b"access-empty-1")]).await;
+    assert_eq!(reply.status, 204);
+    let access = access_lines_of("access-empty-1").await;
+    assert_eq!(access.len(), 1, "{access:?}");
+    assert_eq!(access[0]["status"], 204);
+    assert_eq!(access[0]["message"], "request completed");
+    assert!(access[0].get("aborted").is_none());
+    assert!(access[0]["duration_ms"].as_f64().unwrap() >= 0.0);
+}
+
+#[tokio::test]
+async fn a_client_leaving_mid_stream_gets_one_aborted_line() {
+    let addr = serve(app()).await;
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(b"GET /endless HTTP/1.1\r\nhost: test\r\nx-request-id: access-abort-1\r\n\r\n").await.unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !String::from_utf8_lossy(&seen).contains("chunk 1") {
+        let n = stream.read(&mut buf).await.unwrap();
+        assert!(n > 0, "server closed early");
+        seen.extend_from_slice(&buf[..n]);
+    }
+    drop(stream);
+    let access = access_lines_of("access-abort-1").await;
+    assert_eq!(access.len(), 1, "{access:?}");
+    assert_eq!(access[0]["aborted"], true);
+    assert_eq!(access[0]["status"], 200);
+    assert!(access[0]["bytes"].as_u64().unwrap() >= 16, "{}", access[0]);
+}

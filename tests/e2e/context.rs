@@ -1,0 +1,68 @@
+//! The context API as a handler sees it: outside a request, forks, late patches.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::Request;
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::get;
+use reqscope::{FutureExt, RequestContext, RequestContextLayer};
+
+use crate::support::{access_lines_of, fetch, lines_of, serve};
+
+#[test]
+fn outside_a_request_there_is_no_context() {
+    assert!(RequestContext::current().is_none());
+    let message = RequestContext::try_current().unwrap_err().to_string();
+    assert!(message.contains("RequestContextLayer"), "{message}");
+}
+
+/// Stands in for an auth layer: runs inside the context layer and patches the user in.
+async fn fake_auth(request: Request, next: Next) -> Response {
+    RequestContext::with(|ctx| {
+        ctx.set_user_id("user-late-1");
+        ctx.set_roles(["reader"]);
+    });
+    next.run(request).await
+}
+
+async fn handler() -> &'static str {
+    tracing::info!(step = "before_field", "handler starts");
+    let parent = RequestContext::try_current().expect("inside a request");
+    let child = parent.fork();
+    child.set_user_id("batch-job");
+    reqscope::spawn(async { tracing::info!(step = "forked", "in a forked context") }.in_context(child)).await.unwrap();
+    // Patched after the last handler line: it must still reach the access line.
+    parent.set_field("plan", "pro");
+    "ok"
+}
+
+#[tokio::test]
+async fn late_patches_reach_later_lines_and_the_access_line_and_forks_stay_apart() {
+    let app = Router::new()
+        .route("/patched", get(handler))
+        .layer(middleware::from_fn(fake_auth))
+        .layer(RequestContextLayer::new());
+    let addr = serve(app).await;
+    fetch(addr, "/patched", &[("x-request-id", b"ctx-late-1")]).await;
+    let access = access_lines_of("ctx-late-1").await;
+    assert_eq!(access.len(), 1);
+    assert_eq!(access[0]["user_id"], "user-late-1");
+    assert_eq!(access[0]["roles"], serde_json::json!(["reader"]));
+    assert_eq!(access[0]["plan"], "pro");
+
+    let lines = lines_of("ctx-late-1");
+    let first = lines.iter().find(|l| l["step"] == "before_field").unwrap();
+    assert_eq!(first["user_id"], "user-late-1");
+    assert!(first.get("plan").is_none());
+    let forked = lines.iter().find(|l| l["step"] == "forked").unwrap();
+    assert_eq!(forked["user_id"], "batch-job");
+}
+
+#[tokio::test]
+async fn jobs_and_tests_can_open_their_own_scope() {
+    let ctx = Arc::new(RequestContext::new(reqscope::RequestId::parse("job-nightly-1").unwrap()));
+    RequestContext::scope(ctx, async { tracing::info!("nightly job ran") }).await;
+    assert_eq!(lines_of("job-nightly-1").len(), 1);
+}

@@ -1,0 +1,61 @@
+//! The example server as a user runs it: stdout carries only JSON lines, all stamped.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::support::fetch;
+
+/// `cargo test` builds the examples next to the test binaries' `deps` folder.
+fn example_path() -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let profile_dir = exe.parent().and_then(|deps| deps.parent()).expect("target/<profile>");
+    profile_dir.join("examples").join(format!("api{}", std::env::consts::EXE_SUFFIX))
+}
+
+#[tokio::test]
+async fn the_example_writes_only_stamped_json_lines_and_stops_cleanly() {
+    let mut child = Command::new(example_path())
+        .env("ADDR", "127.0.0.1:0")
+        .env("RUST_LOG", "info")
+        .env_remove("LOG_FORMAT")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("the api example is built by `cargo test`");
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut first = String::new();
+    stdout.read_line(&mut first).unwrap();
+    let startup: Value = serde_json::from_str(&first).expect("the startup line is JSON");
+    assert_eq!(startup["message"], "listening");
+    let addr = startup["addr"].as_str().unwrap().parse().unwrap();
+
+    let health = fetch(addr, "/health", &[]).await;
+    assert_eq!(health.json(), serde_json::json!({"status": "ok"}));
+    let fanout = fetch(addr, "/fanout", &[]).await;
+    let stream = fetch(addr, "/stream", &[]).await;
+    let missing = fetch(addr, "/missing", &[]).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let exit = tokio::task::spawn_blocking(move || child.wait()).await.unwrap().unwrap();
+    assert!(exit.success(), "SIGTERM must stop the server cleanly: {exit:?}");
+
+    let lines: Vec<Value> = stdout
+        .lines()
+        .map(|line| {
+            let line = line.unwrap();
+            serde_json::from_str(&line).unwrap_or_else(|e| panic!("stdout line is not JSON ({e}): {line}"))
+        })
+        .collect();
+    let of = |id: &str| lines.iter().filter(|l| l["request_id"] == id).count();
+    assert_eq!(of(health.request_id()), 1, "health: its access line");
+    assert_eq!(of(fanout.request_id()), 5, "fanout: four tasks and the access line");
+    assert_eq!(of(stream.request_id()), 4, "stream: three chunks and the access line");
+    assert_eq!(of(missing.request_id()), 1, "404: its access line");
+    assert!(lines.iter().any(|l| l["message"] == "stopped"));
+}

@@ -1,0 +1,95 @@
+//! Shared test plumbing: one global log capture, servers on 127.0.0.1:0, a raw HTTP client.
+
+use std::net::SocketAddr;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use bytes::Bytes;
+use http::{HeaderMap, Request, StatusCode};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::TokioIo;
+use reqscope::logging::{LogLayer, MemoryWriter};
+use serde_json::Value;
+use tracing_subscriber::prelude::*;
+
+/// Every line written by every test's servers; tests pick theirs by request id.
+pub fn logs() -> &'static MemoryWriter {
+    static LOGS: OnceLock<MemoryWriter> = OnceLock::new();
+    LOGS.get_or_init(|| {
+        let logs = MemoryWriter::new();
+        tracing_subscriber::registry().with(LogLayer::new().with_writer(logs.clone())).init();
+        logs
+    })
+}
+
+/// Log lines whose `request_id` satisfies `pick`.
+pub fn lines_where(pick: impl Fn(&Value) -> bool) -> Vec<Value> {
+    logs().json_lines().into_iter().filter(|line| pick(line)).collect()
+}
+
+/// Lines of one request.
+pub fn lines_of(request_id: &str) -> Vec<Value> {
+    lines_where(|line| line["request_id"] == request_id)
+}
+
+/// The access line(s) of one request, waiting for the first to appear (it is written when the
+/// server finishes the body, which may be just after the client has read it).
+pub async fn access_lines_of(request_id: &str) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let found: Vec<Value> =
+            lines_of(request_id).into_iter().filter(|l| l["target"] == "reqscope::access").collect();
+        if !found.is_empty() || Instant::now() > deadline {
+            // Give a duplicate a chance to show up before declaring there is none.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            return lines_of(request_id).into_iter().filter(|l| l["target"] == "reqscope::access").collect();
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Serves `app` on a fresh port of 127.0.0.1 with connection info, for the rest of the test.
+pub async fn serve(app: Router) -> SocketAddr {
+    logs();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0");
+    let addr = listener.local_addr().expect("local addr");
+    tokio::spawn(async move {
+        axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).await.expect("server failed");
+    });
+    addr
+}
+
+/// A response as the client saw it.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: String,
+}
+
+impl Reply {
+    pub fn request_id(&self) -> &str {
+        self.headers.get("x-request-id").and_then(|v| v.to_str().ok()).expect("x-request-id on the response")
+    }
+
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", self.body))
+    }
+}
+
+/// `GET path` over a new connection, with raw header values (bytes, to send non-ASCII).
+pub async fn fetch(addr: SocketAddr, path: &str, headers: &[(&str, &[u8])]) -> Reply {
+    let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.expect("handshake");
+    tokio::spawn(conn);
+    let mut request = Request::get(path).header("host", addr.to_string());
+    for (name, value) in headers {
+        request = request.header(*name, http::HeaderValue::from_bytes(value).expect("header value"));
+    }
+    let response = sender.send_request(request.body(Empty::<Bytes>::new()).unwrap()).await.expect("send");
+    let status = response.status();
+    let headers = response.headers().clone();
+    let body = response.into_body().collect().await.expect("body").to_bytes();
+    Reply { status, headers, body: String::from_utf8_lossy(&body).into_owned() }
+}
