@@ -10,10 +10,11 @@ use axum::routing::get;
 use reqscope::RequestContextLayer;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::support::{access_lines_of, fetch, serve};
+use crate::support::{access_lines_of, fetch, fetch_with, serve};
 
 fn app() -> Router {
     Router::new()
+        .route("/text", get(|| async { "fifteen bytes!!" }))
         .route("/empty", get(|| async { StatusCode::NO_CONTENT }))
         .route(
             "/endless",
@@ -59,4 +60,16 @@ async fn a_client_leaving_mid_stream_gets_one_aborted_line() {
     assert_eq!(access[0]["aborted"], true);
     assert_eq!(access[0]["status"], 200);
     assert!(access[0]["bytes"].as_u64().unwrap() >= 16, "{}", access[0]);
+}
+
+#[tokio::test]
+async fn a_head_request_is_completed_not_aborted() {
+    let addr = serve(app()).await;
+    let reply = fetch_with(http::Method::HEAD, addr, "/text", &[("x-request-id", b"access-head-1")]).await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.body, "");
+    let access = access_lines_of("access-head-1").await;
+    assert_eq!(access.len(), 1, "{access:?}");
+    assert_eq!(access[0]["message"], "request completed");
+    assert!(access[0].get("aborted").is_none(), "{}", access[0]);
 }

@@ -80,10 +80,15 @@ impl Reply {
 
 /// `GET path` over a new connection, with raw header values (bytes, to send non-ASCII).
 pub async fn fetch(addr: SocketAddr, path: &str, headers: &[(&str, &[u8])]) -> Reply {
+    fetch_with(http::Method::GET, addr, path, headers).await
+}
+
+/// Like [`fetch`], with any method.
+pub async fn fetch_with(method: http::Method, addr: SocketAddr, path: &str, headers: &[(&str, &[u8])]) -> Reply {
     let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.expect("handshake");
     tokio::spawn(conn);
-    let mut request = Request::get(path).header("host", addr.to_string());
+    let mut request = Request::builder().method(method).uri(path).header("host", addr.to_string());
     for (name, value) in headers {
         request = request.header(*name, http::HeaderValue::from_bytes(value).expect("header value"));
     }

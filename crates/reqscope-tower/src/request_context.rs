@@ -174,6 +174,7 @@ where
         };
         let id = forwarded.unwrap_or_else(|| config.generator.generate());
         let id_header = id.to_header_value();
+        let head = req.method() == http::Method::HEAD;
         req.headers_mut().insert(config.header.clone(), id_header.clone());
 
         let mut builder = RequestContext::builder(id).method(req.method().clone()).path(req.uri().path());
@@ -196,6 +197,7 @@ where
             status: None,
             bytes: 0,
             empty_body: false,
+            head,
             log: config.access_log,
             finished: false,
         };
@@ -240,7 +242,14 @@ where
             Ok(mut response) => {
                 response.headers_mut().insert(this.header.clone(), this.id.clone());
                 state.status = Some(response.status());
-                state.empty_body = response.body().is_end_stream();
+                // A body hyper will never send (HEAD, 204, 304) is dropped unpolled: that is a
+                // completed response, not an aborted one.
+                let status = response.status();
+                state.empty_body = response.body().is_end_stream()
+                    || state.head
+                    || status.is_informational()
+                    || status == StatusCode::NO_CONTENT
+                    || status == StatusCode::NOT_MODIFIED;
                 Poll::Ready(Ok(response.map(|inner| ContextBody { inner, state: Some(state) })))
             }
             Err(error) => {
@@ -267,6 +276,7 @@ struct RequestState {
     status: Option<StatusCode>,
     bytes: u64,
     empty_body: bool,
+    head: bool,
     log: bool,
     finished: bool,
 }
