@@ -93,6 +93,15 @@ fn emit() {
     tracing::info!(rows = 3u64, table = "users", "query done");
 }
 
+/// Heap allocations per `emit()` under the current subscriber, averaged over 10,000 events.
+fn allocations_per_event() -> f64 {
+    let before = ALLOCATIONS.load(Ordering::Relaxed);
+    for _ in 0..10_000 {
+        emit();
+    }
+    (ALLOCATIONS.load(Ordering::Relaxed) - before) as f64 / 10_000.0
+}
+
 fn event(c: &mut Criterion) {
     let reqscope = tracing_subscriber::registry().with(LogLayer::new().with_writer(std::io::sink));
     let ctx = request_context();
@@ -101,12 +110,7 @@ fn event(c: &mut Criterion) {
             for _ in 0..100 {
                 emit();
             }
-            let before = ALLOCATIONS.load(Ordering::Relaxed);
-            for _ in 0..10_000 {
-                emit();
-            }
-            let per_event = (ALLOCATIONS.load(Ordering::Relaxed) - before) as f64 / 10_000.0;
-            println!("reqscope LogLayer: {per_event} heap allocations per stamped event");
+            println!("reqscope LogLayer: {} heap allocations per stamped event", allocations_per_event());
             c.bench_function("event/reqscope_json_to_sink", |b| b.iter(emit));
         })
     });
@@ -123,12 +127,7 @@ fn event(c: &mut Criterion) {
             route = "/users/{id}"
         );
         let _entered = span.enter();
-        let before = ALLOCATIONS.load(Ordering::Relaxed);
-        for _ in 0..10_000 {
-            emit();
-        }
-        let per_event = (ALLOCATIONS.load(Ordering::Relaxed) - before) as f64 / 10_000.0;
-        println!("fmt().json(): {per_event} heap allocations per event");
+        println!("fmt().json(): {} heap allocations per event", allocations_per_event());
         c.bench_function("event/fmt_json_span_to_sink", |b| b.iter(emit));
     });
 }
