@@ -40,8 +40,8 @@
 
 pub use reqscope_core::{
     Captured, FieldValue, ForwardedIdPolicy, FutureExt, IdGenerator, InContext, InvalidProxy, InvalidRequestId,
-    NoRequestContext, Patch, RequestContext, RequestContextBuilder, RequestId, Scoped, TrustedProxies, bind, bind_fn,
-    spawn, spawn_blocking,
+    NoRequestContext, Patch, REQUEST_SPAN_TARGET, RequestContext, RequestContextBuilder, RequestId, Scoped,
+    TrustedProxies, bind, bind_fn, elapsed, spawn, spawn_blocking,
 };
 
 /// The tower layers (feature `tower`).

@@ -15,38 +15,44 @@ mod not_found;
 mod stream;
 
 use std::net::SocketAddr;
+use std::process::ExitCode;
 
 #[tokio::main]
-async fn main() {
+async fn main() -> ExitCode {
     // Every line on stdout, startup included, is a JSON log line.
-    let _log_guard = match reqscope::logging::init_from_env() {
+    let log_guard = match reqscope::logging::init_from_env() {
         Ok(guard) => guard,
-        Err(error) => exit_with(&format!("cannot set up logging: {error}")),
+        Err(error) => {
+            eprintln!("error: cannot set up logging: {error}");
+            return ExitCode::FAILURE;
+        }
     };
+    let result = serve().await;
+    if let Err(message) = &result {
+        tracing::error!(error = %message, "server stopped");
+        eprintln!("error: {message}");
+    }
+    // Flushes every accepted log line before the process ends.
+    drop(log_guard);
+    if result.is_ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+}
+
+async fn serve() -> Result<(), String> {
     let addr = std::env::var("ADDR").unwrap_or_else(|_| "127.0.0.1:3000".to_owned());
-    let addr: SocketAddr = addr
-        .parse()
-        .unwrap_or_else(|_| exit_with(&format!("ADDR must be an address such as 127.0.0.1:3000, got {addr:?}")));
-    let listener = match tokio::net::TcpListener::bind(addr).await {
-        Ok(listener) => listener,
-        Err(error) => exit_with(&format!("cannot listen on {addr}: {error}")),
-    };
-    let local_addr = listener.local_addr().map_or(addr, |a| a);
+    let addr: SocketAddr =
+        addr.parse().map_err(|_| format!("ADDR must be an address such as 127.0.0.1:3000, got {addr:?}"))?;
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+    let local_addr = listener.local_addr().unwrap_or(addr);
     tracing::info!(addr = %local_addr, "listening");
 
     let service = app::app().into_make_service_with_connect_info::<SocketAddr>();
-    if let Err(error) = axum::serve(listener, service).with_graceful_shutdown(shutdown_signal()).await {
-        tracing::error!(%error, "server failed");
-    }
+    axum::serve(listener, service).with_graceful_shutdown(shutdown_signal()).await.map_err(|e| e.to_string())?;
     tracing::info!("stopped");
+    Ok(())
 }
 
-fn exit_with(message: &str) -> ! {
-    tracing::error!("{message}");
-    eprintln!("error: {message}");
-    std::process::exit(1)
-}
-
+/// Resolves on ctrl-c or SIGTERM; the server then stops accepting and finishes in-flight
+/// requests.
 async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]

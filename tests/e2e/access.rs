@@ -6,6 +6,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::Body;
 use axum::http::StatusCode;
+use axum::response::IntoResponse;
 use axum::routing::get;
 use reqscope::RequestContextLayer;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -15,6 +16,13 @@ use crate::support::{access_lines_of, fetch, fetch_with, serve};
 fn app() -> Router {
     Router::new()
         .route("/text", get(|| async { "fifteen bytes!!" }))
+        .route(
+            "/slow",
+            get(|| async {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                "late"
+            }),
+        )
         .route("/empty", get(|| async { StatusCode::NO_CONTENT }))
         .route(
             "/endless",
@@ -39,7 +47,40 @@ async fn an_empty_body_gets_one_completed_line() {
     assert_eq!(access[0]["status"], 204);
     assert_eq!(access[0]["message"], "request completed");
     assert!(access[0].get("aborted").is_none());
-    assert!(access[0]["duration_ms"].as_f64().unwrap() >= 0.0);
+    assert!(access[0]["duration_ms"].is_f64(), "{}", access[0]);
+}
+
+#[tokio::test]
+async fn the_body_keeps_its_length_and_the_line_its_duration() {
+    let addr = serve(app()).await;
+    let reply = fetch(addr, "/text", &[("x-request-id", b"access-length-1")]).await;
+    // The wrapped body must pass its size hint on, or hyper would switch to chunked encoding.
+    assert_eq!(reply.headers["content-length"], "15");
+    assert!(!reply.headers.contains_key("transfer-encoding"));
+    let access = access_lines_of("access-length-1").await;
+    assert_eq!(access[0]["bytes"], 15);
+
+    let reply = fetch(addr, "/slow", &[("x-request-id", b"access-slow-1")]).await;
+    assert_eq!(reply.body, "late");
+    let access = access_lines_of("access-slow-1").await;
+    let duration = access[0]["duration_ms"].as_f64().unwrap();
+    assert!((50.0..10_000.0).contains(&duration), "the handler slept 50 ms: {duration}");
+}
+
+#[tokio::test]
+async fn responses_made_by_inner_layers_carry_the_id() {
+    async fn refuse(_request: axum::extract::Request, _next: axum::middleware::Next) -> axum::response::Response {
+        (StatusCode::SERVICE_UNAVAILABLE, "try later").into_response()
+    }
+    let app = Router::new()
+        .route("/guarded", get(|| async { "never" }))
+        .layer(axum::middleware::from_fn(refuse))
+        .layer(RequestContextLayer::new());
+    let addr = serve(app).await;
+    let reply = fetch(addr, "/guarded", &[("x-request-id", b"access-inner-1")]).await;
+    assert_eq!(reply.status, 503);
+    assert_eq!(reply.request_id(), "access-inner-1");
+    assert_eq!(access_lines_of("access-inner-1").await[0]["status"], 503);
 }
 
 #[tokio::test]

@@ -27,7 +27,7 @@ async fn fake_auth(request: Request, next: Next) -> Response {
     next.run(request).await
 }
 
-async fn handler() -> &'static str {
+async fn handler() -> axum::body::Body {
     tracing::info!(step = "before_field", "handler starts");
     let parent = RequestContext::try_current().expect("inside a request");
     let child = parent.fork();
@@ -35,7 +35,12 @@ async fn handler() -> &'static str {
     reqscope::spawn(async { tracing::info!(step = "forked", "in a forked context") }.in_context(child)).await.unwrap();
     // Patched after the last handler line: it must still reach the access line.
     parent.set_field("plan", "pro");
-    "ok"
+    // Patched from the body, after the handler has returned and the response has started.
+    let chunks = futures_util::stream::once(async {
+        RequestContext::with(|ctx| ctx.set_field("streamed", true));
+        Ok::<_, std::convert::Infallible>("ok")
+    });
+    axum::body::Body::from_stream(chunks)
 }
 
 #[tokio::test]
@@ -51,6 +56,7 @@ async fn late_patches_reach_later_lines_and_the_access_line_and_forks_stay_apart
     assert_eq!(access[0]["user_id"], "user-late-1");
     assert_eq!(access[0]["roles"], serde_json::json!(["reader"]));
     assert_eq!(access[0]["plan"], "pro");
+    assert_eq!(access[0]["streamed"], true);
 
     let lines = lines_of("ctx-late-1");
     let first = lines.iter().find(|l| l["step"] == "before_field").unwrap();

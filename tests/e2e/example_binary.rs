@@ -18,7 +18,9 @@ fn example_path() -> PathBuf {
 
 #[tokio::test]
 async fn the_example_writes_only_stamped_json_lines_and_stops_cleanly() {
-    let mut child = Command::new(example_path())
+    let path = example_path();
+    assert!(path.exists(), "{} is missing: run `cargo test --workspace`, which builds the example", path.display());
+    let mut child = Command::new(path)
         .env("ADDR", "127.0.0.1:0")
         .env("RUST_LOG", "info")
         .env_remove("LOG_FORMAT")

@@ -42,7 +42,7 @@ pub async fn access_lines_of(request_id: &str) -> Vec<Value> {
             lines_of(request_id).into_iter().filter(|l| l["target"] == "reqscope::access").collect();
         if !found.is_empty() || Instant::now() > deadline {
             // Give a duplicate a chance to show up before declaring there is none.
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
             return lines_of(request_id).into_iter().filter(|l| l["target"] == "reqscope::access").collect();
         }
         tokio::time::sleep(Duration::from_millis(10)).await;

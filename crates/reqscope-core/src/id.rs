@@ -98,8 +98,20 @@ impl RequestId {
     }
 }
 
+/// One entry per byte value: validation is a table lookup per byte, on every request.
+static ID_BYTES: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b':' | b'+' | b'/' | b'=' | b'@' | b'-');
+        b += 1;
+    }
+    table
+};
+
 fn is_id_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'+' | b'/' | b'=' | b'@' | b'-')
+    ID_BYTES[b as usize]
 }
 
 impl fmt::Display for RequestId {

@@ -31,8 +31,15 @@ mod id;
 mod propagate;
 mod proxy;
 
+/// The target of the `request` span that request layers open around each request.
+///
+/// Log layers keep the request context in this span, so that events on threads which entered
+/// the span but lack the task-local (sqlx-sqlite's worker) are still stamped. Keep spans of
+/// this target enabled in your filter.
+pub const REQUEST_SPAN_TARGET: &str = "reqscope::request";
+
 pub use context::{FieldValue, Patch, RequestContext, RequestContextBuilder, Scoped};
 pub use error::{InvalidRequestId, NoRequestContext};
 pub use id::{ForwardedIdPolicy, IdGenerator, RequestId};
-pub use propagate::{Captured, FutureExt, InContext, bind, bind_fn, spawn, spawn_blocking};
+pub use propagate::{Captured, FutureExt, InContext, bind, bind_fn, elapsed, spawn, spawn_blocking};
 pub use proxy::{InvalidProxy, TrustedProxies};

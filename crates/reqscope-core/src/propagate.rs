@@ -53,6 +53,11 @@ impl Captured {
     }
 }
 
+/// Time since the current request started; `None` outside a request.
+pub fn elapsed() -> Option<std::time::Duration> {
+    RequestContext::with(RequestContext::elapsed)
+}
+
 /// Spawns a task that keeps the current request context; use it instead of `tokio::spawn`.
 ///
 /// Must be called inside a tokio runtime, like `tokio::spawn`.

@@ -61,7 +61,8 @@ impl TrustedProxies {
     /// case the forwarding headers are walked from the nearest hop outwards and the first
     /// address that is not a trusted proxy wins. `Forwarded` (RFC 7239) is preferred over
     /// `X-Forwarded-For`. A hop that cannot be parsed (`unknown`, an obfuscated name) stops
-    /// the walk: nothing beyond it can be believed.
+    /// the walk: nothing beyond it can be believed, and the nearest trusted proxy seen so far
+    /// is taken as the client.
     pub fn client_ip(&self, peer: Option<IpAddr>, headers: &HeaderMap) -> Option<IpAddr> {
         let peer = peer?.to_canonical();
         if !self.contains(peer) {

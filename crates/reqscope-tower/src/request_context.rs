@@ -32,10 +32,14 @@
 //!    context to threads that only see the span.
 //! 4. **Echo.** Every response carries the final id in the same header: handler responses,
 //!    404s and error responses built by inner layers alike.
-//! 5. **Access line.** One INFO event (target `reqscope::access`) per request when the body
-//!    ends — or when it is dropped early, then with `aborted = true` — with `status`,
-//!    `duration_ms` and `bytes`. It is written with the context as it is *then*, so a user id
-//!    patched in by an inner layer is on it.
+//! 5. **Access line.** One event (target `reqscope::access`) per request: INFO "request
+//!    completed" when the body ends, INFO with `aborted = true` when it is dropped before its
+//!    end (the client left), WARN with `aborted = true` when the body fails — each with
+//!    `status`, `duration_ms` and `bytes`. It is written with the context as it is *then*, so
+//!    a user id patched in by an inner layer is on it. If the inner service returns `Err`
+//!    instead of a response (never with axum, whose errors are `Infallible`), there is no
+//!    response to echo the id on; the access line is a WARN without `status`. Turn errors
+//!    into responses *inside* this layer (e.g. `HandleErrorLayer` after it) so they get the id.
 //!
 //! [`ForwardedIdPolicy`]: reqscope_core::ForwardedIdPolicy
 //! [`TrustedProxies`]: reqscope_core::TrustedProxies
@@ -50,7 +54,9 @@ use bytes::Buf;
 use http::{HeaderName, HeaderValue, Request, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
-use reqscope_core::{ForwardedIdPolicy, IdGenerator, RequestContext, RequestId, Scoped, TrustedProxies};
+use reqscope_core::{
+    ForwardedIdPolicy, IdGenerator, REQUEST_SPAN_TARGET, RequestContext, RequestId, Scoped, TrustedProxies,
+};
 use tower_layer::Layer;
 use tower_service::Service;
 use tracing::Span;
@@ -185,7 +191,7 @@ where
 
         let span = RequestContext::scope_sync(
             Arc::clone(&ctx),
-            || tracing::info_span!(target: "reqscope::request", "request"),
+            || tracing::info_span!(target: REQUEST_SPAN_TARGET, "request"),
         );
         let future = {
             let _entered = span.enter();
@@ -235,7 +241,7 @@ where
             ready!(this.inner.poll(cx))
         };
         let Some(mut state) = this.state.take() else {
-            // Polled after completion: a contract violation by the caller; keep it harmless.
+            // Unreachable: the scoped inner future panics if polled after completion.
             return Poll::Pending;
         };
         match result {

@@ -1,5 +1,6 @@
 //! Turning one event plus its request context into one line.
 
+use std::borrow::Cow;
 use std::fmt::{self, Write as _};
 use std::io::Write as _;
 
@@ -26,13 +27,13 @@ pub(crate) fn json_line(
     map.serialize_entry(names.timestamp, std::str::from_utf8(timestamp).unwrap_or_default())?;
     map.serialize_entry(names.level, meta.level().as_str())?;
     map.serialize_entry(names.target, meta.target())?;
-    let mut message = JsonFields { map: &mut map, only_message: true, message_key: names.message, result: Ok(()) };
+    let mut message = JsonFields { map: &mut map, only_message: true, names, result: Ok(()) };
     event.record(&mut message);
     message.result?;
     if let Some(ctx) = ctx {
         json_context(&mut map, names, ctx)?;
     }
-    let mut fields = JsonFields { map: &mut map, only_message: false, message_key: names.message, result: Ok(()) };
+    let mut fields = JsonFields { map: &mut map, only_message: false, names, result: Ok(()) };
     event.record(&mut fields);
     fields.result?;
     SerializeMap::end(map)?;
@@ -71,7 +72,7 @@ fn json_context<M: SerializeMap>(map: &mut M, names: &FieldNames, ctx: &RequestC
             map.serialize_entry(names.rate_limit_reset, &reset)?;
         }
         for (key, value) in &patch.fields {
-            map.serialize_entry(&**key, &JsonValue(value))?;
+            map.serialize_entry(&names.field_key(key), &JsonValue(value))?;
         }
         Ok(())
     })
@@ -138,17 +139,17 @@ impl fmt::Display for ErrorChain<'_> {
 struct JsonFields<'a, M: SerializeMap> {
     map: &'a mut M,
     only_message: bool,
-    message_key: &'static str,
+    names: &'a FieldNames,
     result: Result<(), M::Error>,
 }
 
 impl<M: SerializeMap> JsonFields<'_, M> {
-    fn key(&self, field: &Field) -> Option<&'static str> {
+    fn key(&self, field: &Field) -> Option<Cow<'static, str>> {
         let is_message = field.name() == "message";
         if is_message != self.only_message || field.name().starts_with("log.") {
             return None;
         }
-        Some(if is_message { self.message_key } else { field.name() })
+        Some(if is_message { Cow::Borrowed(self.names.message) } else { self.names.field_key(field.name()) })
     }
 
     fn entry<V: Serialize + ?Sized>(&mut self, field: &Field, value: &V) {
@@ -156,7 +157,7 @@ impl<M: SerializeMap> JsonFields<'_, M> {
             return;
         }
         if let Some(key) = self.key(field) {
-            self.result = self.map.serialize_entry(key, value);
+            self.result = self.map.serialize_entry(&*key, value);
         }
     }
 }
@@ -261,9 +262,32 @@ struct PrettyLine<'a> {
 }
 
 impl PrettyLine<'_> {
-    /// Writes ` key=value`, with `Debug` quoting so that no value can start a new line.
+    /// Writes ` key=value`. Values use `Debug` (strings quoted) and every control character is
+    /// escaped, so no value — not even a `%display` field — can start a new line.
     fn pair(&mut self, key: &str, value: &dyn fmt::Debug) {
-        let _ = write!(self.buf, " {key}={value:?}");
+        self.buf.push(b' ');
+        let _ = write!(Escaped(self.buf), "{key}={value:?}");
+    }
+}
+
+/// Escapes control characters while formatting straight into the line buffer.
+struct Escaped<'a>(&'a mut Vec<u8>);
+
+impl fmt::Write for Escaped<'_> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        if !s.chars().any(char::is_control) {
+            self.0.extend_from_slice(s.as_bytes());
+            return Ok(());
+        }
+        for c in s.chars() {
+            if c.is_control() {
+                let _ = write!(self.0, "{}", c.escape_default());
+            } else {
+                let mut utf8 = [0u8; 4];
+                self.0.extend_from_slice(c.encode_utf8(&mut utf8).as_bytes());
+            }
+        }
+        Ok(())
     }
 }
 
@@ -278,19 +302,8 @@ impl Visit for PrettyLine<'_> {
             return;
         }
         if is_message {
-            // The message is free text chosen by the program, but may embed input: escape
-            // line breaks and control characters so one event stays one line.
-            let mut text = String::new();
-            let _ = write!(text, "{value:?}");
             self.buf.push(b' ');
-            for c in text.chars() {
-                if c.is_control() {
-                    let _ = write!(self.buf, "{}", c.escape_default());
-                } else {
-                    let mut utf8 = [0u8; 4];
-                    self.buf.extend_from_slice(c.encode_utf8(&mut utf8).as_bytes());
-                }
-            }
+            let _ = write!(Escaped(self.buf), "{value:?}");
         } else {
             self.pair(field.name(), value);
         }

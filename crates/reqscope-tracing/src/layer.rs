@@ -4,7 +4,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use reqscope_core::RequestContext;
+use reqscope_core::{REQUEST_SPAN_TARGET, RequestContext};
 use tracing::span::{Attributes, Id};
 use tracing::{Event, Subscriber};
 use tracing_subscriber::Layer;
@@ -136,8 +136,11 @@ where
     S: Subscriber + for<'a> LookupSpan<'a>,
     W: for<'w> MakeWriter<'w> + 'static,
 {
-    fn on_new_span(&self, _attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
-        if let Some(request) = RequestContext::current()
+    fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
+        // Only the request span itself: a long-lived span that happens to be created during
+        // a request (a pool's connection task) must not carry that request's context on.
+        if attrs.metadata().target() == REQUEST_SPAN_TARGET
+            && let Some(request) = RequestContext::current()
             && let Some(span) = ctx.span(id)
         {
             span.extensions_mut().insert(SpanContext(request));
@@ -252,7 +255,7 @@ mod tests {
     fn foreign_thread_inside_the_request_span_is_stamped() {
         let ctx = request("span-only");
         let lines = json(|| {
-            let span = RequestContext::scope_sync(ctx, || tracing::info_span!("request"));
+            let span = RequestContext::scope_sync(ctx, || tracing::info_span!(target: REQUEST_SPAN_TARGET, "request"));
             let dispatch = tracing::dispatcher::get_default(|d| d.clone());
             std::thread::scope(|s| {
                 s.spawn(|| {
@@ -333,5 +336,43 @@ mod tests {
         assert_eq!("JSON".parse::<Format>().unwrap(), Format::Json);
         assert_eq!("pretty".parse::<Format>().unwrap(), Format::Pretty);
         assert!("xml".parse::<Format>().unwrap_err().to_string().contains("json"));
+    }
+
+    #[test]
+    fn fields_cannot_overwrite_the_stamp() {
+        let ctx = request("real-id");
+        ctx.set_field("user_id", "forged-by-context");
+        let logs = capture(
+            |w| LogLayer::new().with_writer(w),
+            || RequestContext::scope_sync(ctx, || tracing::info!(request_id = "forged", level = "x", "hi")),
+        );
+        let line = &logs.lines()[0];
+        assert_eq!(line.matches("\"request_id\":").count(), 1, "{line}");
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert_eq!(v["request_id"], "real-id");
+        assert_eq!(v["level"], "INFO");
+        assert_eq!(v["fields.request_id"], "forged");
+        assert_eq!(v["fields.level"], "x");
+        assert_eq!(v["fields.user_id"], "forged-by-context");
+    }
+
+    #[test]
+    fn pretty_display_fields_cannot_start_a_line() {
+        let input = "x\n2026-01-01T00:00:00Z ERROR forged: line";
+        let logs =
+            capture(|w| LogLayer::new().pretty().with_writer(w), || tracing::info!(input = %input, "m\r\n{input}"));
+        assert_eq!(logs.lines().len(), 1, "{:?}", logs.contents());
+    }
+
+    #[test]
+    fn only_the_request_span_keeps_the_context() {
+        let ctx = request("creator");
+        let lines = json(|| {
+            // Created during the request, but lives on: must not stamp later events as "creator".
+            let pool_span = RequestContext::scope_sync(ctx, || tracing::info_span!(parent: None, "pool"));
+            let _entered = pool_span.enter();
+            tracing::info!("pool work later");
+        });
+        assert!(lines[0].get("request_id").is_none(), "{}", lines[0]);
     }
 }

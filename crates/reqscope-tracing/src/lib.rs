@@ -26,8 +26,8 @@
 //! event on a foreign thread that only entered the request's span (sqlx-sqlite's worker, a
 //! callback on a pool thread) is stamped too.
 //!
-//! The formatting path allocates nothing per event once warm: lines are built in a
-//! thread-local buffer and handed to the writer in one `write_all`. Use [`non_blocking`] so
+//! The JSON path allocates nothing per event once warm: lines are built in a thread-local
+//! buffer and handed to the writer in one `write_all`. Use [`non_blocking`] so
 //! that a slow stdout never blocks a request: it buffers up to a byte limit, drops and counts
 //! lines beyond it, and reports the count once output recovers.
 #![warn(missing_docs)]
@@ -45,7 +45,8 @@ pub use names::FieldNames;
 pub use writer::{NonBlocking, NonBlockingBuilder, WriterGuard, non_blocking};
 
 /// Installs the standard setup as the global default: `EnvFilter` from `RUST_LOG` (default
-/// `info`), a [`LogLayer`] in the format named by `LOG_FORMAT` (`json`, the default, or
+/// `info`; the `reqscope::request` span stays enabled unless `RUST_LOG` names `reqscope`), a
+/// [`LogLayer`] in the format named by `LOG_FORMAT` (`json`, the default, or
 /// `pretty`) writing to a non-blocking stdout.
 ///
 /// Keep the returned guard alive until the program ends: dropping it flushes every accepted
@@ -62,12 +63,21 @@ pub fn init_from_env() -> Result<WriterGuard, InitError> {
         Ok(value) => value.parse()?,
         Err(_) => Format::Json,
     };
-    let filter = match std::env::var("RUST_LOG") {
-        Ok(directives) if !directives.trim().is_empty() => {
+    let directives = std::env::var("RUST_LOG").ok().filter(|d| !d.trim().is_empty());
+    let mut filter = match &directives {
+        Some(directives) => {
             tracing_subscriber::EnvFilter::try_new(directives).map_err(|e| InitError::Filter(e.to_string()))?
         }
-        _ => tracing_subscriber::EnvFilter::new("info"),
+        None => tracing_subscriber::EnvFilter::new("info"),
     };
+    // The request span carries the context to foreign threads; a filter such as `warn` or
+    // `myapp=debug` would disable it. Keep it on unless the filter speaks of reqscope itself.
+    if !directives.as_deref().unwrap_or_default().contains("reqscope") {
+        let keep = format!("{}=info", reqscope_core::REQUEST_SPAN_TARGET);
+        filter = filter.add_directive(
+            keep.parse().map_err(|e: tracing_subscriber::filter::ParseError| InitError::Filter(e.to_string()))?,
+        );
+    }
     let (writer, guard) = non_blocking(std::io::stdout());
     tracing_subscriber::registry()
         .with(filter)

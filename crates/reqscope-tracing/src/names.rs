@@ -57,6 +57,33 @@ impl Default for FieldNames {
 }
 
 impl FieldNames {
+    /// The key for an event field or custom context field named `name`: the name itself, or
+    /// `fields.<name>` when the line's own keys already use it — so that no field can
+    /// overwrite (or forge) the stamped `request_id`, `level`, …
+    pub fn field_key<'a>(&self, name: &'a str) -> std::borrow::Cow<'a, str> {
+        let taken = [
+            self.timestamp,
+            self.level,
+            self.target,
+            self.message,
+            self.request_id,
+            self.user_id,
+            self.org_id,
+            self.method,
+            self.path,
+            self.route,
+            self.client_ip,
+            self.roles,
+            self.rate_limit_remaining,
+            self.rate_limit_reset,
+        ];
+        if taken.contains(&name) {
+            std::borrow::Cow::Owned(format!("fields.{name}"))
+        } else {
+            std::borrow::Cow::Borrowed(name)
+        }
+    }
+
     /// camelCase keys: `requestId`, `userId`, `rateLimitRemaining`, …
     pub fn camel_case() -> Self {
         FieldNames {

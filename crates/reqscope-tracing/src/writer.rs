@@ -4,7 +4,8 @@
 //! thread swaps the buffer out and writes it. When the output cannot keep up (a full pipe, a
 //! stalled terminal), the buffer stops growing at its limit: new lines are dropped and
 //! counted, requests never wait, and once output moves again a summary line reports how many
-//! were lost.
+//! were lost. Lines the output refuses (a write error) are counted the same way, and a
+//! failing output is retried with a growing pause (up to 1 s) as new lines arrive.
 
 use std::io::{self, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -50,7 +51,13 @@ impl NonBlockingBuilder {
     /// Starts the worker thread writing to `output`.
     pub fn finish<T: Write + Send + 'static>(self, output: T) -> (NonBlocking, WriterGuard) {
         let shared = Arc::new(Shared {
-            state: Mutex::new(State { buf: Vec::new(), pending_drops: 0, writing: false, shutdown: false }),
+            state: Mutex::new(State {
+                buf: Vec::new(),
+                pending_drops: 0,
+                writing: false,
+                failing: false,
+                shutdown: false,
+            }),
             work: Condvar::new(),
             idle: Condvar::new(),
             limit: self.buffer_limit,
@@ -78,8 +85,12 @@ struct State {
     buf: Vec<u8>,
     pending_drops: u64,
     writing: bool,
+    failing: bool,
     shutdown: bool,
 }
+
+/// The longest pause between retries of an output that keeps failing.
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
 
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -88,33 +99,43 @@ impl Shared {
 
     fn run<T: Write>(&self, mut output: T) {
         let mut spare = Vec::new();
+        let mut backoff = Duration::ZERO;
         loop {
             let drops = {
                 let mut state = self.lock();
-                while state.buf.is_empty() && state.pending_drops == 0 && !state.shutdown {
+                loop {
+                    // A failing output is retried only when new lines arrive, never in a spin.
+                    let has_work = !state.buf.is_empty() || (state.pending_drops > 0 && !state.failing);
+                    if has_work {
+                        break;
+                    }
+                    if state.shutdown {
+                        return;
+                    }
                     state = self.work.wait(state).unwrap_or_else(|poisoned| poisoned.into_inner());
-                }
-                if state.buf.is_empty() && state.pending_drops == 0 && state.shutdown {
-                    return;
                 }
                 std::mem::swap(&mut state.buf, &mut spare);
                 state.writing = true;
                 std::mem::take(&mut state.pending_drops)
             };
-            let mut ok = output.write_all(&spare).is_ok();
-            if drops > 0 && ok {
-                ok = output.write_all(&drop_summary(drops)).is_ok();
+            if !backoff.is_zero() {
+                std::thread::sleep(backoff);
             }
+            let written = output.write_all(&spare).is_ok();
+            // Lines the output refused are lost like lines dropped for lack of room: counted.
+            let lost = if written { 0 } else { spare.iter().filter(|&&b| b == b'\n').count() as u64 };
+            let reported = written && (drops == 0 || output.write_all(&drop_summary(drops)).is_ok());
             let _ = output.flush();
             spare.clear();
             if spare.capacity() > self.limit {
                 spare = Vec::new();
             }
             let mut state = self.lock();
-            if !ok && drops > 0 {
-                // Report them with the next batch that gets through.
-                state.pending_drops += drops;
-            }
+            self.dropped.fetch_add(lost, Ordering::Relaxed);
+            state.pending_drops += lost + if reported { 0 } else { drops };
+            state.failing = !reported;
+            backoff =
+                if reported { Duration::ZERO } else { (backoff * 2).clamp(Duration::from_millis(10), MAX_BACKOFF) };
             state.writing = false;
             self.idle.notify_all();
         }
@@ -143,7 +164,7 @@ impl Shared {
         let deadline = Instant::now() + timeout;
         self.work.notify_one();
         let mut state = self.lock();
-        while !state.buf.is_empty() || state.writing || state.pending_drops > 0 {
+        while !state.buf.is_empty() || state.writing || (state.pending_drops > 0 && !state.failing) {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return false;
@@ -175,7 +196,7 @@ pub struct NonBlocking {
 }
 
 impl NonBlocking {
-    /// Lines dropped since start because the output could not keep up.
+    /// Lines dropped since start because the output could not keep up or refused them.
     pub fn dropped_lines(&self) -> u64 {
         self.shared.dropped.load(Ordering::Relaxed)
     }
@@ -253,6 +274,7 @@ mod tests {
 
     /// An output that blocks until the test lets it go, like a pipe nobody reads.
     struct Gate {
+        entered: mpsc::Sender<()>,
         open: mpsc::Receiver<()>,
         out: Arc<Mutex<Vec<u8>>>,
         opened: bool,
@@ -261,6 +283,7 @@ mod tests {
     impl Write for Gate {
         fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
             if !self.opened {
+                let _ = self.entered.send(());
                 let _ = self.open.recv();
                 self.opened = true;
             }
@@ -275,15 +298,17 @@ mod tests {
     #[test]
     fn stalled_output_drops_counts_and_reports() {
         let (open, gate) = mpsc::channel();
+        let (entered_tx, entered) = mpsc::channel();
         let out = Arc::new(Mutex::new(Vec::new()));
         let (writer, guard) = NonBlockingBuilder::default().buffer_limit(100).finish(Gate {
+            entered: entered_tx,
             open: gate,
             out: Arc::clone(&out),
             opened: false,
         });
         // The first line goes to the worker, which then blocks on the gate.
         (&writer).write_all(b"first\n").unwrap();
-        std::thread::sleep(Duration::from_millis(50));
+        entered.recv_timeout(Duration::from_secs(10)).unwrap();
         let started = Instant::now();
         for i in 0..100 {
             (&writer).write_all(format!("line {i:02}\n").as_bytes()).unwrap();
@@ -325,5 +350,51 @@ mod tests {
         let text = String::from_utf8(out.lock().unwrap().clone()).unwrap();
         assert_eq!(text.lines().count(), 10_000);
         assert_eq!(writer.dropped_lines(), 0);
+    }
+}
+
+#[cfg(test)]
+mod failing_output {
+    use super::*;
+
+    /// Refuses the first `fail` writes, then accepts everything.
+    struct Flaky {
+        fail: usize,
+        out: Arc<Mutex<Vec<u8>>>,
+        attempts: Arc<AtomicU64>,
+    }
+
+    impl Write for Flaky {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.attempts.fetch_add(1, Ordering::Relaxed);
+            if self.fail > 0 {
+                self.fail -= 1;
+                return Err(io::Error::other("broken pipe"));
+            }
+            self.out.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn refused_lines_are_counted_reported_and_never_spun_on() {
+        let out = Arc::new(Mutex::new(Vec::new()));
+        let attempts = Arc::new(AtomicU64::new(0));
+        let (writer, guard) = non_blocking(Flaky { fail: 1, out: Arc::clone(&out), attempts: Arc::clone(&attempts) });
+        (&writer).write_all(b"a\nb\n").unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(writer.dropped_lines(), 2, "the refused batch is counted");
+        assert!(attempts.load(Ordering::Relaxed) <= 2, "a failing output must not be retried in a loop");
+        (&writer).write_all(b"c\n").unwrap();
+        assert!(writer.flush_timeout(Duration::from_secs(5)));
+        drop(guard);
+        let text = String::from_utf8(out.lock().unwrap().clone()).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], "c");
+        let summary: serde_json::Value = serde_json::from_str(lines[1]).unwrap();
+        assert_eq!(summary["dropped"], 2);
     }
 }
