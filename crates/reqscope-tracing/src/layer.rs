@@ -2,7 +2,6 @@ use std::cell::RefCell;
 use std::io::Write;
 use std::str::FromStr;
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use reqscope_core::{REQUEST_SPAN_TARGET, RequestContext};
 use tracing::span::{Attributes, Id};
@@ -13,9 +12,10 @@ use tracing_subscriber::layer::Context;
 use tracing_subscriber::registry::LookupSpan;
 
 use crate::InitError;
-use crate::format::{json_line, pretty_line};
+use crate::json::{JsonKeys, json_line};
 use crate::names::FieldNames;
-use crate::time::rfc3339;
+use crate::pretty::pretty_line;
+use crate::time::rfc3339_now;
 
 /// How lines are written.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -50,6 +50,7 @@ struct SpanContext(Arc<RequestContext>);
 #[derive(Debug)]
 pub struct LogLayer<W = fn() -> std::io::Stdout> {
     names: FieldNames,
+    keys: JsonKeys,
     format: Format,
     writer: W,
 }
@@ -58,7 +59,8 @@ impl LogLayer {
     /// JSON lines with the default key names, written to stdout (blocking; pass a
     /// [`non_blocking`](crate::non_blocking) writer in production).
     pub fn new() -> Self {
-        LogLayer { names: FieldNames::default(), format: Format::Json, writer: std::io::stdout }
+        let names = FieldNames::default();
+        LogLayer { keys: JsonKeys::new(&names), names, format: Format::Json, writer: std::io::stdout }
     }
 }
 
@@ -76,11 +78,12 @@ impl<W> LogLayer<W> {
     where
         W2: for<'w> MakeWriter<'w> + 'static,
     {
-        LogLayer { names: self.names, format: self.format, writer }
+        LogLayer { names: self.names, keys: self.keys, format: self.format, writer }
     }
 
     /// Uses other key names.
     pub fn with_field_names(mut self, names: FieldNames) -> Self {
+        self.keys = JsonKeys::new(&names);
         self.names = names;
         self
     }
@@ -103,17 +106,11 @@ impl<W> LogLayer<W> {
         thread_local! {
             static BUF: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
         }
-        let timestamp = rfc3339(SystemTime::now());
+        let timestamp = rfc3339_now();
         let emit = |buf: &mut Vec<u8>| {
             buf.clear();
             match self.format {
-                Format::Json => {
-                    if json_line(buf, &self.names, &timestamp, event, ctx).is_err() {
-                        // serde_json only fails on writer errors, and a Vec never fails;
-                        // keep the contract of one valid line anyway.
-                        return;
-                    }
-                }
+                Format::Json => json_line(buf, &self.keys, &timestamp, event, ctx),
                 Format::Pretty => pretty_line(buf, &self.names, &timestamp, event, ctx),
             }
             let _ = self.writer.make_writer_for(event.metadata()).write_all(buf);

@@ -32,10 +32,11 @@
 //! lines beyond it, and reports the count once output recovers.
 #![warn(missing_docs)]
 
-mod format;
+mod json;
 mod layer;
 mod memory;
 mod names;
+mod pretty;
 mod time;
 mod writer;
 

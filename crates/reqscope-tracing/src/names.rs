@@ -61,7 +61,16 @@ impl FieldNames {
     /// `fields.<name>` when the line's own keys already use it — so that no field can
     /// overwrite (or forge) the stamped `request_id`, `level`, …
     pub fn field_key<'a>(&self, name: &'a str) -> std::borrow::Cow<'a, str> {
-        let taken = [
+        if self.all().contains(&name) {
+            std::borrow::Cow::Owned(format!("fields.{name}"))
+        } else {
+            std::borrow::Cow::Borrowed(name)
+        }
+    }
+
+    /// Every stamped key.
+    pub(crate) fn all(&self) -> [&'static str; 14] {
+        [
             self.timestamp,
             self.level,
             self.target,
@@ -76,12 +85,7 @@ impl FieldNames {
             self.roles,
             self.rate_limit_remaining,
             self.rate_limit_reset,
-        ];
-        if taken.contains(&name) {
-            std::borrow::Cow::Owned(format!("fields.{name}"))
-        } else {
-            std::borrow::Cow::Borrowed(name)
-        }
+        ]
     }
 
     /// camelCase keys: `requestId`, `userId`, `rateLimitRemaining`, …

@@ -1,9 +1,29 @@
 //! RFC 3339 timestamps without allocation.
 
+use std::cell::Cell;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Length of `2026-11-25T18:00:03.123456Z`.
 pub(crate) const LEN: usize = 27;
+
+/// The current time as RFC 3339; the date-and-seconds part is formatted once per second per
+/// thread, the microseconds every time.
+pub(crate) fn rfc3339_now() -> [u8; LEN] {
+    thread_local! {
+        static LAST: Cell<(u64, [u8; LEN])> = const { Cell::new((u64::MAX, [0; LEN])) };
+    }
+    let since = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = since.as_secs();
+    LAST.with(|last| {
+        let (cached_secs, mut out) = last.get();
+        if cached_secs != secs {
+            out = rfc3339(UNIX_EPOCH + std::time::Duration::from_secs(secs));
+            last.set((secs, out));
+        }
+        put(&mut out[20..26], u64::from(since.subsec_micros()));
+        out
+    })
+}
 
 /// Formats `t` as RFC 3339 UTC with microseconds into a fixed buffer.
 pub(crate) fn rfc3339(t: SystemTime) -> [u8; LEN] {
@@ -52,6 +72,17 @@ mod tests {
     fn at(secs: u64, micros: u32) -> String {
         let t = UNIX_EPOCH + Duration::from_secs(secs) + Duration::from_micros(micros.into());
         String::from_utf8(rfc3339(t).to_vec()).unwrap()
+    }
+
+    #[test]
+    fn cached_now_matches_a_fresh_format() {
+        let a = rfc3339_now();
+        let b = rfc3339_now();
+        let text = String::from_utf8(b.to_vec()).unwrap();
+        assert!(text.ends_with('Z') && text.len() == LEN, "{text}");
+        // Same second (almost always): same prefix; either way, both parse as the same shape.
+        assert_eq!(a[4], b'-');
+        assert_eq!(b[19], b'.');
     }
 
     #[test]
