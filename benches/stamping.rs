@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Waker};
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use reqscope::{LogLayer, RequestContext, RequestId};
+use reqscope::{LogLayer, RequestContext, RequestContextLayer, RequestId};
 use tracing_subscriber::prelude::*;
 
 struct CountingAllocator;
@@ -132,5 +132,64 @@ fn event(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, context, event);
+/// Serves one request in process (no socket) and counts its allocations, then times it.
+fn bench_request<S, B>(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    name: &str,
+    service: S,
+) where
+    S: tower::Service<http::Request<axum::body::Body>, Response = http::Response<B>> + Clone,
+    S::Error: std::fmt::Debug,
+    B: http_body::Body,
+    B::Error: std::fmt::Debug,
+{
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    // A URI sharing its buffer, as hyper's parser produces.
+    let uri = http::Uri::from_maybe_shared(bytes::Bytes::from_static(b"/hello")).unwrap();
+    let one_request = || {
+        let request = http::Request::get(uri.clone()).body(axum::body::Body::empty()).unwrap();
+        let response = poll_once(service.clone().oneshot(request)).unwrap().unwrap();
+        poll_once(response.into_body().collect()).unwrap().unwrap().to_bytes()
+    };
+    let before = ALLOCATIONS.load(Ordering::Relaxed);
+    for _ in 0..1_000 {
+        one_request();
+    }
+    let per_request = (ALLOCATIONS.load(Ordering::Relaxed) - before) as f64 / 1_000.0;
+    println!("request/{name}: {per_request} heap allocations per request");
+    group.bench_function(name, |b| b.iter(one_request));
+}
+
+/// One request through axum, bare and with the context layer: the layer's own cost.
+fn layer(c: &mut Criterion) {
+    use axum::routing::get;
+    use tower::Layer;
+
+    async fn hello() -> axum::Json<serde_json::Value> {
+        axum::Json(serde_json::json!({ "message": "hello" }))
+    }
+    // `with_state` prepares the routes once, as `axum::serve` does.
+    let bare = axum::Router::new().route("/hello", get(hello)).with_state(());
+    let context = || RequestContextLayer::new().access_log(false);
+    let mut group = c.benchmark_group("request");
+    bench_request(&mut group, "bare_axum", bare.clone());
+    // `Router::layer` boxes the layered route's future and re-boxes the response body.
+    bench_request(
+        &mut group,
+        "router_layer",
+        axum::Router::new().route("/hello", get(hello)).layer(context()).with_state(()),
+    );
+    // Wrapping the finished router avoids both.
+    bench_request(&mut group, "wrapping_the_router", context().layer(bare.clone()));
+    bench_request(
+        &mut group,
+        "noop_map_response",
+        tower::util::MapResponseLayer::new(|r: axum::response::Response| r.map(|b| b)).layer(bare),
+    );
+    group.finish();
+}
+
+criterion_group!(benches, context, event, layer);
 criterion_main!(benches);

@@ -1,11 +1,11 @@
 use std::fmt;
 use std::future::Future;
 use std::net::IpAddr;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, LazyLock, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
-use http::{Extensions, Method};
+use http::{Extensions, Method, Uri};
 
 use crate::error::NoRequestContext;
 use crate::id::RequestId;
@@ -28,12 +28,27 @@ pub type Scoped<F> = tokio::task::futures::TaskLocalFuture<Arc<RequestContext>, 
 pub struct RequestContext {
     id: RequestId,
     method: Option<Method>,
-    path: Option<Box<str>>,
+    path: Option<RequestPath>,
     client_ip: Option<IpAddr>,
     started: Instant,
-    started_at: SystemTime,
+    /// `None` when derived from `started` (saves a clock read per request).
+    started_at: Option<SystemTime>,
     patch: ArcSwap<Patch>,
     extensions: RwLock<Extensions>,
+}
+
+/// Where the path comes from: the request's own URI (shared, no copy) or a string.
+#[derive(Clone, Debug)]
+enum RequestPath {
+    Uri(Uri),
+    Owned(Box<str>),
+}
+
+/// Every context starts from the same empty patch; the first write replaces it.
+#[inline]
+fn empty_patch() -> Arc<Patch> {
+    static EMPTY: LazyLock<Arc<Patch>> = LazyLock::new(|| Arc::new(Patch::default()));
+    Arc::clone(&EMPTY)
 }
 
 /// The patchable part of a [`RequestContext`]: who is asking and with how much budget.
@@ -116,39 +131,55 @@ field_from! {
 pub struct RequestContextBuilder {
     id: RequestId,
     method: Option<Method>,
-    path: Option<Box<str>>,
+    path: Option<RequestPath>,
     client_ip: Option<IpAddr>,
     started: Option<(Instant, SystemTime)>,
 }
 
 impl RequestContextBuilder {
     /// The HTTP method.
+    #[inline]
     pub fn method(mut self, method: Method) -> Self {
         self.method = Some(method);
         self
     }
 
     /// The request path (without the query string, which may carry secrets).
+    #[inline]
     pub fn path(mut self, path: impl Into<Box<str>>) -> Self {
-        self.path = Some(path.into());
+        self.path = Some(RequestPath::Owned(path.into()));
+        self
+    }
+
+    /// The request path, taken from the request's URI without copying it (the URI shares the
+    /// request's buffer). The query string is never exposed.
+    #[inline]
+    pub fn uri(mut self, uri: &Uri) -> Self {
+        self.path = Some(RequestPath::Uri(uri.clone()));
         self
     }
 
     /// The client's address.
+    #[inline]
     pub fn client_ip(mut self, ip: IpAddr) -> Self {
         self.client_ip = Some(ip);
         self
     }
 
     /// Overrides the start time (defaults to the moment of `build`).
+    #[inline]
     pub fn started(mut self, at: Instant, wall_clock: SystemTime) -> Self {
         self.started = Some((at, wall_clock));
         self
     }
 
     /// The context.
+    #[inline]
     pub fn build(self) -> RequestContext {
-        let (started, started_at) = self.started.unwrap_or_else(|| (Instant::now(), SystemTime::now()));
+        let (started, started_at) = match self.started {
+            Some((at, wall_clock)) => (at, Some(wall_clock)),
+            None => (Instant::now(), None),
+        };
         RequestContext {
             id: self.id,
             method: self.method,
@@ -156,7 +187,7 @@ impl RequestContextBuilder {
             client_ip: self.client_ip,
             started,
             started_at,
-            patch: ArcSwap::from_pointee(Patch::default()),
+            patch: ArcSwap::new(empty_patch()),
             extensions: RwLock::new(Extensions::new()),
         }
     }
@@ -170,6 +201,7 @@ impl RequestContext {
     }
 
     /// Starts building a context.
+    #[inline]
     pub fn builder(id: RequestId) -> RequestContextBuilder {
         RequestContextBuilder { id, method: None, path: None, client_ip: None, started: None }
     }
@@ -177,17 +209,20 @@ impl RequestContext {
     /// The context of the request being served, or `None` outside a request.
     ///
     /// Costs one atomic increment; use [`RequestContext::with`] to read without it.
+    #[inline]
     pub fn current() -> Option<Arc<RequestContext>> {
         CURRENT.try_with(Arc::clone).ok()
     }
 
     /// Like [`RequestContext::current`], but outside a request returns an error whose message
     /// names the layer to add.
+    #[inline]
     pub fn try_current() -> Result<Arc<RequestContext>, NoRequestContext> {
         Self::current().ok_or(NoRequestContext)
     }
 
     /// Runs `f` with the current context, without cloning it; `None` outside a request.
+    #[inline]
     pub fn with<R>(f: impl FnOnce(&RequestContext) -> R) -> Option<R> {
         CURRENT.try_with(|ctx| f(ctx)).ok()
     }
@@ -196,12 +231,14 @@ impl RequestContext {
     ///
     /// Tasks it spawns with plain `tokio::spawn` do not see the context; use
     /// [`spawn`](crate::spawn) and the other propagation helpers.
+    #[inline]
     pub fn scope<F: Future>(ctx: impl Into<Arc<RequestContext>>, future: F) -> Scoped<F> {
         CURRENT.scope(ctx.into(), future)
     }
 
     /// Runs the closure `f` with `ctx` as the current context: for synchronous jobs, threads
     /// and tests. Works on any thread, inside or outside a tokio runtime.
+    #[inline]
     pub fn scope_sync<R>(ctx: impl Into<Arc<RequestContext>>, f: impl FnOnce() -> R) -> R {
         CURRENT.sync_scope(ctx.into(), f)
     }
@@ -223,41 +260,53 @@ impl RequestContext {
     }
 
     /// The request id.
+    #[inline]
     pub fn id(&self) -> &RequestId {
         &self.id
     }
 
     /// The HTTP method, if this context belongs to an HTTP request.
+    #[inline]
     pub fn method(&self) -> Option<&Method> {
         self.method.as_ref()
     }
 
     /// The request path, without the query string.
+    #[inline]
     pub fn path(&self) -> Option<&str> {
-        self.path.as_deref()
+        match self.path.as_ref()? {
+            RequestPath::Uri(uri) => Some(uri.path()),
+            RequestPath::Owned(path) => Some(path),
+        }
     }
 
     /// The client's address (the peer, or the forwarded client behind a trusted proxy).
+    #[inline]
     pub fn client_ip(&self) -> Option<IpAddr> {
         self.client_ip
     }
 
     /// When the request started (monotonic clock).
+    #[inline]
     pub fn started(&self) -> Instant {
         self.started
     }
 
     /// When the request started (wall clock).
+    #[inline]
     pub fn started_at(&self) -> SystemTime {
-        self.started_at
+        // The wall clock is read only when asked for: now minus the monotonic elapsed time.
+        self.started_at.unwrap_or_else(|| SystemTime::now() - self.started.elapsed())
     }
 
     /// Time since the request started.
+    #[inline]
     pub fn elapsed(&self) -> Duration {
         self.started.elapsed()
     }
 
     /// Reads the patchable part without cloning it and without a lock.
+    #[inline]
     pub fn read_patch<R>(&self, f: impl FnOnce(&Patch) -> R) -> R {
         f(&self.patch.load())
     }
@@ -278,6 +327,7 @@ impl RequestContext {
     }
 
     /// The authenticated user, if any.
+    #[inline]
     pub fn user_id(&self) -> Option<Arc<str>> {
         self.patch.load().user_id.clone()
     }
@@ -352,9 +402,9 @@ impl fmt::Debug for RequestContext {
         f.debug_struct("RequestContext")
             .field("id", &self.id)
             .field("method", &self.method)
-            .field("path", &self.path)
+            .field("path", &self.path())
             .field("client_ip", &self.client_ip)
-            .field("started_at", &self.started_at)
+            .field("started_at", &self.started_at())
             .field("patch", &self.patch.load())
             .finish_non_exhaustive()
     }

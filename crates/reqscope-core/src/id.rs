@@ -30,15 +30,18 @@ impl RequestId {
     pub const MAX_LEN: usize = 128;
 
     /// A new random UUID v4 id, e.g. `67e55044-10b1-426f-9247-bb680e5fe0c8`.
+    #[inline]
     pub fn new_v4() -> Self {
         Self::from_uuid(uuid::Uuid::new_v4())
     }
 
     /// A new time-ordered UUID v7 id: ids sort by creation time, which suits log stores.
+    #[inline]
     pub fn new_v7() -> Self {
         Self::from_uuid(uuid::Uuid::now_v7())
     }
 
+    #[inline]
     fn from_uuid(uuid: uuid::Uuid) -> Self {
         let mut buf = [0u8; INLINE];
         let len = uuid.hyphenated().encode_lower(&mut buf).len();
@@ -51,6 +54,7 @@ impl RequestId {
     }
 
     /// Validates raw header bytes and wraps them.
+    #[inline]
     pub fn from_bytes(id: &[u8]) -> Result<Self, InvalidRequestId> {
         Self::validate(id)?;
         // Validation guarantees ASCII, so the bytes are valid UTF-8.
@@ -69,6 +73,7 @@ impl RequestId {
     /// The alphabet covers UUIDs, ULIDs, base64 and the ids of common proxies and cloud load
     /// balancers, and excludes everything that could break a header, a log line or a terminal
     /// (spaces, quotes, backslashes, control characters, non-ASCII bytes).
+    #[inline]
     pub fn validate(id: &[u8]) -> Result<(), InvalidRequestId> {
         if id.is_empty() {
             return Err(InvalidRequestId::Empty);
@@ -80,21 +85,37 @@ impl RequestId {
     }
 
     /// The id as text.
+    #[inline]
     pub fn as_str(&self) -> &str {
         match &self.0 {
             Repr::Inline { len, buf } => {
-                // Only ever filled from validated ASCII, so this cannot fail; an empty
-                // string would be the harmless fallback.
-                std::str::from_utf8(&buf[..*len as usize]).unwrap_or_default()
+                let bytes = &buf[..*len as usize];
+                debug_assert!(bytes.is_ascii());
+                // SAFETY: `Repr::Inline` is only built by `from_uuid` (hex digits and hyphens)
+                // and `from_bytes` after `validate` (a subset of ASCII), so the bytes are
+                // ASCII and therefore UTF-8. This read sits on every log line's path.
+                #[allow(unsafe_code)]
+                unsafe {
+                    std::str::from_utf8_unchecked(bytes)
+                }
             }
             Repr::Shared(s) => s,
         }
     }
 
-    /// The id as a header value, for echoing on the response.
+    /// The id as bytes.
+    #[inline]
+    pub fn as_bytes(&self) -> &[u8] {
+        self.as_str().as_bytes()
+    }
+
+    /// The id as a header value, for echoing on the response. The value shares this id's
+    /// storage (one allocation, then clones of the header are reference-count increments).
+    #[inline]
     pub fn to_header_value(&self) -> HeaderValue {
         // Every id byte is a visible ASCII character, which HeaderValue accepts.
-        HeaderValue::from_str(self.as_str()).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+        HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(self.clone()))
+            .unwrap_or_else(|_| HeaderValue::from_static("invalid"))
     }
 }
 
@@ -110,6 +131,7 @@ static ID_BYTES: [bool; 256] = {
     table
 };
 
+#[inline]
 fn is_id_byte(b: u8) -> bool {
     ID_BYTES[b as usize]
 }
@@ -137,6 +159,12 @@ impl Eq for RequestId {}
 impl std::hash::Hash for RequestId {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
         self.as_str().hash(state);
+    }
+}
+
+impl AsRef<[u8]> for RequestId {
+    fn as_ref(&self) -> &[u8] {
+        self.as_bytes()
     }
 }
 
@@ -172,6 +200,7 @@ impl IdGenerator {
     }
 
     /// Makes one id.
+    #[inline]
     pub fn generate(&self) -> RequestId {
         match self {
             IdGenerator::UuidV4 => RequestId::new_v4(),
@@ -209,6 +238,7 @@ pub enum ForwardedIdPolicy {
 
 impl ForwardedIdPolicy {
     /// Whether a valid forwarded id from a connection with this peer address is kept.
+    #[inline]
     pub fn trusts(&self, peer: Option<IpAddr>) -> bool {
         match self {
             ForwardedIdPolicy::TrustIfValid => true,

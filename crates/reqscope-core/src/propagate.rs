@@ -34,6 +34,7 @@ pub struct Captured {
 
 impl Captured {
     /// Captures the context and span current here (either may be absent).
+    #[inline]
     pub fn current() -> Self {
         Captured { ctx: RequestContext::current(), span: Span::current() }
     }
@@ -44,6 +45,7 @@ impl Captured {
     }
 
     /// Runs `f` inside the captured context and span.
+    #[inline]
     pub fn run<R>(&self, f: impl FnOnce() -> R) -> R {
         let _entered = self.span.enter();
         match &self.ctx {

@@ -47,11 +47,13 @@ impl TrustedProxies {
     }
 
     /// Whether no proxy is trusted.
+    #[inline]
     pub fn is_empty(&self) -> bool {
         self.nets.is_empty()
     }
 
     /// Whether `ip` belongs to a trusted proxy.
+    #[inline]
     pub fn contains(&self, ip: IpAddr) -> bool {
         let ip = ip.to_canonical();
         self.nets.iter().any(|net| net.contains(&ip))
@@ -63,6 +65,7 @@ impl TrustedProxies {
     /// `X-Forwarded-For`. A hop that cannot be parsed (`unknown`, an obfuscated name) stops
     /// the walk: nothing beyond it can be believed, and the nearest trusted proxy seen so far
     /// is taken as the client.
+    #[inline]
     pub fn client_ip(&self, peer: Option<IpAddr>, headers: &HeaderMap) -> Option<IpAddr> {
         let peer = peer?.to_canonical();
         if !self.contains(peer) {

@@ -54,9 +54,7 @@ use bytes::Buf;
 use http::{HeaderName, HeaderValue, Request, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
-use reqscope_core::{
-    ForwardedIdPolicy, IdGenerator, REQUEST_SPAN_TARGET, RequestContext, RequestId, Scoped, TrustedProxies,
-};
+use reqscope_core::{ForwardedIdPolicy, IdGenerator, REQUEST_SPAN_TARGET, RequestContext, RequestId, TrustedProxies};
 use tower_layer::Layer;
 use tower_service::Service;
 use tracing::Span;
@@ -175,41 +173,46 @@ where
         let config = &*self.config;
         let peer = peer_ip(&req);
         let forwarded = match req.headers().get(&config.header) {
-            Some(value) if config.policy.trusts(peer) => RequestId::from_bytes(value.as_bytes()).ok(),
+            Some(value) if config.policy.trusts(peer) => {
+                RequestId::from_bytes(value.as_bytes()).ok().map(|id| (id, value.clone()))
+            }
             _ => None,
         };
-        let id = forwarded.unwrap_or_else(|| config.generator.generate());
-        let id_header = id.to_header_value();
+        let (id, id_header) = match forwarded {
+            // Kept as sent: the request already carries it, and its header value is reused.
+            Some((id, value)) if req.headers().get_all(&config.header).iter().count() == 1 => (id, value),
+            kept_or_not => {
+                let id = kept_or_not.map_or_else(|| config.generator.generate(), |(id, _)| id);
+                let value = id.to_header_value();
+                req.headers_mut().insert(config.header.clone(), value.clone());
+                (id, value)
+            }
+        };
         let head = req.method() == http::Method::HEAD;
-        req.headers_mut().insert(config.header.clone(), id_header.clone());
 
-        let mut builder = RequestContext::builder(id).method(req.method().clone()).path(req.uri().path());
+        let mut builder = RequestContext::builder(id).method(req.method().clone()).uri(req.uri());
         if let Some(ip) = config.proxies.client_ip(peer, req.headers()) {
             builder = builder.client_ip(ip);
         }
         let ctx = Arc::new(builder.build());
 
-        let span = RequestContext::scope_sync(
-            Arc::clone(&ctx),
-            || tracing::info_span!(target: REQUEST_SPAN_TARGET, "request"),
-        );
-        let future = {
-            let _entered = span.enter();
-            RequestContext::scope_sync(Arc::clone(&ctx), || self.inner.call(req))
-        };
-        let state = RequestState {
-            ctx: Arc::clone(&ctx),
-            span,
-            status: None,
-            bytes: 0,
-            empty_body: false,
-            head,
-            log: config.access_log,
-            finished: false,
-        };
+        let (span, future) = RequestContext::scope_sync(Arc::clone(&ctx), || {
+            let span = tracing::info_span!(target: REQUEST_SPAN_TARGET, "request");
+            let future = span.in_scope(|| self.inner.call(req));
+            (span, future)
+        });
         ResponseFuture {
-            inner: RequestContext::scope(ctx, future),
-            state: Some(state),
+            inner: future,
+            state: Some(RequestState {
+                ctx,
+                span,
+                status: None,
+                bytes: 0,
+                empty_body: false,
+                head,
+                log: config.access_log,
+                finished: false,
+            }),
             header: config.header.clone(),
             id: id_header,
         }
@@ -220,7 +223,7 @@ pin_project! {
     /// The response future of [`RequestContextService`].
     pub struct ResponseFuture<F> {
         #[pin]
-        inner: Scoped<F>,
+        inner: F,
         state: Option<RequestState>,
         header: HeaderName,
         id: HeaderValue,
@@ -236,13 +239,17 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let result = {
-            let _entered = this.state.as_ref().map(|s| s.span.enter());
-            ready!(this.inner.poll(cx))
+        let result = match this.state.as_ref() {
+            Some(state) => {
+                let _entered = state.span.enter();
+                let inner = this.inner;
+                ready!(RequestContext::scope_sync(Arc::clone(&state.ctx), || inner.poll(cx)))
+            }
+            // Polled again after completion: the inner future decides what that means.
+            None => ready!(this.inner.poll(cx)),
         };
         let Some(mut state) = this.state.take() else {
-            // Unreachable: the scoped inner future panics if polled after completion.
-            return Poll::Pending;
+            return Poll::Ready(result.map(|response| response.map(|inner| ContextBody { inner, state: None })));
         };
         match result {
             Ok(mut response) => {

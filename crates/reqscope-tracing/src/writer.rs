@@ -1,7 +1,10 @@
 //! A non-blocking, bounded, lossy-but-counting line writer.
 //!
 //! Lines are appended to a shared buffer under a lock held only for a `memcpy`; one worker
-//! thread swaps the buffer out and writes it. When the output cannot keep up (a full pipe, a
+//! thread swaps the buffer out and writes it in one call every flush interval (10 ms by
+//! default), or at once when 64 KiB are waiting or a flush is asked for. Callers never wake
+//! the worker per line: a wake-up is a system call and, on a busy core, a context switch —
+//! far more than formatting the line. When the output cannot keep up (a full pipe, a
 //! stalled terminal), the buffer stops growing at its limit: new lines are dropped and
 //! counted, requests never wait, and once output moves again a summary line reports how many
 //! were lost. Lines the output refuses (a write error) are counted the same way, and a
@@ -26,11 +29,16 @@ pub fn non_blocking<T: Write + Send + 'static>(output: T) -> (NonBlocking, Write
 pub struct NonBlockingBuilder {
     buffer_limit: usize,
     shutdown_timeout: Duration,
+    flush_interval: Duration,
 }
 
 impl Default for NonBlockingBuilder {
     fn default() -> Self {
-        NonBlockingBuilder { buffer_limit: 8 * 1024 * 1024, shutdown_timeout: Duration::from_secs(5) }
+        NonBlockingBuilder {
+            buffer_limit: 8 * 1024 * 1024,
+            shutdown_timeout: Duration::from_secs(5),
+            flush_interval: Duration::from_millis(10),
+        }
     }
 }
 
@@ -39,6 +47,13 @@ impl NonBlockingBuilder {
     /// is bounded by about twice this: one buffer filling while the other is written.
     pub fn buffer_limit(mut self, bytes: usize) -> Self {
         self.buffer_limit = bytes.max(1);
+        self
+    }
+
+    /// The longest a line waits before it is written (default 10 ms). Shorter means more
+    /// write calls; a burst of 64 KiB is written at once regardless.
+    pub fn flush_interval(mut self, interval: Duration) -> Self {
+        self.flush_interval = interval.max(Duration::from_micros(100));
         self
     }
 
@@ -56,11 +71,14 @@ impl NonBlockingBuilder {
                 pending_drops: 0,
                 writing: false,
                 failing: false,
+                urgent: false,
                 shutdown: false,
             }),
             work: Condvar::new(),
             idle: Condvar::new(),
             limit: self.buffer_limit,
+            wake_at: (64 * 1024).min(self.buffer_limit / 2).max(1),
+            interval: self.flush_interval,
             dropped: AtomicU64::new(0),
         });
         let worker_shared = Arc::clone(&shared);
@@ -78,6 +96,9 @@ struct Shared {
     work: Condvar,
     idle: Condvar,
     limit: usize,
+    /// Buffered bytes at which a caller wakes the worker instead of letting it sleep on.
+    wake_at: usize,
+    interval: Duration,
     dropped: AtomicU64,
 }
 
@@ -86,6 +107,8 @@ struct State {
     pending_drops: u64,
     writing: bool,
     failing: bool,
+    /// Write now: a flush was asked for, or the buffer passed `wake_at`.
+    urgent: bool,
     shutdown: bool,
 }
 
@@ -100,20 +123,28 @@ impl Shared {
     fn run<T: Write>(&self, mut output: T) {
         let mut spare = Vec::new();
         let mut backoff = Duration::ZERO;
+        let mut last_write = Instant::now();
         loop {
             let drops = {
                 let mut state = self.lock();
                 loop {
                     // A failing output is retried only when new lines arrive, never in a spin.
                     let has_work = !state.buf.is_empty() || (state.pending_drops > 0 && !state.failing);
-                    if has_work {
+                    let since = last_write.elapsed();
+                    if has_work && (state.urgent || state.shutdown || since >= self.interval) {
                         break;
                     }
-                    if state.shutdown {
+                    if !has_work && state.shutdown {
                         return;
                     }
-                    state = self.work.wait(state).unwrap_or_else(|poisoned| poisoned.into_inner());
+                    let nap = if has_work { self.interval - since } else { self.interval };
+                    state = self.work.wait_timeout(state, nap).unwrap_or_else(|poisoned| poisoned.into_inner()).0;
+                    if !has_work {
+                        // Lines that arrived while idle are written at this wake-up.
+                        last_write = Instant::now() - self.interval;
+                    }
                 }
+                state.urgent = false;
                 std::mem::swap(&mut state.buf, &mut spare);
                 state.writing = true;
                 std::mem::take(&mut state.pending_drops)
@@ -126,6 +157,7 @@ impl Shared {
             let lost = if written { 0 } else { spare.iter().filter(|&&b| b == b'\n').count() as u64 };
             let reported = written && (drops == 0 || output.write_all(&drop_summary(drops)).is_ok());
             let _ = output.flush();
+            last_write = Instant::now();
             spare.clear();
             if spare.capacity() > self.limit {
                 spare = Vec::new();
@@ -151,10 +183,10 @@ impl Shared {
             self.dropped.fetch_add(1, Ordering::Relaxed);
             return;
         }
-        let was_empty = state.buf.is_empty();
         state.buf.extend_from_slice(line);
-        drop(state);
-        if was_empty {
+        if state.buf.len() >= self.wake_at && !state.urgent {
+            state.urgent = true;
+            drop(state);
             self.work.notify_one();
         }
     }
@@ -162,8 +194,9 @@ impl Shared {
     /// Waits until everything buffered so far is written, or `timeout` passes.
     fn flush(&self, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
-        self.work.notify_one();
         let mut state = self.lock();
+        state.urgent = true;
+        self.work.notify_one();
         while !state.buf.is_empty() || state.writing || (state.pending_drops > 0 && !state.failing) {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {

@@ -1,0 +1,110 @@
+//! The stacks under comparison. Adding a row (a new layer) is one variant and one match arm.
+
+use std::str::FromStr;
+
+use axum::http::{HeaderName, Request};
+use axum::routing::get;
+use axum::{Json, Router};
+use reqscope::logging::{LogLayer, NonBlocking};
+use reqscope::{MatchedRouteLayer, RequestContext, RequestContextLayer};
+use serde_json::{Value, json};
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::{DefaultOnResponse, TraceLayer};
+use tracing::Level;
+use tracing_subscriber::prelude::*;
+
+use crate::handrolled;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stack {
+    /// axum alone.
+    Bare,
+    /// A hand-rolled `task_local!` request id and a minimal JSON layer: the anchor.
+    Handrolled,
+    /// reqscope context only: id, scope, `current()` read in the handler; no log output.
+    Context,
+    /// reqscope context and one stamped JSON line from the handler.
+    ContextLog,
+    /// reqscope full stack: context, route, handler line and access line.
+    Full,
+    /// tower-http SetRequestId/PropagateRequestId + TraceLayer + `fmt().json()`, two lines.
+    TowerHttp,
+}
+
+impl Stack {
+    pub const NAMES: [&'static str; 6] = ["bare", "handrolled", "context", "context-log", "full", "tower-http"];
+
+    pub fn name(self) -> &'static str {
+        Self::NAMES[self as usize]
+    }
+
+    pub fn router(self, writer: NonBlocking) -> Router {
+        match self {
+            Stack::Bare => Router::new().route("/hello", get(hello)),
+            Stack::Handrolled => {
+                tracing_subscriber::registry().with(handrolled::JsonLayer::new(writer)).init();
+                handrolled::router(Router::new().route("/hello", get(hello_logged)))
+            }
+            Stack::Context => {
+                Router::new().route("/hello", get(hello_context)).layer(RequestContextLayer::new().access_log(false))
+            }
+            Stack::ContextLog => {
+                tracing_subscriber::registry().with(LogLayer::new().with_writer(writer)).init();
+                Router::new().route("/hello", get(hello_logged)).layer(RequestContextLayer::new().access_log(false))
+            }
+            Stack::Full => {
+                tracing_subscriber::registry().with(LogLayer::new().with_writer(writer)).init();
+                Router::new()
+                    .route("/hello", get(hello_logged))
+                    .route_layer(MatchedRouteLayer)
+                    // Later layers of the full stack (auth, rate limit) are added here.
+                    .layer(RequestContextLayer::new())
+            }
+            Stack::TowerHttp => {
+                tracing_subscriber::fmt().json().with_writer(writer).init();
+                let x_request_id = HeaderName::from_static("x-request-id");
+                Router::new()
+                    .route("/hello", get(hello_logged))
+                    .layer(
+                        TraceLayer::new_for_http()
+                            .make_span_with(|request: &Request<_>| {
+                                let id = request.headers().get("x-request-id").and_then(|v| v.to_str().ok());
+                                tracing::info_span!(
+                                    "request",
+                                    request_id = id.unwrap_or_default(),
+                                    method = %request.method(),
+                                    path = request.uri().path(),
+                                )
+                            })
+                            .on_request(())
+                            .on_response(DefaultOnResponse::new().level(Level::INFO)),
+                    )
+                    .layer(PropagateRequestIdLayer::new(x_request_id.clone()))
+                    .layer(SetRequestIdLayer::new(x_request_id, MakeRequestUuid))
+            }
+        }
+    }
+}
+
+impl FromStr for Stack {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let all = [Stack::Bare, Stack::Handrolled, Stack::Context, Stack::ContextLog, Stack::Full, Stack::TowerHttp];
+        all.into_iter().find(|stack| stack.name() == s).ok_or_else(|| format!("unknown stack {s:?}"))
+    }
+}
+
+async fn hello() -> Json<Value> {
+    Json(json!({ "message": "hello" }))
+}
+
+async fn hello_context() -> Json<Value> {
+    let id_len = RequestContext::with(|ctx| ctx.id().as_str().len());
+    std::hint::black_box(id_len);
+    Json(json!({ "message": "hello" }))
+}
+
+async fn hello_logged() -> Json<Value> {
+    tracing::info!(greeting = "hello", "saying hello");
+    Json(json!({ "message": "hello" }))
+}
