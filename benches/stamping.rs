@@ -183,12 +183,23 @@ fn layer(c: &mut Criterion) {
     );
     // Wrapping the finished router avoids both.
     bench_request(&mut group, "wrapping_the_router", context().layer(bare.clone()));
-    bench_request(
-        &mut group,
-        "noop_map_response",
-        tower::util::MapResponseLayer::new(|r: axum::response::Response| r.map(|b| b)).layer(bare),
-    );
     group.finish();
+
+    // The same with a subscriber and one log line from the handler: what a stamped line costs
+    // on the request path (formatting, the request span, the writer's buffer).
+    async fn hello_logged() -> axum::Json<serde_json::Value> {
+        tracing::info!(greeting = "hello", "saying hello");
+        axum::Json(serde_json::json!({ "message": "hello" }))
+    }
+    let (writer, _guard) = reqscope::logging::non_blocking(std::io::sink());
+    let subscriber = tracing_subscriber::registry().with(LogLayer::new().with_writer(writer));
+    tracing::subscriber::with_default(subscriber, || {
+        let mut group = c.benchmark_group("request_logged");
+        let logged = axum::Router::new().route("/hello", get(hello_logged)).with_state(());
+        bench_request(&mut group, "bare_axum", logged.clone());
+        bench_request(&mut group, "context_and_line", context().layer(logged));
+        group.finish();
+    });
 }
 
 criterion_group!(benches, context, event, layer);

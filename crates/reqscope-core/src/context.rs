@@ -4,7 +4,6 @@ use std::net::IpAddr;
 use std::sync::{Arc, LazyLock, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
-use arc_swap::ArcSwap;
 use http::{Extensions, Method, Uri};
 
 use crate::error::NoRequestContext;
@@ -23,8 +22,9 @@ pub type Scoped<F> = tokio::task::futures::TaskLocalFuture<Arc<RequestContext>, 
 /// The immutable part (id, method, path, client ip, start time) is set when the request
 /// arrives. The [`Patch`] part (user, org, roles, route, rate-limit budget, custom fields) is
 /// filled in by later layers and handlers; every log line written after a patch shows it,
-/// including the access line. Reading the patch never takes a lock: it is an atomically
-/// swapped `Arc`, replaced as a whole on each (rare) write.
+/// including the access line. The patch is an `Arc` replaced as a whole on each (rare) write;
+/// readers share a read lock that a writer takes only for the pointer swap, so a log line
+/// never waits on a writer's work and reading allocates nothing.
 pub struct RequestContext {
     id: RequestId,
     method: Option<Method>,
@@ -33,7 +33,7 @@ pub struct RequestContext {
     started: Instant,
     /// `None` when derived from `started` (saves a clock read per request).
     started_at: Option<SystemTime>,
-    patch: ArcSwap<Patch>,
+    patch: PatchCell,
     extensions: RwLock<Extensions>,
 }
 
@@ -42,6 +42,50 @@ pub struct RequestContext {
 enum RequestPath {
     Uri(Uri),
     Owned(Box<str>),
+}
+
+/// The patch behind a lock that is only ever held for a pointer copy: readers hold it while
+/// they read (a log line's formatting), writers build the next patch outside it and hold it
+/// only to swap the pointer.
+struct PatchCell(RwLock<Arc<Patch>>);
+
+impl PatchCell {
+    fn new(patch: Arc<Patch>) -> Self {
+        PatchCell(RwLock::new(patch))
+    }
+
+    #[inline]
+    fn read<R>(&self, f: impl FnOnce(&Patch) -> R) -> R {
+        match self.0.read() {
+            Ok(patch) => f(&patch),
+            Err(poisoned) => f(&poisoned.into_inner()),
+        }
+    }
+
+    fn load_full(&self) -> Arc<Patch> {
+        self.read_arc()
+    }
+
+    fn read_arc(&self) -> Arc<Patch> {
+        match self.0.read() {
+            Ok(patch) => Arc::clone(&patch),
+            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
+        }
+    }
+
+    fn update(&self, f: impl Fn(&mut Patch)) {
+        loop {
+            let current = self.read_arc();
+            let mut next = Patch::clone(&current);
+            f(&mut next);
+            let mut slot = self.0.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+            // Another writer got in between: apply `f` again on top of its patch.
+            if Arc::ptr_eq(&slot, &current) {
+                *slot = Arc::new(next);
+                return;
+            }
+        }
+    }
 }
 
 /// Every context starts from the same empty patch; the first write replaces it.
@@ -187,7 +231,7 @@ impl RequestContextBuilder {
             client_ip: self.client_ip,
             started,
             started_at,
-            patch: ArcSwap::new(empty_patch()),
+            patch: PatchCell::new(empty_patch()),
             extensions: RwLock::new(Extensions::new()),
         }
     }
@@ -254,7 +298,7 @@ impl RequestContext {
             client_ip: self.client_ip,
             started: self.started,
             started_at: self.started_at,
-            patch: ArcSwap::new(self.patch.load_full()),
+            patch: PatchCell::new(self.patch.load_full()),
             extensions: RwLock::new(extensions),
         }
     }
@@ -305,10 +349,10 @@ impl RequestContext {
         self.started.elapsed()
     }
 
-    /// Reads the patchable part without cloning it and without a lock.
+    /// Reads the patchable part without cloning it.
     #[inline]
     pub fn read_patch<R>(&self, f: impl FnOnce(&Patch) -> R) -> R {
-        f(&self.patch.load())
+        self.patch.read(f)
     }
 
     /// A snapshot of the patchable part.
@@ -319,17 +363,13 @@ impl RequestContext {
     /// Changes the patchable part. Concurrent updates are applied one after the other (the
     /// closure may run more than once under contention, so keep it free of side effects).
     pub fn update(&self, f: impl Fn(&mut Patch)) {
-        self.patch.rcu(|old| {
-            let mut next = Patch::clone(old);
-            f(&mut next);
-            next
-        });
+        self.patch.update(f);
     }
 
     /// The authenticated user, if any.
     #[inline]
     pub fn user_id(&self) -> Option<Arc<str>> {
-        self.patch.load().user_id.clone()
+        self.patch.read(|p| p.user_id.clone())
     }
 
     /// Sets the user id.
@@ -356,7 +396,7 @@ impl RequestContext {
 
     /// Whether the user has `role`.
     pub fn has_role(&self, role: &str) -> bool {
-        self.patch.load().roles.iter().any(|r| &**r == role)
+        self.patch.read(|p| p.roles.iter().any(|r| &**r == role))
     }
 
     /// Sets the matched route template.
@@ -405,7 +445,7 @@ impl fmt::Debug for RequestContext {
             .field("path", &self.path())
             .field("client_ip", &self.client_ip)
             .field("started_at", &self.started_at())
-            .field("patch", &self.patch.load())
+            .field("patch", &self.patch.load_full())
             .finish_non_exhaustive()
     }
 }
