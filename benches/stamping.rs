@@ -9,9 +9,12 @@
 //! - `event/*`: one event with 6 context fields and 2 event fields, written to a sink, by
 //!   reqscope's `LogLayer` and by `tracing_subscriber::fmt().json()` with the same 6 fields on
 //!   an entered span.
+//! - `request/*`: one `GET /hello` through axum in process (no socket): bare, with
+//!   `RequestContextLayer` added by `Router::layer`, and wrapping the finished router.
+//! - `request_logged/*`: the same with a subscriber and one log line from the handler.
 //!
-//! Before the timings it prints the heap allocations per stamped event, counted by a global
-//! allocator.
+//! Before the timings it prints heap allocations per event and per request, counted by a
+//! global allocator.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::future::Future;
@@ -135,6 +138,7 @@ fn event(c: &mut Criterion) {
 /// Serves one request in process (no socket) and counts its allocations, then times it.
 fn bench_request<S, B>(
     group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    group_name: &str,
     name: &str,
     service: S,
 ) where
@@ -158,7 +162,7 @@ fn bench_request<S, B>(
         one_request();
     }
     let per_request = (ALLOCATIONS.load(Ordering::Relaxed) - before) as f64 / 1_000.0;
-    println!("request/{name}: {per_request} heap allocations per request");
+    println!("{group_name}/{name}: {per_request} heap allocations per request");
     group.bench_function(name, |b| b.iter(one_request));
 }
 
@@ -174,15 +178,16 @@ fn layer(c: &mut Criterion) {
     let bare = axum::Router::new().route("/hello", get(hello)).with_state(());
     let context = || RequestContextLayer::new().access_log(false);
     let mut group = c.benchmark_group("request");
-    bench_request(&mut group, "bare_axum", bare.clone());
+    bench_request(&mut group, "request", "bare_axum", bare.clone());
     // `Router::layer` boxes the layered route's future and re-boxes the response body.
     bench_request(
         &mut group,
+        "request",
         "router_layer",
         axum::Router::new().route("/hello", get(hello)).layer(context()).with_state(()),
     );
     // Wrapping the finished router avoids both.
-    bench_request(&mut group, "wrapping_the_router", context().layer(bare.clone()));
+    bench_request(&mut group, "request", "wrapping_the_router", context().layer(bare));
     group.finish();
 
     // The same with a subscriber and one log line from the handler: what a stamped line costs
@@ -196,8 +201,8 @@ fn layer(c: &mut Criterion) {
     tracing::subscriber::with_default(subscriber, || {
         let mut group = c.benchmark_group("request_logged");
         let logged = axum::Router::new().route("/hello", get(hello_logged)).with_state(());
-        bench_request(&mut group, "bare_axum", logged.clone());
-        bench_request(&mut group, "context_and_line", context().layer(logged));
+        bench_request(&mut group, "request_logged", "bare_axum", logged.clone());
+        bench_request(&mut group, "request_logged", "context_and_line", context().layer(logged));
         group.finish();
     });
 }
