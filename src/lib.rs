@@ -55,6 +55,12 @@ pub use reqscope_tower::MatchedRouteLayer;
 #[cfg(feature = "tower")]
 pub use reqscope_tower::RequestContextLayer;
 
+/// JWT authentication: `AuthLayer`, `RequireRoleLayer`, `Claims` (feature `jwt`).
+#[cfg(feature = "jwt")]
+pub mod auth {
+    pub use reqscope_tower::auth::*;
+}
+
 /// The stamping log layer and its writers (feature `tracing`).
 #[cfg(feature = "tracing")]
 pub mod logging {

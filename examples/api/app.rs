@@ -2,19 +2,27 @@
 
 use axum::Router;
 use axum::routing::get;
+use reqscope::auth::AuthLayer;
 use reqscope::{MatchedRouteLayer, RequestContextLayer};
 
-use crate::{fanout, health, not_found, stream};
+use crate::{fanout, health, jwt, not_found, stream, users};
 
 /// The whole application, ready to serve.
-pub fn app() -> Router {
+pub fn app(auth: AuthLayer) -> Router {
     Router::new()
         .route("/health", get(health::health))
         .route("/fanout", get(fanout::fanout))
         .route("/stream", get(stream::stream))
+        // Only this route needs a token; the auth layer puts the user into the context.
+        .route("/users/me", get(users::me).route_layer(auth))
         // After routing: puts the route template (`/users/{id}`) on every log line.
         .route_layer(MatchedRouteLayer)
         .fallback(not_found::not_found)
         // Outermost: every request, the 404s included, gets its context and request id.
         .layer(RequestContextLayer::new())
+}
+
+/// The example's auth layer: HS256 with `secret`, the example's issuer and audience required.
+pub fn auth_layer(secret: &[u8]) -> AuthLayer {
+    AuthLayer::hmac(secret).issuer(jwt::ISSUER).audience(jwt::AUDIENCE)
 }

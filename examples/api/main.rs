@@ -6,13 +6,17 @@
 //! ```
 //!
 //! Environment: `ADDR` (default `127.0.0.1:3000`), `RUST_LOG` (default `info`),
-//! `LOG_FORMAT` (`json`, the default, or `pretty`).
+//! `LOG_FORMAT` (`json`, the default, or `pretty`), `JWT_SECRET` (HS256, at least 32 bytes;
+//! unset: a development secret is made and kept in the temp directory, and
+//! `cargo run --example mint_token -- 1` signs tokens with it).
 
 mod app;
 mod fanout;
 mod health;
+mod jwt;
 mod not_found;
 mod stream;
+mod users;
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -43,9 +47,16 @@ async fn serve() -> Result<(), String> {
         addr.parse().map_err(|_| format!("ADDR must be an address such as 127.0.0.1:3000, got {addr:?}"))?;
     let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| format!("cannot listen on {addr}: {e}"))?;
     let local_addr = listener.local_addr().unwrap_or(addr);
+    if std::env::var_os("JWT_SECRET").is_none() {
+        tracing::warn!(
+            secret_file = %jwt::dev_secret_path().display(),
+            "JWT_SECRET is not set: using a development secret; mint a token with `cargo run --example mint_token -- 1`"
+        );
+    }
+    let auth = app::auth_layer(&jwt::secret(true)?);
     tracing::info!(addr = %local_addr, "listening");
 
-    let service = app::app().into_make_service_with_connect_info::<SocketAddr>();
+    let service = app::app(auth).into_make_service_with_connect_info::<SocketAddr>();
     axum::serve(listener, service).with_graceful_shutdown(shutdown_signal()).await.map_err(|e| e.to_string())?;
     tracing::info!("stopped");
     Ok(())

@@ -6,8 +6,12 @@
 //!   and writes one access-log event per request.
 //! - [`MatchedRouteLayer`] (feature `axum`) records axum's matched route template into the
 //!   context.
+//! - [`auth::AuthLayer`] (feature `jwt`) verifies JWT bearer tokens and patches user, org and
+//!   roles into the context; [`auth::RequireRoleLayer`] guards a route by role.
 #![warn(missing_docs)]
 
+#[cfg(feature = "jwt")]
+pub mod auth;
 pub mod request_context;
 #[cfg(feature = "axum")]
 pub mod route;

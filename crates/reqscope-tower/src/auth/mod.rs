@@ -1,0 +1,388 @@
+//! Verify JWT bearer tokens and put who is asking into the request context.
+//!
+//! ```
+//! use axum::{Router, routing::get};
+//! use reqscope_tower::RequestContextLayer;
+//! use reqscope_tower::auth::{AuthLayer, RequireRoleLayer};
+//!
+//! # fn main() -> Result<(), reqscope_tower::auth::AuthConfigError> {
+//! let auth = AuthLayer::hmac(b"a secret of at least 32 bytes, from the environment").audience("my-api");
+//! let app: Router = Router::new()
+//!     .route("/admin/stats", get(|| async { "stats" }).route_layer(RequireRoleLayer::new("admin")))
+//!     .route("/me", get(|| async { "me" }))
+//!     .route_layer(auth) // only matched routes: unknown paths still answer 404
+//!     .layer(RequestContextLayer::new());
+//! # Ok(()) }
+//! ```
+//!
+//! A valid token's `sub` becomes the context's user id, the org claim (default `org_id`) its
+//! org id, the roles claim (default `roles`: an array, or a space-separated string; else
+//! OAuth's `scope`) its roles — so every later log line of the request, and its access line,
+//! carries them. The whole verified claim set is available to handlers as [`Claims`], in the
+//! request's extensions (axum's `Extension<Claims>`) and the context's.
+//!
+//! **Validation.** `exp` is required and checked, `nbf` is checked, both with a leeway of
+//! 30 s by default ([`AuthLayer::leeway`]). `iss` and `aud` are checked — and required — when
+//! configured. The algorithm is pinned to the key's family: an HMAC key verifies only HS256/
+//! 384/512, an RSA key only RS*/PS*, an EC key ES256/ES384, an Ed25519 key EdDSA; so a token
+//! signed with an RSA public key used as an HMAC secret is refused. `alg: none` is never
+//! accepted. Tokens over 8 KiB ([`AuthLayer::max_token_bytes`]) are refused before parsing.
+//!
+//! **Rejections.** 401 with `{"error":"unauthorized","message":<reason>,"request_id":…}` and
+//! `WWW-Authenticate: Bearer realm="api", error="invalid_token", error_description=<reason>`
+//! (RFC 6750; just `Bearer realm="api"` when the token is missing), where `<reason>` is one
+//! of [`Reason`]'s classes. One WARN event (target `reqscope::auth`) per rejection carries
+//! the reason class — never the token, never the `Authorization` header. In optional mode
+//! ([`AuthLayer::optional`]) requests without a token pass as anonymous; a token that is
+//! present but bad is still refused.
+//!
+//! **Keys.** An HMAC secret, an RSA / EC / Ed25519 public key in PEM, a JWKS document (string
+//! or file), or a JWKS URL: fetched on first use, cached, fetched again when a token names an
+//! unknown `kid` — at most once per [`AuthLayer::min_refresh_interval`] (30 s by default), so
+//! tokens with made-up `kid`s cannot hammer the identity provider. When the key set cannot be
+//! fetched the answer is 503 JSON.
+//!
+//! Crypto comes from `jsonwebtoken` with its pure-Rust `rust_crypto` backend (no C toolchain
+//! needed; `jsonwebtoken` ≥ 10 panics at the first verification unless exactly one backend is
+//! enabled, and this crate enables exactly that one).
+
+mod keys;
+mod reject;
+mod role;
+mod verify;
+
+use std::future::Future;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::{Request, Response};
+use pin_project_lite::pin_project;
+use reqscope_core::RequestContext;
+use tower_layer::Layer;
+use tower_service::Service;
+
+use keys::{KeyEntry, KeySource, Lookup, RemoteJwks};
+pub use reject::Reason;
+pub use role::{RequireRole, RequireRoleLayer};
+pub use verify::Claims;
+use verify::{Rules, TokenHeader, Verified};
+
+/// A key or key set that could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthConfigError {
+    /// A PEM key did not parse.
+    #[error("invalid key: {0}")]
+    InvalidKey(String),
+    /// A JWKS document did not parse or has no usable signing key.
+    #[error("invalid JWKS: {0}")]
+    InvalidJwks(String),
+    /// A JWKS file could not be read.
+    #[error("cannot read {0}: {1}")]
+    Io(String, #[source] std::io::Error),
+    /// A JWKS URL is not an absolute http(s) URL.
+    #[error("invalid JWKS URL {0:?}: expected http:// or https://")]
+    InvalidUrl(String),
+}
+
+#[derive(Clone)]
+struct Config {
+    keys: KeySource,
+    rules: Rules,
+    required: bool,
+    realm: String,
+}
+
+/// Verifies bearer JWTs and patches user, org and roles into the request context; see the
+/// [module docs](self).
+#[derive(Clone)]
+pub struct AuthLayer {
+    config: Arc<Config>,
+}
+
+impl std::fmt::Debug for AuthLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Keys stay out of Debug output.
+        f.debug_struct("AuthLayer")
+            .field("rules", &self.config.rules)
+            .field("required", &self.config.required)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AuthLayer {
+    fn with_keys(keys: KeySource) -> Self {
+        AuthLayer {
+            config: Arc::new(Config {
+                keys,
+                rules: Rules {
+                    leeway_secs: 30,
+                    issuers: None,
+                    audiences: None,
+                    max_token_bytes: 8 * 1024,
+                    org_claim: "org_id".to_owned(),
+                    roles_claim: "roles".to_owned(),
+                },
+                required: true,
+                realm: "api".to_owned(),
+            }),
+        }
+    }
+
+    fn single(key: KeyEntry) -> Self {
+        Self::with_keys(KeySource::Static(Arc::from(vec![key])))
+    }
+
+    /// HS256 / HS384 / HS512 with a shared secret.
+    pub fn hmac(secret: impl AsRef<[u8]>) -> Self {
+        Self::single(KeyEntry::hmac(secret.as_ref()))
+    }
+
+    /// RS256/384/512 and PS256/384/512 with an RSA public key in PEM.
+    pub fn rsa_pem(pem: impl AsRef<[u8]>) -> Result<Self, AuthConfigError> {
+        Ok(Self::single(KeyEntry::rsa_pem(pem.as_ref())?))
+    }
+
+    /// ES256 / ES384 with an EC public key in PEM.
+    pub fn ec_pem(pem: impl AsRef<[u8]>) -> Result<Self, AuthConfigError> {
+        Ok(Self::single(KeyEntry::ec_pem(pem.as_ref())?))
+    }
+
+    /// EdDSA with an Ed25519 public key in PEM.
+    pub fn ed_pem(pem: impl AsRef<[u8]>) -> Result<Self, AuthConfigError> {
+        Ok(Self::single(KeyEntry::ed_pem(pem.as_ref())?))
+    }
+
+    /// The signing keys of a JWKS document.
+    pub fn jwks_json(json: &str) -> Result<Self, AuthConfigError> {
+        Ok(Self::with_keys(KeySource::Static(Arc::from(keys::parse_jwks(json)?))))
+    }
+
+    /// The signing keys of a JWKS file.
+    pub fn jwks_file(path: impl AsRef<Path>) -> Result<Self, AuthConfigError> {
+        Ok(Self::with_keys(KeySource::Static(Arc::from(keys::read_jwks_file(path.as_ref())?))))
+    }
+
+    /// The signing keys published at an `https://` (or `http://`) URL, fetched on first use
+    /// and again when a token names an unknown `kid`. Must be used inside a tokio runtime.
+    pub fn jwks_url(url: &str) -> Result<Self, AuthConfigError> {
+        Ok(Self::with_keys(KeySource::Remote(Arc::new(RemoteJwks::new(url)?))))
+    }
+
+    fn config_mut(&mut self) -> &mut Config {
+        Arc::make_mut(&mut self.config)
+    }
+
+    /// Requires `iss` to be this issuer (call again to accept several).
+    pub fn issuer(mut self, issuer: impl Into<String>) -> Self {
+        self.config_mut().rules.issuers.get_or_insert_with(Vec::new).push(issuer.into());
+        self
+    }
+
+    /// Requires `aud` to contain this audience (call again to accept several).
+    pub fn audience(mut self, audience: impl Into<String>) -> Self {
+        self.config_mut().rules.audiences.get_or_insert_with(Vec::new).push(audience.into());
+        self
+    }
+
+    /// Clock skew allowed on `exp` and `nbf` (default 30 s).
+    pub fn leeway(mut self, leeway: Duration) -> Self {
+        self.config_mut().rules.leeway_secs = leeway.as_secs();
+        self
+    }
+
+    /// Longest token accepted, in bytes (default 8 KiB).
+    pub fn max_token_bytes(mut self, bytes: usize) -> Self {
+        self.config_mut().rules.max_token_bytes = bytes;
+        self
+    }
+
+    /// The claim holding the org id (default `org_id`).
+    pub fn org_claim(mut self, claim: impl Into<String>) -> Self {
+        self.config_mut().rules.org_claim = claim.into();
+        self
+    }
+
+    /// The claim holding the roles (default `roles`; `scope` is the fallback).
+    pub fn roles_claim(mut self, claim: impl Into<String>) -> Self {
+        self.config_mut().rules.roles_claim = claim.into();
+        self
+    }
+
+    /// Lets requests without a token through as anonymous (no user in the context).
+    pub fn optional(mut self) -> Self {
+        self.config_mut().required = false;
+        self
+    }
+
+    /// The `realm` of `WWW-Authenticate` (default `api`).
+    pub fn realm(mut self, realm: impl Into<String>) -> Self {
+        self.config_mut().realm = realm.into().replace(['"', '\\'], "");
+        self
+    }
+
+    /// Minimum time between two fetches of a JWKS URL (default 30 s). No effect on other keys.
+    pub fn min_refresh_interval(mut self, interval: Duration) -> Self {
+        if let KeySource::Remote(remote) = &mut self.config_mut().keys
+            && let Some(remote) = Arc::get_mut(remote)
+        {
+            remote.min_refresh_interval = interval;
+        }
+        self
+    }
+}
+
+/// Signs `claims` with HS256: for development tools and tests that need a token the layer
+/// accepts (`cargo run --example mint_token`). Production tokens come from your identity
+/// provider.
+pub fn mint_hs256(secret: &[u8], claims: &serde_json::Value) -> Result<String, AuthConfigError> {
+    let header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+    jsonwebtoken::encode(&header, claims, &jsonwebtoken::EncodingKey::from_secret(secret))
+        .map_err(|e| AuthConfigError::InvalidKey(e.to_string()))
+}
+
+impl<S> Layer<S> for AuthLayer {
+    type Service = Auth<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        Auth { inner, config: Arc::clone(&self.config) }
+    }
+}
+
+/// The service made by [`AuthLayer`].
+#[derive(Clone)]
+pub struct Auth<S> {
+    inner: S,
+    config: Arc<Config>,
+}
+
+/// Puts the verified identity into the context and the claims into the extensions.
+fn admit<B>(request: &mut Request<B>, verified: Verified) {
+    let Verified { claims, user_id, org_id, roles } = verified;
+    RequestContext::with(|ctx| {
+        let roles: Arc<[Arc<str>]> = roles.iter().map(|r| Arc::from(r.as_str())).collect();
+        ctx.update(|patch| {
+            patch.user_id = user_id.as_deref().map(Arc::from);
+            patch.org_id = org_id.as_deref().map(Arc::from);
+            patch.roles = Arc::clone(&roles);
+        });
+        ctx.insert_extension(claims.clone());
+    });
+    request.extensions_mut().insert(claims);
+}
+
+impl Config {
+    /// Verifies with the keys at hand: `Ok(Some)` admitted, `Ok(None)` anonymous, `Err(None)`
+    /// when a remote key set must be fetched first.
+    fn check<B>(&self, request: &mut Request<B>) -> Result<bool, Option<Reason>> {
+        let token = match verify::bearer_token(request.headers(), self.rules.max_token_bytes) {
+            Ok(Some(token)) => token,
+            Ok(None) if self.required => return Err(Some(Reason::Missing)),
+            Ok(None) => return Ok(false),
+            Err(reason) => return Err(Some(reason)),
+        };
+        let header = verify::token_header(token).map_err(Some)?;
+        let verified = match self.keys.lookup(header.kid.as_deref(), header.alg) {
+            Lookup::Found(key) => verify::verify(token, &header, &key, &self.rules).map_err(Some)?,
+            Lookup::NoKey => return Err(Some(no_key(&header))),
+            Lookup::Refresh => return Err(None),
+        };
+        admit(request, verified);
+        Ok(true)
+    }
+}
+
+fn no_key(header: &TokenHeader) -> Reason {
+    // A named key we do not have cannot have made the signature; without a name, no key of
+    // the token's algorithm family exists here.
+    if header.kid.is_some() { Reason::InvalidSignature } else { Reason::UnsupportedAlgorithm }
+}
+
+type BoxResponseFuture<B, E> = Pin<Box<dyn Future<Output = Result<Response<B>, E>> + Send>>;
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Auth<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: 'static,
+    ReqBody: Send + 'static,
+    ResBody: From<String> + Send + 'static,
+{
+    type Response = Response<ResBody>;
+    type Error = S::Error;
+    type Future = AuthFuture<S::Future, ResBody, S::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
+        match self.config.check(&mut request) {
+            Ok(_) => AuthFuture::Inner { future: self.inner.call(request) },
+            Err(Some(reason)) => AuthFuture::Ready { response: Some(reject::unauthorized(reason, &self.config.realm)) },
+            Err(None) => {
+                // The ready service handles this request; a clone takes its place.
+                let clone = self.inner.clone();
+                let inner = std::mem::replace(&mut self.inner, clone);
+                let config = Arc::clone(&self.config);
+                AuthFuture::Pending { future: Box::pin(refresh_then_call(config, inner, request)) }
+            }
+        }
+    }
+}
+
+async fn refresh_then_call<S, ReqBody, ResBody>(
+    config: Arc<Config>,
+    mut inner: S,
+    mut request: Request<ReqBody>,
+) -> Result<Response<ResBody>, S::Error>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    ResBody: From<String>,
+{
+    if let KeySource::Remote(remote) = &config.keys
+        && let Err(error) = remote.refresh().await
+    {
+        tracing::warn!(target: "reqscope::auth", url = %remote.url(), %error, "cannot fetch the JWKS");
+        return Ok(reject::keys_unavailable());
+    }
+    match config.check(&mut request) {
+        Ok(_) => inner.call(request).await,
+        // Still unknown after a refresh (or refreshes are rate-limited).
+        Err(None) => Ok(reject::unauthorized(Reason::InvalidSignature, &config.realm)),
+        Err(Some(reason)) => Ok(reject::unauthorized(reason, &config.realm)),
+    }
+}
+
+pin_project! {
+    /// The response future of [`Auth`] and [`RequireRole`].
+    #[project = AuthFutureProj]
+    #[allow(missing_docs)] // the variants say what their one field is
+    pub enum AuthFuture<F, B, E> {
+        /// Admitted: the inner service's future.
+        Inner { #[pin] future: F },
+        /// Refused: the error response, taken on the first poll.
+        Ready { response: Option<Response<B>> },
+        /// Waiting for the remote key set, then verifying and calling the inner service.
+        Pending { future: BoxResponseFuture<B, E> },
+    }
+}
+
+impl<F, B, E> Future for AuthFuture<F, B, E>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+{
+    type Output = Result<Response<B>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            AuthFutureProj::Inner { future } => future.poll(cx),
+            AuthFutureProj::Ready { response } => match response.take() {
+                Some(response) => Poll::Ready(Ok(response)),
+                None => Poll::Pending,
+            },
+            AuthFutureProj::Pending { future } => future.as_mut().poll(cx),
+        }
+    }
+}

@@ -1,0 +1,89 @@
+//! Why a request was refused, and the response that says so.
+
+use http::header::{CONTENT_TYPE, WWW_AUTHENTICATE};
+use http::{HeaderValue, Response, StatusCode};
+use reqscope_core::RequestContext;
+
+/// The reason class of a rejected bearer token: the `message` of the 401 body, the
+/// `error_description` of `WWW-Authenticate` and the `reason` of the WARN event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Reason {
+    /// No `Authorization: Bearer …` header.
+    Missing,
+    /// Not a JWT, not a bearer credential, or a required claim (`exp`) is absent.
+    Malformed,
+    /// `exp` has passed (beyond the leeway).
+    Expired,
+    /// `nbf` is still in the future (beyond the leeway).
+    NotYetValid,
+    /// The signature does not match, or no configured key has the token's `kid`.
+    InvalidSignature,
+    /// `iss` is absent or not the configured issuer.
+    WrongIssuer,
+    /// `aud` is absent or not the configured audience.
+    WrongAudience,
+    /// `alg` is `none`, unknown, or not of the key's family (an HMAC token against an RSA key).
+    UnsupportedAlgorithm,
+    /// The token is longer than the size cap; it was not parsed.
+    TooLarge,
+}
+
+impl Reason {
+    /// The reason class as written in bodies, headers and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Missing => "missing",
+            Reason::Malformed => "malformed",
+            Reason::Expired => "expired",
+            Reason::NotYetValid => "not_yet_valid",
+            Reason::InvalidSignature => "invalid_signature",
+            Reason::WrongIssuer => "wrong_issuer",
+            Reason::WrongAudience => "wrong_audience",
+            Reason::UnsupportedAlgorithm => "unsupported_algorithm",
+            Reason::TooLarge => "too_large",
+        }
+    }
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A JSON error response `{"error","message","request_id"}`, the request id read from the
+/// context.
+pub(crate) fn json_error<B: From<String>>(status: StatusCode, error: &str, message: &str) -> Response<B> {
+    let request_id = RequestContext::with(|ctx| serde_json::Value::from(ctx.id().as_str()));
+    let body = serde_json::json!({
+        "error": error,
+        "message": message,
+        "request_id": request_id.unwrap_or(serde_json::Value::Null),
+    });
+    let mut response = Response::new(B::from(body.to_string()));
+    *response.status_mut() = status;
+    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+/// 401 with `WWW-Authenticate` as RFC 6750 section 3 describes, after one WARN event.
+pub(crate) fn unauthorized<B: From<String>>(reason: Reason, realm: &str) -> Response<B> {
+    // The reason class only: never the token, never the Authorization header.
+    tracing::warn!(target: "reqscope::auth", reason = reason.as_str(), "bearer token rejected");
+    let mut response = json_error(StatusCode::UNAUTHORIZED, "unauthorized", reason.as_str());
+    let challenge = match reason {
+        // RFC 6750 3.1: a request without credentials gets no error code.
+        Reason::Missing => format!("Bearer realm=\"{realm}\""),
+        _ => format!("Bearer realm=\"{realm}\", error=\"invalid_token\", error_description=\"{reason}\""),
+    };
+    if let Ok(value) = HeaderValue::from_str(&challenge) {
+        response.headers_mut().insert(WWW_AUTHENTICATE, value);
+    }
+    response
+}
+
+/// 503 when the signing keys cannot be fetched: the token may be fine, the server cannot tell.
+pub(crate) fn keys_unavailable<B: From<String>>() -> Response<B> {
+    json_error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "signing keys are unavailable; try again later")
+}

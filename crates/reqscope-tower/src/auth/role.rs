@@ -1,0 +1,71 @@
+//! Require a role of the authenticated user: 403 JSON otherwise.
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::{Request, Response, StatusCode};
+use reqscope_core::RequestContext;
+use tower_layer::Layer;
+use tower_service::Service;
+
+use super::AuthFuture;
+use super::reject::{self, Reason};
+
+/// Lets a request through only if the context's user has `role` (from the token's roles or
+/// scope). Without a user: 401 `missing`; with a user lacking the role: 403
+/// `{"error":"forbidden","message":"requires role <role>","request_id":…}`. Place it inside
+/// [`AuthLayer`](super::AuthLayer), e.g. with axum's `route_layer` on one route.
+#[derive(Clone, Debug)]
+pub struct RequireRoleLayer {
+    role: Arc<str>,
+}
+
+impl RequireRoleLayer {
+    /// Requires `role`.
+    pub fn new(role: impl Into<Arc<str>>) -> Self {
+        RequireRoleLayer { role: role.into() }
+    }
+}
+
+impl<S> Layer<S> for RequireRoleLayer {
+    type Service = RequireRole<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        RequireRole { inner, role: Arc::clone(&self.role) }
+    }
+}
+
+/// The service made by [`RequireRoleLayer`].
+#[derive(Clone, Debug)]
+pub struct RequireRole<S> {
+    inner: S,
+    role: Arc<str>,
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for RequireRole<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    ResBody: From<String>,
+{
+    type Response = Response<ResBody>;
+    type Error = S::Error;
+    type Future = AuthFuture<S::Future, ResBody, S::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+        let (has_user, has_role) =
+            RequestContext::with(|ctx| (ctx.user_id().is_some(), ctx.has_role(&self.role))).unwrap_or((false, false));
+        if has_role {
+            return AuthFuture::Inner { future: self.inner.call(request) };
+        }
+        let response = if has_user {
+            tracing::warn!(target: "reqscope::auth", role = &*self.role, "required role missing");
+            reject::json_error(StatusCode::FORBIDDEN, "forbidden", &format!("requires role {}", self.role))
+        } else {
+            reject::unauthorized(Reason::Missing, "api")
+        };
+        AuthFuture::Ready { response: Some(response) }
+    }
+}
