@@ -9,12 +9,18 @@ mod app;
 mod fanout;
 #[path = "../../examples/api/health.rs"]
 mod health;
+#[path = "../../examples/api/jwt.rs"]
+#[allow(dead_code)] // the tests use the example's constants, not its secret handling
+mod jwt;
 #[path = "../../examples/api/not_found.rs"]
 mod not_found;
 #[path = "../../examples/api/stream.rs"]
 mod stream;
+#[path = "../../examples/api/users.rs"]
+mod users;
 
 mod access;
+mod auth;
 mod concurrency;
 mod context;
 mod example_binary;

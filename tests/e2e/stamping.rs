@@ -70,7 +70,7 @@ async fn every_helper_and_thread_carries_the_request_id() {
 
 #[tokio::test]
 async fn the_example_fanout_stamps_every_task() {
-    let addr = serve(crate::app::app()).await;
+    let addr = serve(crate::support::example_app()).await;
     let reply = fetch(addr, "/fanout", &[("x-request-id", b"stamp-fanout-1")]).await;
     assert_eq!(reply.status, 200);
     assert_eq!(reply.json()["request_id"], "stamp-fanout-1");
@@ -84,7 +84,7 @@ async fn the_example_fanout_stamps_every_task() {
 
 #[tokio::test]
 async fn the_example_stream_stamps_every_chunk() {
-    let addr = serve(crate::app::app()).await;
+    let addr = serve(crate::support::example_app()).await;
     let reply = fetch(addr, "/stream", &[("x-request-id", b"stamp-stream-1")]).await;
     assert_eq!(reply.body, "chunk 0\nchunk 1\nchunk 2\n");
     let access = access_lines_of("stamp-stream-1").await;
@@ -96,7 +96,7 @@ async fn the_example_stream_stamps_every_chunk() {
 
 #[tokio::test]
 async fn unknown_routes_answer_404_json_with_the_id() {
-    let addr = serve(crate::app::app()).await;
+    let addr = serve(crate::support::example_app()).await;
     let reply = fetch(addr, "/nowhere", &[("x-request-id", b"stamp-404-1")]).await;
     assert_eq!(reply.status, 404);
     assert_eq!(reply.headers["content-type"], "application/json");

@@ -98,3 +98,33 @@ pub async fn fetch_with(method: http::Method, addr: SocketAddr, path: &str, head
     let body = response.into_body().collect().await.expect("body").to_bytes();
     Reply { status, headers, body: String::from_utf8_lossy(&body).into_owned() }
 }
+
+/// The HS256 secret the tests' example server verifies with.
+pub const TEST_SECRET: &[u8] = b"a test secret that is at least 32 bytes long";
+
+/// The example server's router, with the test secret.
+pub fn example_app() -> Router {
+    crate::app::app(crate::app::auth_layer(TEST_SECRET))
+}
+
+/// Seconds since the Unix epoch.
+pub fn now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+}
+
+/// Valid claims for the example server's tokens, for user `sub`.
+pub fn claims(sub: &str) -> Value {
+    serde_json::json!({
+        "sub": sub,
+        "iss": crate::jwt::ISSUER,
+        "aud": crate::jwt::AUDIENCE,
+        "exp": now() + 600,
+        "org_id": "acme",
+        "roles": ["reader"],
+    })
+}
+
+/// An HS256 token signed with `secret`.
+pub fn hs256(secret: &[u8], claims: &Value) -> String {
+    reqscope::auth::mint_hs256(secret, claims).expect("mint")
+}

@@ -181,5 +181,6 @@ fn roles(claims: &Map<String, Value>, claim: &str) -> Vec<String> {
             _ => Vec::new(),
         }
     };
-    claims.get(claim).or_else(|| claims.get("scope")).map(from).unwrap_or_default()
+    let roles = claims.get(claim).map(from).unwrap_or_default();
+    if roles.is_empty() { claims.get("scope").map(from).unwrap_or_default() } else { roles }
 }
