@@ -22,7 +22,7 @@ LABELS = {
     "handrolled": "hand-rolled task_local! + JSON line",
     "context": "reqscope context only",
     "context-log": "reqscope context + 1 stamped line",
-    "full": "reqscope full stack (2 lines)",
+    "full": "reqscope full stack: JWT + 2 lines",
     "tower-http": "tower-http + fmt().json() (2 lines)",
 }
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -55,10 +55,14 @@ def wait_for_port(port, timeout=10.0):
     raise RuntimeError(f"server on port {port} did not start")
 
 
+TOKEN = ""
+
+
 def wrk(port, seconds, connections):
+    # Every stack gets the same request, a bearer token included; only `full` verifies it.
     out = subprocess.run(
         ["taskset", "-c", "1", "wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency",
-         f"http://127.0.0.1:{port}/hello"],
+         "-H", f"Authorization: Bearer {TOKEN}", f"http://127.0.0.1:{port}/hello"],
         capture_output=True, text=True, check=True,
     ).stdout
     requests = int(re.search(r"(\d+) requests in", out).group(1))
@@ -129,7 +133,9 @@ def svg_chart(rows, path):
 
 
 def main():
+    global TOKEN
     binary = sys.argv[1]
+    TOKEN = subprocess.run([binary, "token"], capture_output=True, text=True, check=True).stdout.strip()
     stacks = os.environ.get("STACKS", " ".join(ALL_STACKS)).split()
     rounds = env_int("ROUNDS", 5)
     seconds = env_int("SECONDS_PER_RUN", 5)

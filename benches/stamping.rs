@@ -12,6 +12,8 @@
 //! - `request/*`: one `GET /hello` through axum in process (no socket): bare, with
 //!   `RequestContextLayer` added by `Router::layer`, and wrapping the finished router.
 //! - `request_logged/*`: the same with a subscriber and one log line from the handler.
+//! - `jwt_verify/*`: one bearer token through `AuthLayer`: full verification with HS256,
+//!   RS256 and ES256, and an HS256 token found in the verified-token cache.
 //!
 //! Before the timings it prints heap allocations per event and per request, counted by a
 //! global allocator.
@@ -207,5 +209,52 @@ fn layer(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, context, event, layer);
+/// Verifying one bearer token through `AuthLayer` (header parsing, key lookup, signature,
+/// claims into the context) in process, per algorithm.
+fn jwt(c: &mut Criterion) {
+    use jsonwebtoken::{Algorithm, EncodingKey, Header};
+    use reqscope::auth::AuthLayer;
+    use tower::{Layer, ServiceExt};
+
+    let fixture = |name: &str| std::fs::read(format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap();
+    let claims = serde_json::json!({ "sub": "42", "org_id": "acme", "roles": ["reader"], "exp": 4_102_444_800u64 });
+    let secret = b"a bench secret that is at least 32 bytes";
+    let sign = |alg, key: &EncodingKey| jsonwebtoken::encode(&Header::new(alg), &claims, key).unwrap();
+    let hs256 = sign(Algorithm::HS256, &EncodingKey::from_secret(secret));
+    let cases = [
+        ("hs256", AuthLayer::hmac(secret).without_verified_token_cache(), hs256.clone()),
+        ("hs256_cached_token", AuthLayer::hmac(secret), hs256),
+        (
+            "rs256",
+            AuthLayer::rsa_pem(fixture("rsa_a_public.pem")).unwrap().without_verified_token_cache(),
+            sign(Algorithm::RS256, &EncodingKey::from_rsa_pem(&fixture("rsa_a_private.pem")).unwrap()),
+        ),
+        (
+            "es256",
+            AuthLayer::ec_pem(fixture("ec256_public.pem")).unwrap().without_verified_token_cache(),
+            sign(Algorithm::ES256, &EncodingKey::from_ec_pem(&fixture("ec256_private.pem")).unwrap()),
+        ),
+    ];
+    let mut group = c.benchmark_group("jwt_verify");
+    for (name, auth, token) in cases {
+        let service = auth.layer(tower::service_fn(|_: http::Request<axum::body::Body>| async {
+            Ok::<_, std::convert::Infallible>(http::Response::new(axum::body::Body::empty()))
+        }));
+        let bearer = http::HeaderValue::from_str(&format!("Bearer {token}")).unwrap();
+        let ctx = Arc::new(RequestContext::new(RequestId::new_v4()));
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                let request = http::Request::get("/")
+                    .header("authorization", bearer.clone())
+                    .body(axum::body::Body::empty())
+                    .unwrap();
+                let response = RequestContext::scope_sync(ctx.clone(), || poll_once(service.clone().oneshot(request)));
+                assert_eq!(response.unwrap().unwrap().status(), 200);
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, context, event, layer, jwt);
 criterion_main!(benches);

@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! bench-server <stack> [--addr 127.0.0.1:4000] [--log-file PATH]
+//! bench-server token        # prints a bearer token the `full` stack accepts
 //! ```
 //!
 //! Every stack answers `GET /hello` with the same small JSON, on a tokio runtime with one
@@ -30,7 +31,12 @@ fn main() -> ExitCode {
 
 fn run() -> Result<(), String> {
     let mut args = std::env::args().skip(1);
-    let stack: Stack = args.next().ok_or("missing stack name")?.parse()?;
+    let first = args.next().ok_or("missing stack name")?;
+    if first == "token" {
+        println!("{}", stacks::token());
+        return Ok(());
+    }
+    let stack: Stack = first.parse()?;
     let mut addr: SocketAddr = "127.0.0.1:4000".parse().map_err(|_| "bad default address")?;
     let mut log_file = std::env::temp_dir().join("reqscope-bench.log");
     while let Some(flag) = args.next() {

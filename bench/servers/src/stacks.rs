@@ -5,6 +5,7 @@ use std::str::FromStr;
 use axum::http::{HeaderName, Request};
 use axum::routing::get;
 use axum::{Json, Router};
+use reqscope::auth::AuthLayer;
 use reqscope::logging::{LogLayer, NonBlocking};
 use reqscope::{MatchedRouteLayer, RequestContext, RequestContextLayer};
 use serde_json::{Value, json};
@@ -14,6 +15,16 @@ use tracing::Level;
 use tracing_subscriber::prelude::*;
 
 use crate::handrolled;
+
+/// The HS256 secret of the full stack; `bench-server token` signs with it.
+pub const BENCH_SECRET: &[u8] = b"the bench secret, 32 bytes or more";
+
+/// A token the full stack accepts for the next hour, sent on every request of every stack.
+pub fn token() -> String {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let claims = json!({ "sub": "42", "org_id": "acme", "roles": ["reader"], "exp": now + 3600 });
+    reqscope::auth::mint_hs256(BENCH_SECRET, &claims).unwrap_or_default()
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Stack {
@@ -25,7 +36,7 @@ pub enum Stack {
     Context,
     /// reqscope context and one stamped JSON line from the handler.
     ContextLog,
-    /// reqscope full stack: context, route, handler line and access line.
+    /// reqscope full stack: context, HS256 JWT auth, route, handler line and access line.
     Full,
     /// tower-http SetRequestId/PropagateRequestId + TraceLayer + `fmt().json()`, two lines.
     TowerHttp,
@@ -57,7 +68,8 @@ impl Stack {
                 Router::new()
                     .route("/hello", get(hello_logged))
                     .route_layer(MatchedRouteLayer)
-                    // Later layers of the full stack (auth, rate limit) are added here.
+                    // Later layers of the full stack (rate limit) are added here.
+                    .route_layer(AuthLayer::hmac(BENCH_SECRET))
                     .layer(RequestContextLayer::new())
             }
             Stack::TowerHttp => {

@@ -121,7 +121,8 @@ pub(crate) enum KeySource {
 
 /// The result of looking a token's key up.
 pub(crate) enum Lookup {
-    Found(KeyEntry),
+    /// `keys[index]` is the key (the `Arc` keeps a refreshed-away set alive meanwhile).
+    Found(Arc<[KeyEntry]>, usize),
     /// No key with that `kid`; a refresh of the remote set may find it.
     Refresh,
     /// No key can verify this token.
@@ -131,11 +132,13 @@ pub(crate) enum Lookup {
 impl KeySource {
     pub(crate) fn lookup(&self, kid: Option<&str>, alg: Algorithm) -> Lookup {
         match self {
-            KeySource::Static(keys) => select(keys, kid, alg).map_or(Lookup::NoKey, Lookup::Found),
+            KeySource::Static(keys) => {
+                select(keys, kid, alg).map_or(Lookup::NoKey, |i| Lookup::Found(Arc::clone(keys), i))
+            }
             KeySource::Remote(remote) => {
                 let keys = remote.snapshot();
                 match select(&keys, kid, alg) {
-                    Some(key) => Lookup::Found(key),
+                    Some(index) => Lookup::Found(keys, index),
                     None if remote.may_refresh() => Lookup::Refresh,
                     None => Lookup::NoKey,
                 }
@@ -146,12 +149,12 @@ impl KeySource {
 
 /// The key for a token: by `kid` when the token names one, else the first key whose family
 /// has the token's algorithm. A key without a `kid` serves tokens with any `kid`.
-fn select(keys: &[KeyEntry], kid: Option<&str>, alg: Algorithm) -> Option<KeyEntry> {
-    let by_kid = |k: &&KeyEntry| match (kid, k.kid.as_deref()) {
+fn select(keys: &[KeyEntry], kid: Option<&str>, alg: Algorithm) -> Option<usize> {
+    let by_kid = |k: &KeyEntry| match (kid, k.kid.as_deref()) {
         (Some(want), Some(have)) => want == have,
         _ => true,
     };
-    keys.iter().filter(by_kid).find(|k| k.algorithms.contains(&alg)).or_else(|| keys.iter().find(by_kid)).cloned()
+    keys.iter().position(|k| by_kid(k) && k.algorithms.contains(&alg)).or_else(|| keys.iter().position(by_kid))
 }
 
 /// Why the remote key set could not be fetched.

@@ -36,16 +36,25 @@
 //! ([`AuthLayer::optional`]) requests without a token pass as anonymous; a token that is
 //! present but bad is still refused.
 //!
+//! **Verified-token cache.** A client usually sends the same token on every request. The
+//! layer remembers verified tokens (the whole token string is the key) for up to 60 s and
+//! 10,000 tokens, re-checking `exp` and `nbf` on each use, so the signature is checked about
+//! once a minute per token; [`AuthLayer::verified_token_cache`] tunes it,
+//! [`AuthLayer::without_verified_token_cache`] turns it off.
+//!
 //! **Keys.** An HMAC secret, an RSA / EC / Ed25519 public key in PEM, a JWKS document (string
 //! or file), or a JWKS URL: fetched on first use, cached, fetched again when a token names an
 //! unknown `kid` — at most once per [`AuthLayer::min_refresh_interval`] (30 s by default), so
 //! tokens with made-up `kid`s cannot hammer the identity provider. When the key set cannot be
 //! fetched the answer is 503 JSON.
 //!
-//! Crypto comes from `jsonwebtoken` with its pure-Rust `rust_crypto` backend (no C toolchain
-//! needed; `jsonwebtoken` ≥ 10 panics at the first verification unless exactly one backend is
-//! enabled, and this crate enables exactly that one).
+//! Crypto comes from `jsonwebtoken` with its `aws_lc_rs` backend, chosen on purpose:
+//! `jsonwebtoken` ≥ 10 panics at the first verification unless exactly one backend is enabled,
+//! and `aws_lc_rs` verifies RS256 9× and ES256 5× faster than the pure-Rust `rust_crypto` one
+//! (21 µs against 191 µs, 55 µs against 282 µs here). It builds with the C compiler every
+//! Rust toolchain setup has; no CMake is needed on Linux.
 
+mod cache;
 mod keys;
 mod reject;
 mod role;
@@ -93,6 +102,9 @@ struct Config {
     rules: Rules,
     required: bool,
     realm: String,
+    /// Built from `rules` on first use, one per algorithm, instead of per request.
+    validations: verify::Validations,
+    cache: Option<Arc<cache::VerifiedCache>>,
 }
 
 /// Verifies bearer JWTs and patches user, org and roles into the request context; see the
@@ -127,6 +139,8 @@ impl AuthLayer {
                 },
                 required: true,
                 realm: "api".to_owned(),
+                validations: verify::Validations::default(),
+                cache: Some(Arc::new(cache::VerifiedCache::new(10_000, Duration::from_secs(60)))),
             }),
         }
     }
@@ -172,7 +186,13 @@ impl AuthLayer {
     }
 
     fn config_mut(&mut self) -> &mut Config {
-        Arc::make_mut(&mut self.config)
+        let config = Arc::make_mut(&mut self.config);
+        // The rules are about to change: what was built or verified under the old ones is stale.
+        config.validations = verify::Validations::default();
+        if let Some(cache) = &config.cache {
+            config.cache = Some(Arc::new(cache.emptied()));
+        }
+        config
     }
 
     /// Requires `iss` to be this issuer (call again to accept several).
@@ -223,6 +243,21 @@ impl AuthLayer {
         self
     }
 
+    /// Remembers up to `capacity` verified tokens for at most `ttl` (default: 10,000 tokens,
+    /// 60 s), so a client that sends the same token on every request pays for the signature
+    /// check once a minute instead of every time. `exp` and `nbf` are checked on every use.
+    /// A key removed from a JWKS stops admitting cached tokens within `ttl`.
+    pub fn verified_token_cache(mut self, capacity: usize, ttl: Duration) -> Self {
+        self.config_mut().cache = Some(Arc::new(cache::VerifiedCache::new(capacity, ttl)));
+        self
+    }
+
+    /// Verifies every token in full, every time.
+    pub fn without_verified_token_cache(mut self) -> Self {
+        self.config_mut().cache = None;
+        self
+    }
+
     /// Minimum time between two fetches of a JWKS URL (default 30 s). No effect on other keys.
     pub fn min_refresh_interval(mut self, interval: Duration) -> Self {
         if let KeySource::Remote(remote) = &mut self.config_mut().keys
@@ -259,12 +294,11 @@ pub struct Auth<S> {
 
 /// Puts the verified identity into the context and the claims into the extensions.
 fn admit<B>(request: &mut Request<B>, verified: Verified) {
-    let Verified { claims, user_id, org_id, roles } = verified;
+    let Verified { claims, user_id, org_id, roles, .. } = verified;
     RequestContext::with(|ctx| {
-        let roles: Arc<[Arc<str>]> = roles.iter().map(|r| Arc::from(r.as_str())).collect();
         ctx.update(|patch| {
-            patch.user_id = user_id.as_deref().map(Arc::from);
-            patch.org_id = org_id.as_deref().map(Arc::from);
+            patch.user_id = user_id.clone();
+            patch.org_id = org_id.clone();
             patch.roles = Arc::clone(&roles);
         });
         ctx.insert_extension(claims.clone());
@@ -282,12 +316,21 @@ impl Config {
             Ok(None) => return Ok(false),
             Err(reason) => return Err(Some(reason)),
         };
+        if let Some(verified) = self.cache.as_ref().and_then(|cache| cache.get(token, self.rules.leeway_secs)) {
+            admit(request, verified);
+            return Ok(true);
+        }
         let header = verify::token_header(token).map_err(Some)?;
         let verified = match self.keys.lookup(header.kid.as_deref(), header.alg) {
-            Lookup::Found(key) => verify::verify(token, &header, &key, &self.rules).map_err(Some)?,
+            Lookup::Found(keys, index) => {
+                verify::verify(token, &header, &keys[index], &self.rules, &self.validations).map_err(Some)?
+            }
             Lookup::NoKey => return Err(Some(no_key(&header))),
             Lookup::Refresh => return Err(None),
         };
+        if let Some(cache) = &self.cache {
+            cache.insert(token, verified.clone());
+        }
         admit(request, verified);
         Ok(true)
     }

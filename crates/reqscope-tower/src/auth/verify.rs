@@ -35,6 +35,11 @@ impl Claims {
     pub fn as_map(&self) -> &Map<String, Value> {
         &self.0
     }
+
+    #[cfg(test)]
+    pub(crate) fn for_tests() -> Self {
+        Claims(Arc::new(Map::new()))
+    }
 }
 
 /// What the layer checks besides the signature.
@@ -48,16 +53,71 @@ pub(crate) struct Rules {
     pub(crate) roles_claim: String,
 }
 
+/// `Validation`s built once per algorithm from the rules.
+#[derive(Clone, Default)]
+pub(crate) struct Validations(std::sync::Arc<std::sync::OnceLock<Vec<(Algorithm, Validation)>>>);
+
+const ALGORITHMS: [Algorithm; 12] = [
+    Algorithm::HS256,
+    Algorithm::HS384,
+    Algorithm::HS512,
+    Algorithm::RS256,
+    Algorithm::RS384,
+    Algorithm::RS512,
+    Algorithm::PS256,
+    Algorithm::PS384,
+    Algorithm::PS512,
+    Algorithm::ES256,
+    Algorithm::ES384,
+    Algorithm::EdDSA,
+];
+
+impl Validations {
+    fn get(&self, alg: Algorithm, rules: &Rules) -> &Validation {
+        let all = self.0.get_or_init(|| ALGORITHMS.iter().map(|&alg| (alg, validation(alg, rules))).collect());
+        // Every `Algorithm` is in ALGORITHMS; index 0 is never used for another algorithm.
+        all.iter().find(|(a, _)| *a == alg).map_or(&all[0].1, |(_, v)| v)
+    }
+}
+
+fn validation(alg: Algorithm, rules: &Rules) -> Validation {
+    let mut validation = Validation::new(alg);
+    validation.leeway = rules.leeway_secs;
+    validation.validate_exp = true;
+    validation.validate_nbf = true;
+    let mut required: HashSet<String> = HashSet::from(["exp".to_owned()]);
+    match &rules.issuers {
+        Some(issuers) => {
+            validation.set_issuer(issuers);
+            required.insert("iss".to_owned());
+        }
+        None => validation.iss = None,
+    }
+    match &rules.audiences {
+        Some(audiences) => {
+            validation.set_audience(audiences);
+            required.insert("aud".to_owned());
+        }
+        None => validation.validate_aud = false,
+    }
+    validation.required_spec_claims = required;
+    validation
+}
+
 pub(crate) struct TokenHeader {
     pub(crate) alg: Algorithm,
     pub(crate) kid: Option<String>,
 }
 
+#[derive(Clone)]
 pub(crate) struct Verified {
     pub(crate) claims: Claims,
-    pub(crate) user_id: Option<String>,
-    pub(crate) org_id: Option<String>,
-    pub(crate) roles: Vec<String>,
+    pub(crate) user_id: Option<Arc<str>>,
+    pub(crate) org_id: Option<Arc<str>>,
+    pub(crate) roles: Arc<[Arc<str>]>,
+    /// `exp` and `nbf`, re-checked on every cache hit.
+    pub(crate) exp: u64,
+    pub(crate) nbf: Option<u64>,
 }
 
 /// The bearer token of a request: `Ok(None)` when there is no `Authorization` header.
@@ -108,37 +168,26 @@ pub(crate) fn token_header(token: &str) -> Result<TokenHeader, Reason> {
 
 /// Checks the signature with `key` (whose family must include the token's algorithm), then
 /// `exp` (required), `nbf`, `iss` and `aud`.
-pub(crate) fn verify(token: &str, header: &TokenHeader, key: &KeyEntry, rules: &Rules) -> Result<Verified, Reason> {
+pub(crate) fn verify(
+    token: &str,
+    header: &TokenHeader,
+    key: &KeyEntry,
+    rules: &Rules,
+    validations: &Validations,
+) -> Result<Verified, Reason> {
     if !key.algorithms.contains(&header.alg) {
         return Err(Reason::UnsupportedAlgorithm);
     }
-    let mut validation = Validation::new(header.alg);
-    validation.leeway = rules.leeway_secs;
-    validation.validate_exp = true;
-    validation.validate_nbf = true;
-    let mut required: HashSet<String> = HashSet::from(["exp".to_owned()]);
-    match &rules.issuers {
-        Some(issuers) => {
-            validation.set_issuer(issuers);
-            required.insert("iss".to_owned());
-        }
-        None => validation.iss = None,
-    }
-    match &rules.audiences {
-        Some(audiences) => {
-            validation.set_audience(audiences);
-            required.insert("aud".to_owned());
-        }
-        None => validation.validate_aud = false,
-    }
-    validation.required_spec_claims = required;
+    let validation = validations.get(header.alg, rules);
     let data =
-        jsonwebtoken::decode::<Map<String, Value>>(token, &key.key, &validation).map_err(|e| classify(e.kind()))?;
+        jsonwebtoken::decode::<Map<String, Value>>(token, &key.key, validation).map_err(|e| classify(e.kind()))?;
     let claims = data.claims;
-    let user_id = claims.get("sub").and_then(text);
-    let org_id = claims.get(&rules.org_claim).and_then(text);
-    let roles = roles(&claims, &rules.roles_claim);
-    Ok(Verified { claims: Claims(Arc::new(claims)), user_id, org_id, roles })
+    let user_id = claims.get("sub").and_then(text).map(Arc::from);
+    let org_id = claims.get(&rules.org_claim).and_then(text).map(Arc::from);
+    let roles = roles(&claims, &rules.roles_claim).iter().map(|r| Arc::from(r.as_str())).collect();
+    let exp = claims.get("exp").and_then(Value::as_u64).unwrap_or(0);
+    let nbf = claims.get("nbf").and_then(Value::as_u64);
+    Ok(Verified { claims: Claims(Arc::new(claims)), user_id, org_id, roles, exp, nbf })
 }
 
 fn classify(kind: &ErrorKind) -> Reason {
