@@ -76,6 +76,14 @@ async fn every_token_class_gets_its_status_body_and_reason() {
     wrong_aud["aud"] = json!("another-api");
     let mut huge = claims("1");
     huge["padding"] = json!("x".repeat(9000));
+    let mut no_iss = claims("1");
+    no_iss.as_object_mut().unwrap().remove("iss");
+    let mut no_aud = claims("1");
+    no_aud.as_object_mut().unwrap().remove("aud");
+    let mut no_sub = claims("1");
+    no_sub.as_object_mut().unwrap().remove("sub");
+    let mut within_leeway = claims("1");
+    within_leeway["exp"] = json!(now() - 10);
 
     let cases: Vec<(&str, Option<String>, u16, Option<&str>)> = vec![
         ("valid", Some(format!("Bearer {valid}")), 200, None),
@@ -94,6 +102,25 @@ async fn every_token_class_gets_its_status_body_and_reason() {
         ("wrong iss", Some(format!("Bearer {}", hs256(TEST_SECRET, &wrong_iss))), 401, Some("wrong_issuer")),
         ("wrong aud", Some(format!("Bearer {}", hs256(TEST_SECRET, &wrong_aud))), 401, Some("wrong_audience")),
         ("oversize", Some(format!("Bearer {}", hs256(TEST_SECRET, &huge))), 401, Some("too_large")),
+        (
+            "iss required when configured",
+            Some(format!("Bearer {}", hs256(TEST_SECRET, &no_iss))),
+            401,
+            Some("wrong_issuer"),
+        ),
+        (
+            "aud required when configured",
+            Some(format!("Bearer {}", hs256(TEST_SECRET, &no_aud))),
+            401,
+            Some("wrong_audience"),
+        ),
+        ("no sub", Some(format!("Bearer {}", hs256(TEST_SECRET, &no_sub))), 401, Some("malformed")),
+        (
+            "expired 10 s ago, inside the 30 s leeway",
+            Some(format!("Bearer {}", hs256(TEST_SECRET, &within_leeway))),
+            200,
+            None,
+        ),
         ("garbage", Some("Bearer not-a-token".to_owned()), 401, Some("malformed")),
         ("no Bearer prefix", Some(valid.clone()), 401, Some("malformed")),
         ("other scheme", Some(format!("Basic {valid}")), 401, Some("malformed")),
@@ -142,6 +169,7 @@ async fn the_user_org_and_roles_are_on_every_later_line() {
     let handler = lines_of("auth-ctx-1").into_iter().find(|l| l["message"] == "loading the current user").unwrap();
     assert_eq!(handler["user_id"], "2");
     assert_eq!(handler["org_id"], "acme");
+    assert_eq!(handler["roles"], json!(["reader"]));
 }
 
 fn key_app(auth: AuthLayer) -> Router {
@@ -238,7 +266,10 @@ async fn hundreds_of_concurrent_users_never_swap() {
         .map(|n| {
             tokio::spawn(async move {
                 let user = (n % 3 + 1).to_string();
-                let token = hs256(TEST_SECRET, &claims(&user));
+                // A claim of its own makes every token distinct: each is verified in full.
+                let mut c = claims(&user);
+                c["n"] = json!(n);
+                let token = hs256(TEST_SECRET, &c);
                 let id = format!("auth-conc-{n}");
                 let reply = me(addr, &id, Some(&format!("Bearer {token}"))).await;
                 assert_eq!(reply.status, 200);
@@ -315,6 +346,10 @@ async fn jwks_urls_are_cached_refreshed_on_unknown_kids_and_rate_limited() {
     let reply = whoami(addr, &sign(Algorithm::RS256, Some("key-c"), &key_b, &c)).await;
     assert_eq!(reply.status, 503, "{}", reply.body);
     assert_eq!(reply.json()["error"], "unavailable");
+    let fetches = idp.fetches.load(Ordering::SeqCst);
+    let again = whoami(addr, &sign(Algorithm::RS256, Some("key-d"), &key_b, &c)).await;
+    assert_eq!(again.status, 503, "still unknown while the provider is down: not the client's fault");
+    assert_eq!(idp.fetches.load(Ordering::SeqCst), fetches, "and still rate-limited");
     // Keys already cached keep working while the provider is down.
     assert_eq!(whoami(addr, &sign(Algorithm::RS256, Some("key-b"), &key_b, &c)).await.status, 200);
 }

@@ -1,6 +1,7 @@
 //! Verification keys: one secret or public key, a JWKS document, or a JWKS URL with a cache.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -59,7 +60,13 @@ impl KeyEntry {
                 _ => return Err(AuthConfigError::InvalidJwks("unsupported elliptic curve".into())),
             },
             AlgorithmParameters::OctetKeyPair(_) => ED.to_vec(),
-            AlgorithmParameters::OctetKey(_) => HMAC.to_vec(),
+            // Key sets are public documents: a shared secret in one could sign tokens for
+            // anyone who reads it. Shared secrets go through `AuthLayer::hmac`.
+            AlgorithmParameters::OctetKey(_) => {
+                return Err(AuthConfigError::InvalidJwks(
+                    "symmetric (kty \"oct\") keys are not accepted in a JWKS".into(),
+                ));
+            }
         };
         // A key that names its algorithm is pinned to exactly that one.
         let algorithms = match jwk.common.key_algorithm.and_then(signing_algorithm) {
@@ -93,16 +100,26 @@ fn signing_algorithm(alg: KeyAlgorithm) -> Option<Algorithm> {
 /// Parses a JWKS document, keeping the signing keys (encryption-only keys are skipped).
 pub(crate) fn parse_jwks(json: &str) -> Result<Vec<KeyEntry>, AuthConfigError> {
     let set: JwkSet = serde_json::from_str(json).map_err(|e| AuthConfigError::InvalidJwks(e.to_string()))?;
-    let keys: Vec<KeyEntry> = set
-        .keys
-        .iter()
-        .filter(|jwk| {
-            jwk.common.public_key_use.as_ref().is_none_or(|u| matches!(u, jsonwebtoken::jwk::PublicKeyUse::Signature))
-        })
-        .map(KeyEntry::from_jwk)
-        .collect::<Result<_, _>>()?;
+    let mut keys = Vec::new();
+    let mut skipped = Vec::new();
+    for jwk in &set.keys {
+        let signing =
+            jwk.common.public_key_use.as_ref().is_none_or(|u| matches!(u, jsonwebtoken::jwk::PublicKeyUse::Signature));
+        if !signing {
+            continue;
+        }
+        // One key this layer cannot use must not take the others down with it.
+        match KeyEntry::from_jwk(jwk) {
+            Ok(key) => keys.push(key),
+            Err(error) => skipped.push(format!("{}: {error}", jwk.common.key_id.as_deref().unwrap_or("(no kid)"))),
+        }
+    }
+    if !skipped.is_empty() {
+        tracing::warn!(target: "reqscope::auth", skipped = %skipped.join("; "), "JWKS keys skipped");
+    }
     if keys.is_empty() {
-        return Err(AuthConfigError::InvalidJwks("the key set has no signing keys".into()));
+        let why = if skipped.is_empty() { "none given".to_owned() } else { skipped.join("; ") };
+        return Err(AuthConfigError::InvalidJwks(format!("the key set has no usable signing key ({why})")));
     }
     Ok(keys)
 }
@@ -121,40 +138,56 @@ pub(crate) enum KeySource {
 
 /// The result of looking a token's key up.
 pub(crate) enum Lookup {
-    /// `keys[index]` is the key (the `Arc` keeps a refreshed-away set alive meanwhile).
-    Found(Arc<[KeyEntry]>, usize),
-    /// No key with that `kid`; a refresh of the remote set may find it.
+    /// `keys[i]` for each `i`, in order, are the keys to try (the `Arc` keeps a set that a
+    /// refresh replaces alive meanwhile). More than one only for tokens without a `kid`.
+    Found(Arc<[KeyEntry]>, Vec<usize>),
+    /// No key with that `kid`, or the remote set is due: fetch it first.
     Refresh,
     /// No key can verify this token.
     NoKey,
+    /// No key for this token, and the remote set could not be fetched last time.
+    Unavailable,
 }
 
 impl KeySource {
     pub(crate) fn lookup(&self, kid: Option<&str>, alg: Algorithm) -> Lookup {
         match self {
             KeySource::Static(keys) => {
-                select(keys, kid, alg).map_or(Lookup::NoKey, |i| Lookup::Found(Arc::clone(keys), i))
+                let found = select(keys, kid, alg);
+                if found.is_empty() { Lookup::NoKey } else { Lookup::Found(Arc::clone(keys), found) }
             }
             KeySource::Remote(remote) => {
                 let keys = remote.snapshot();
-                match select(&keys, kid, alg) {
-                    Some(index) => Lookup::Found(keys, index),
-                    None if remote.may_refresh() => Lookup::Refresh,
-                    None => Lookup::NoKey,
+                let found = select(&keys, kid, alg);
+                let may_refresh = remote.may_refresh();
+                // A set older than its maximum age is fetched again, so that keys the provider
+                // removed (revoked) stop verifying.
+                if may_refresh && (found.is_empty() || remote.is_stale()) {
+                    Lookup::Refresh
+                } else if !found.is_empty() {
+                    Lookup::Found(keys, found)
+                } else if remote.last_fetch_failed() {
+                    Lookup::Unavailable
+                } else {
+                    Lookup::NoKey
                 }
             }
         }
     }
 }
 
-/// The key for a token: by `kid` when the token names one, else the first key whose family
-/// has the token's algorithm. A key without a `kid` serves tokens with any `kid`.
-fn select(keys: &[KeyEntry], kid: Option<&str>, alg: Algorithm) -> Option<usize> {
+/// The keys to try for a token: the one with its `kid` when it names one, else every key
+/// whose family has the token's algorithm (during a rotation several may). A key without a
+/// `kid` serves tokens with any `kid`. When no key of the family matches, the first key by
+/// `kid` is returned so that verification reports the algorithm mismatch.
+fn select(keys: &[KeyEntry], kid: Option<&str>, alg: Algorithm) -> Vec<usize> {
     let by_kid = |k: &KeyEntry| match (kid, k.kid.as_deref()) {
         (Some(want), Some(have)) => want == have,
         _ => true,
     };
-    keys.iter().position(|k| by_kid(k) && k.algorithms.contains(&alg)).or_else(|| keys.iter().position(by_kid))
+    let of_family: Vec<usize> =
+        keys.iter().enumerate().filter(|(_, k)| by_kid(k) && k.algorithms.contains(&alg)).map(|(i, _)| i).collect();
+    if of_family.is_empty() { keys.iter().position(by_kid).into_iter().collect() } else { of_family }
 }
 
 /// Why the remote key set could not be fetched.
@@ -175,17 +208,36 @@ pub(crate) struct RemoteJwks {
     url: Uri,
     client: Client<hyper_rustls::HttpsConnector<HttpConnector>, Empty<Bytes>>,
     keys: RwLock<Arc<[KeyEntry]>>,
-    last_fetch: Mutex<Option<Instant>>,
+    /// When the last fetch was attempted, whether it failed, and when one last succeeded.
+    last_fetch: Mutex<FetchState>,
     fetching: tokio::sync::Mutex<()>,
-    pub(crate) min_refresh_interval: Duration,
+    min_refresh_ms: AtomicU64,
+    pub(crate) max_age: Duration,
     timeout: Duration,
+}
+
+#[derive(Default, Clone, Copy)]
+struct FetchState {
+    attempted: Option<Instant>,
+    failed: bool,
+    succeeded: Option<Instant>,
 }
 
 impl RemoteJwks {
     pub(crate) fn new(url: &str) -> Result<Self, AuthConfigError> {
         let url: Uri = url.parse().map_err(|_| AuthConfigError::InvalidUrl(url.to_owned()))?;
-        if !matches!(url.scheme_str(), Some("http" | "https")) || url.host().is_none() {
-            return Err(AuthConfigError::InvalidUrl(url.to_string()));
+        let Some(host) = url.host() else { return Err(AuthConfigError::InvalidUrl(url.to_string())) };
+        match url.scheme_str() {
+            Some("https") => {}
+            Some("http") => {
+                let loopback = host == "localhost"
+                    || host.trim_matches(['[', ']']).parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+                if !loopback {
+                    // Anyone on the path could swap in their own signing key.
+                    tracing::warn!(target: "reqscope::auth", host, "JWKS fetched over plain HTTP; use https://");
+                }
+            }
+            _ => return Err(AuthConfigError::InvalidUrl(url.to_string())),
         }
         let connector =
             hyper_rustls::HttpsConnectorBuilder::new().with_webpki_roots().https_or_http().enable_http1().build();
@@ -193,9 +245,10 @@ impl RemoteJwks {
             url,
             client: Client::builder(TokioExecutor::new()).build(connector),
             keys: RwLock::new(Arc::from(Vec::new())),
-            last_fetch: Mutex::new(None),
+            last_fetch: Mutex::new(FetchState::default()),
             fetching: tokio::sync::Mutex::new(()),
-            min_refresh_interval: Duration::from_secs(30),
+            min_refresh_ms: AtomicU64::new(30_000),
+            max_age: Duration::from_secs(600),
             timeout: Duration::from_secs(10),
         })
     }
@@ -207,13 +260,29 @@ impl RemoteJwks {
         }
     }
 
-    fn last_fetch(&self) -> Option<Instant> {
+    fn state(&self) -> FetchState {
         *self.last_fetch.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Never fetched, or the last fetch is older than the minimum interval.
+    pub(crate) fn set_min_refresh_interval(&self, interval: Duration) {
+        self.min_refresh_ms.store(interval.as_millis().min(u128::from(u64::MAX)) as u64, Ordering::Relaxed);
+    }
+
+    fn min_refresh_interval(&self) -> Duration {
+        Duration::from_millis(self.min_refresh_ms.load(Ordering::Relaxed))
+    }
+
+    /// Never fetched, or the last attempt is older than the minimum interval.
     fn may_refresh(&self) -> bool {
-        self.last_fetch().is_none_or(|at| at.elapsed() >= self.min_refresh_interval)
+        self.state().attempted.is_none_or(|at| at.elapsed() >= self.min_refresh_interval())
+    }
+
+    fn is_stale(&self) -> bool {
+        self.state().succeeded.is_none_or(|at| at.elapsed() >= self.max_age)
+    }
+
+    fn last_fetch_failed(&self) -> bool {
+        self.state().failed
     }
 
     /// Fetches the key set unless another fetch ran within the minimum interval (concurrent
@@ -225,8 +294,16 @@ impl RemoteJwks {
             return Ok(());
         }
         // Counted before the attempt: a failing endpoint is not hammered either.
-        *self.last_fetch.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
-        let keys = tokio::time::timeout(self.timeout, self.fetch()).await.map_err(|_| FetchError::Timeout)??;
+        self.last_fetch.lock().unwrap_or_else(|p| p.into_inner()).attempted = Some(Instant::now());
+        let fetched = match tokio::time::timeout(self.timeout, self.fetch()).await {
+            Ok(fetched) => fetched,
+            Err(_) => Err(FetchError::Timeout),
+        };
+        let mut state = self.last_fetch.lock().unwrap_or_else(|p| p.into_inner());
+        state.failed = fetched.is_err();
+        let keys = fetched?;
+        state.succeeded = Some(Instant::now());
+        drop(state);
         *self.keys.write().unwrap_or_else(|p| p.into_inner()) = Arc::from(keys);
         Ok(())
     }
@@ -247,7 +324,13 @@ impl RemoteJwks {
         parse_jwks(text).map_err(FetchError::Parse)
     }
 
-    pub(crate) fn url(&self) -> &Uri {
-        &self.url
+    /// The URL without user info or query string, which may hold credentials: for logs.
+    pub(crate) fn url_for_logs(&self) -> String {
+        format!(
+            "{}://{}{}",
+            self.url.scheme_str().unwrap_or("http"),
+            self.url.authority().map_or("", |a| a.as_str().rsplit('@').next().unwrap_or("")),
+            self.url.path()
+        )
     }
 }

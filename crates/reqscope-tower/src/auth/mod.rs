@@ -43,10 +43,15 @@
 //! [`AuthLayer::without_verified_token_cache`] turns it off.
 //!
 //! **Keys.** An HMAC secret, an RSA / EC / Ed25519 public key in PEM, a JWKS document (string
-//! or file), or a JWKS URL: fetched on first use, cached, fetched again when a token names an
-//! unknown `kid` — at most once per [`AuthLayer::min_refresh_interval`] (30 s by default), so
-//! tokens with made-up `kid`s cannot hammer the identity provider. When the key set cannot be
-//! fetched the answer is 503 JSON.
+//! or file), or a JWKS URL: fetched on first use, cached, fetched again every 10 minutes (so
+//! revoked keys drop out) and when a token names an unknown `kid` — at most once per
+//! [`AuthLayer::min_refresh_interval`] (30 s by default), so tokens with made-up `kid`s cannot
+//! hammer the identity provider. While the provider is down, cached keys keep verifying; a
+//! token no cached key can verify gets 503 JSON, since it cannot be judged. Key sets never
+//! carry shared secrets (`kty: oct` is refused: use [`AuthLayer::hmac`]); keys the layer
+//! cannot use (an unsupported curve) are skipped with a WARN; plain `http://` outside
+//! loopback is accepted with a WARN. Tokens without a `kid` are tried against every key of
+//! their algorithm's family, as during a key rotation.
 //!
 //! Crypto comes from `jsonwebtoken` with its `aws_lc_rs` backend, chosen on purpose:
 //! `jsonwebtoken` ≥ 10 panics at the first verification unless exactly one backend is enabled,
@@ -207,15 +212,16 @@ impl AuthLayer {
         self
     }
 
-    /// Clock skew allowed on `exp` and `nbf` (default 30 s).
+    /// Clock skew allowed on `exp` and `nbf` (default 30 s, at most a day).
     pub fn leeway(mut self, leeway: Duration) -> Self {
-        self.config_mut().rules.leeway_secs = leeway.as_secs();
+        // Bounded: a leeway of years would overflow the time arithmetic and mean nothing.
+        self.config_mut().rules.leeway_secs = leeway.as_secs().min(86_400);
         self
     }
 
-    /// Longest token accepted, in bytes (default 8 KiB).
+    /// Longest token accepted, in bytes (default 8 KiB; between 64 B and 1 MiB).
     pub fn max_token_bytes(mut self, bytes: usize) -> Self {
-        self.config_mut().rules.max_token_bytes = bytes;
+        self.config_mut().rules.max_token_bytes = bytes.clamp(64, 1024 * 1024);
         self
     }
 
@@ -246,7 +252,8 @@ impl AuthLayer {
     /// Remembers up to `capacity` verified tokens for at most `ttl` (default: 10,000 tokens,
     /// 60 s), so a client that sends the same token on every request pays for the signature
     /// check once a minute instead of every time. `exp` and `nbf` are checked on every use.
-    /// A key removed from a JWKS stops admitting cached tokens within `ttl`.
+    /// A key removed from a JWKS URL stops verifying when the set is next fetched (at most
+    /// 10 minutes), and tokens it verified leave the cache within `ttl` after that.
     pub fn verified_token_cache(mut self, capacity: usize, ttl: Duration) -> Self {
         self.config_mut().cache = Some(Arc::new(cache::VerifiedCache::new(capacity, ttl)));
         self
@@ -259,11 +266,9 @@ impl AuthLayer {
     }
 
     /// Minimum time between two fetches of a JWKS URL (default 30 s). No effect on other keys.
-    pub fn min_refresh_interval(mut self, interval: Duration) -> Self {
-        if let KeySource::Remote(remote) = &mut self.config_mut().keys
-            && let Some(remote) = Arc::get_mut(remote)
-        {
-            remote.min_refresh_interval = interval;
+    pub fn min_refresh_interval(self, interval: Duration) -> Self {
+        if let KeySource::Remote(remote) = &self.config.keys {
+            remote.set_min_refresh_interval(interval);
         }
         self
     }
@@ -322,10 +327,19 @@ impl Config {
         }
         let header = verify::token_header(token).map_err(Some)?;
         let verified = match self.keys.lookup(header.kid.as_deref(), header.alg) {
-            Lookup::Found(keys, index) => {
-                verify::verify(token, &header, &keys[index], &self.rules, &self.validations).map_err(Some)?
+            Lookup::Found(keys, candidates) => {
+                let mut outcome = Err(Reason::InvalidSignature);
+                for index in candidates {
+                    outcome = verify::verify(token, &header, &keys[index], &self.rules, &self.validations);
+                    // Only a signature mismatch is worth trying the next key of the family for.
+                    if !matches!(outcome, Err(Reason::InvalidSignature)) {
+                        break;
+                    }
+                }
+                outcome.map_err(Some)?
             }
             Lookup::NoKey => return Err(Some(no_key(&header))),
+            Lookup::Unavailable => return Err(Some(Reason::Unavailable)),
             Lookup::Refresh => return Err(None),
         };
         if let Some(cache) = &self.cache {
@@ -363,7 +377,7 @@ where
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
         match self.config.check(&mut request) {
             Ok(_) => AuthFuture::Inner { future: self.inner.call(request) },
-            Err(Some(reason)) => AuthFuture::Ready { response: Some(reject::unauthorized(reason, &self.config.realm)) },
+            Err(Some(reason)) => AuthFuture::Ready { response: Some(reject::refuse(reason, &self.config.realm)) },
             Err(None) => {
                 // The ready service handles this request; a clone takes its place.
                 let clone = self.inner.clone();
@@ -384,17 +398,21 @@ where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
     ResBody: From<String>,
 {
+    let mut fetch_failed = false;
     if let KeySource::Remote(remote) = &config.keys
         && let Err(error) = remote.refresh().await
     {
-        tracing::warn!(target: "reqscope::auth", url = %remote.url(), %error, "cannot fetch the JWKS");
-        return Ok(reject::keys_unavailable());
+        // Stale keys still verify until the provider answers again; tokens for keys we do not
+        // have get 503 below, since we cannot tell whether they are good.
+        tracing::warn!(target: "reqscope::auth", url = %remote.url_for_logs(), %error, "cannot fetch the JWKS");
+        fetch_failed = true;
     }
     match config.check(&mut request) {
         Ok(_) => inner.call(request).await,
+        Err(None) if fetch_failed => Ok(reject::refuse(Reason::Unavailable, &config.realm)),
         // Still unknown after a refresh (or refreshes are rate-limited).
-        Err(None) => Ok(reject::unauthorized(Reason::InvalidSignature, &config.realm)),
-        Err(Some(reason)) => Ok(reject::unauthorized(reason, &config.realm)),
+        Err(None) => Ok(reject::refuse(Reason::InvalidSignature, &config.realm)),
+        Err(Some(reason)) => Ok(reject::refuse(reason, &config.realm)),
     }
 }
 

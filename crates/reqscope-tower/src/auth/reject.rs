@@ -27,6 +27,8 @@ pub enum Reason {
     UnsupportedAlgorithm,
     /// The token is longer than the size cap; it was not parsed.
     TooLarge,
+    /// The signing keys could not be fetched: 503, not 401, since the token may be fine.
+    Unavailable,
 }
 
 impl Reason {
@@ -42,6 +44,7 @@ impl Reason {
             Reason::WrongAudience => "wrong_audience",
             Reason::UnsupportedAlgorithm => "unsupported_algorithm",
             Reason::TooLarge => "too_large",
+            Reason::Unavailable => "keys_unavailable",
         }
     }
 }
@@ -83,7 +86,16 @@ pub(crate) fn unauthorized<B: From<String>>(reason: Reason, realm: &str) -> Resp
     response
 }
 
-/// 503 when the signing keys cannot be fetched: the token may be fine, the server cannot tell.
-pub(crate) fn keys_unavailable<B: From<String>>() -> Response<B> {
-    json_error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "signing keys are unavailable; try again later")
+/// The response for a refused request: 503 when the keys are unavailable, else 401.
+pub(crate) fn refuse<B: From<String>>(reason: Reason, realm: &str) -> Response<B> {
+    if reason == Reason::Unavailable {
+        // The token may be fine; the server cannot tell.
+        tracing::warn!(target: "reqscope::auth", reason = reason.as_str(), "bearer token not checked");
+        return json_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "signing keys are unavailable; try again later",
+        );
+    }
+    unauthorized(reason, realm)
 }

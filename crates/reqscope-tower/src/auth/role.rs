@@ -18,19 +18,26 @@ use super::reject::{self, Reason};
 #[derive(Clone, Debug)]
 pub struct RequireRoleLayer {
     role: Arc<str>,
+    realm: Arc<str>,
 }
 
 impl RequireRoleLayer {
     /// Requires `role`.
     pub fn new(role: impl Into<Arc<str>>) -> Self {
-        RequireRoleLayer { role: role.into() }
+        RequireRoleLayer { role: role.into(), realm: Arc::from("api") }
+    }
+
+    /// The `realm` of the 401's `WWW-Authenticate` (default `api`, as [`AuthLayer`](super::AuthLayer)'s).
+    pub fn realm(mut self, realm: &str) -> Self {
+        self.realm = Arc::from(realm.replace(['"', '\\'], ""));
+        self
     }
 }
 
 impl<S> Layer<S> for RequireRoleLayer {
     type Service = RequireRole<S>;
     fn layer(&self, inner: S) -> Self::Service {
-        RequireRole { inner, role: Arc::clone(&self.role) }
+        RequireRole { inner, role: Arc::clone(&self.role), realm: Arc::clone(&self.realm) }
     }
 }
 
@@ -39,6 +46,7 @@ impl<S> Layer<S> for RequireRoleLayer {
 pub struct RequireRole<S> {
     inner: S,
     role: Arc<str>,
+    realm: Arc<str>,
 }
 
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for RequireRole<S>
@@ -64,7 +72,7 @@ where
             tracing::warn!(target: "reqscope::auth", role = &*self.role, "required role missing");
             reject::json_error(StatusCode::FORBIDDEN, "forbidden", &format!("requires role {}", self.role))
         } else {
-            reject::unauthorized(Reason::Missing, "api")
+            reject::unauthorized(Reason::Missing, &self.realm)
         };
         AuthFuture::Ready { response: Some(response) }
     }

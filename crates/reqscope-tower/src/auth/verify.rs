@@ -85,7 +85,8 @@ fn validation(alg: Algorithm, rules: &Rules) -> Validation {
     validation.leeway = rules.leeway_secs;
     validation.validate_exp = true;
     validation.validate_nbf = true;
-    let mut required: HashSet<String> = HashSet::from(["exp".to_owned()]);
+    // `sub` is who is asking: a token without one cannot put a user in the context.
+    let mut required: HashSet<String> = HashSet::from(["exp".to_owned(), "sub".to_owned()]);
     match &rules.issuers {
         Some(issuers) => {
             validation.set_issuer(issuers);
@@ -129,7 +130,7 @@ pub(crate) fn bearer_token(headers: &HeaderMap, max_bytes: usize) -> Result<Opti
         return Err(Reason::Malformed);
     }
     // Checked before anything else is done with the value.
-    if value.len() > max_bytes + "Bearer ".len() {
+    if value.len() > max_bytes.saturating_add("Bearer ".len()) {
         return Err(Reason::TooLarge);
     }
     let value = value.to_str().map_err(|_| Reason::Malformed)?;
