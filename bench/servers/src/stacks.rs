@@ -38,12 +38,15 @@ pub enum Stack {
     ContextLog,
     /// reqscope full stack: context, HS256 JWT auth, route, handler line and access line.
     Full,
+    /// The same, verifying the token in full on every request (verified-token cache off).
+    FullVerifyEach,
     /// tower-http SetRequestId/PropagateRequestId + TraceLayer + `fmt().json()`, two lines.
     TowerHttp,
 }
 
 impl Stack {
-    pub const NAMES: [&'static str; 6] = ["bare", "handrolled", "context", "context-log", "full", "tower-http"];
+    pub const NAMES: [&'static str; 7] =
+        ["bare", "handrolled", "context", "context-log", "full", "full-verify-each", "tower-http"];
 
     pub fn name(self) -> &'static str {
         Self::NAMES[self as usize]
@@ -63,13 +66,15 @@ impl Stack {
                 tracing_subscriber::registry().with(LogLayer::new().with_writer(writer)).init();
                 Router::new().route("/hello", get(hello_logged)).layer(RequestContextLayer::new().access_log(false))
             }
-            Stack::Full => {
+            Stack::Full | Stack::FullVerifyEach => {
                 tracing_subscriber::registry().with(LogLayer::new().with_writer(writer)).init();
+                let auth = AuthLayer::hmac(BENCH_SECRET);
+                let auth = if self == Stack::Full { auth } else { auth.without_verified_token_cache() };
                 Router::new()
                     .route("/hello", get(hello_logged))
                     .route_layer(MatchedRouteLayer)
                     // Later layers of the full stack (rate limit) are added here.
-                    .route_layer(AuthLayer::hmac(BENCH_SECRET))
+                    .route_layer(auth)
                     .layer(RequestContextLayer::new())
             }
             Stack::TowerHttp => {
@@ -101,7 +106,15 @@ impl Stack {
 impl FromStr for Stack {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let all = [Stack::Bare, Stack::Handrolled, Stack::Context, Stack::ContextLog, Stack::Full, Stack::TowerHttp];
+        let all = [
+            Stack::Bare,
+            Stack::Handrolled,
+            Stack::Context,
+            Stack::ContextLog,
+            Stack::Full,
+            Stack::FullVerifyEach,
+            Stack::TowerHttp,
+        ];
         all.into_iter().find(|stack| stack.name() == s).ok_or_else(|| format!("unknown stack {s:?}"))
     }
 }
