@@ -60,7 +60,7 @@ TOKEN = ""
 
 
 def wrk(port, seconds, connections):
-    # Every stack gets the same request, a bearer token included; only `full` verifies it.
+    # Every stack gets the same request, a bearer token included; only the full stacks check it.
     out = subprocess.run(
         ["taskset", "-c", "1", "wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency",
          "-H", f"Authorization: Bearer {TOKEN}", f"http://127.0.0.1:{port}/hello"],

@@ -22,9 +22,9 @@
 //! can break a line or forge another.
 //!
 //! The context is found through the task-local first and, failing that, through the span
-//! scope: the layer stores the current context in every span created inside a request, so an
-//! event on a foreign thread that only entered the request's span (sqlx-sqlite's worker, a
-//! callback on a pool thread) is stamped too.
+//! scope: the layer stores the context in the request span (target `reqscope::request`) that
+//! `RequestContextLayer` opens, so an event on a foreign thread that only entered that span or
+//! a child of it (sqlx-sqlite's worker, a callback on a pool thread) is stamped too.
 //!
 //! The JSON path allocates nothing per event once warm: lines are built in a thread-local
 //! buffer and handed to the writer in one `write_all`. Use [`non_blocking`] so
