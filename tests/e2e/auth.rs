@@ -317,7 +317,7 @@ async fn jwks_urls_are_cached_refreshed_on_unknown_kids_and_rate_limited() {
     let idp_addr = serve(Router::new().route("/jwks.json", get(jwks)).with_state(idp.clone())).await;
     let auth = AuthLayer::jwks_url(&format!("http://{idp_addr}/jwks.json"))
         .unwrap()
-        .min_refresh_interval(Duration::from_millis(400));
+        .min_refresh_interval(Duration::from_millis(1500));
     let addr = serve(key_app(auth)).await;
     let c = claims("9");
     let key_a = EncodingKey::from_rsa_pem(&fixture("rsa_a_private.pem")).unwrap();
@@ -329,7 +329,7 @@ async fn jwks_urls_are_cached_refreshed_on_unknown_kids_and_rate_limited() {
 
     // The identity provider rotates to key B.
     *idp.jwks.lock().unwrap() = String::from_utf8(fixture("jwks_b.json")).unwrap();
-    tokio::time::sleep(Duration::from_millis(450)).await;
+    tokio::time::sleep(Duration::from_millis(1600)).await;
     assert_eq!(whoami(addr, &sign(Algorithm::RS256, Some("key-b"), &key_b, &c)).await.status, 200);
     assert_eq!(idp.fetches.load(Ordering::SeqCst), 2, "an unknown kid triggers one refresh");
 
@@ -342,7 +342,7 @@ async fn jwks_urls_are_cached_refreshed_on_unknown_kids_and_rate_limited() {
 
     // The provider fails: an unknown kid cannot be checked, which is not the client's fault.
     idp.failing.store(true, Ordering::SeqCst);
-    tokio::time::sleep(Duration::from_millis(450)).await;
+    tokio::time::sleep(Duration::from_millis(1600)).await;
     let reply = whoami(addr, &sign(Algorithm::RS256, Some("key-c"), &key_b, &c)).await;
     assert_eq!(reply.status, 503, "{}", reply.body);
     assert_eq!(reply.json()["error"], "unavailable");
