@@ -418,7 +418,12 @@ mod failing_output {
         let attempts = Arc::new(AtomicU64::new(0));
         let (writer, guard) = non_blocking(Flaky { fail: 1, out: Arc::clone(&out), attempts: Arc::clone(&attempts) });
         (&writer).write_all(b"a\nb\n").unwrap();
-        std::thread::sleep(Duration::from_millis(300));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while writer.dropped_lines() < 2 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // Long enough for a spinning worker to have retried many times.
+        std::thread::sleep(Duration::from_millis(200));
         assert_eq!(writer.dropped_lines(), 2, "the refused batch is counted");
         assert!(attempts.load(Ordering::Relaxed) <= 2, "a failing output must not be retried in a loop");
         (&writer).write_all(b"c\n").unwrap();
