@@ -4,22 +4,25 @@ use axum::Router;
 use axum::routing::get;
 use reqscope::auth::AuthLayer;
 use reqscope::{MatchedRouteLayer, RequestContextLayer};
+use sqlx::AnyPool;
 
 use crate::{fanout, health, jwt, not_found, stream, users};
 
 /// The whole application, ready to serve.
-pub fn app(auth: AuthLayer) -> Router {
+pub fn app(auth: AuthLayer, pool: AnyPool) -> Router {
     Router::new()
         .route("/health", get(health::health))
         .route("/fanout", get(fanout::fanout))
         .route("/stream", get(stream::stream))
         // Only this route needs a token; the auth layer puts the user into the context.
         .route("/users/me", get(users::me).route_layer(auth))
+        .route("/users/{id}", get(users::by_id))
         // After routing: puts the route template (`/users/{id}`) on every log line.
         .route_layer(MatchedRouteLayer)
         .fallback(not_found::not_found)
         // Outermost: every request, the 404s included, gets its context and request id.
         .layer(RequestContextLayer::new())
+        .with_state(pool)
 }
 
 /// The example's auth layer: HS256 with `secret`, the example's issuer and audience required.

@@ -8,9 +8,12 @@
 //! Environment: `ADDR` (default `127.0.0.1:3000`), `RUST_LOG` (default `info`),
 //! `LOG_FORMAT` (`json`, the default, or `pretty`), `JWT_SECRET` (HS256, at least 32 bytes;
 //! unset: a development secret is made and kept in the temp directory, and
-//! `cargo run --example mint_token -- 1` signs tokens with it).
+//! `cargo run --example mint_token -- 1` signs tokens with it), `DATABASE_URL` (unset: an
+//! embedded in-memory SQLite database; `postgres://…`: PostgreSQL), `SLOW_QUERY_MS` (statements
+//! slower than this are logged at WARN; default 100).
 
 mod app;
+mod db;
 mod fanout;
 mod health;
 mod jwt;
@@ -54,9 +57,17 @@ async fn serve() -> Result<(), String> {
         );
     }
     let auth = app::auth_layer(&jwt::secret(true)?);
+    let database_url = std::env::var("DATABASE_URL").unwrap_or_else(|_| db::DEFAULT_URL.to_owned());
+    let slow_ms: u64 = match std::env::var("SLOW_QUERY_MS") {
+        Ok(ms) => ms.parse().map_err(|_| format!("SLOW_QUERY_MS must be a number of milliseconds, got {ms:?}"))?,
+        Err(_) => 100,
+    };
+    let pool = db::connect(&database_url, std::time::Duration::from_millis(slow_ms))
+        .await
+        .map_err(|e| format!("cannot open the database: {e}"))?;
     tracing::info!(addr = %local_addr, "listening");
 
-    let service = app::app(auth).into_make_service_with_connect_info::<SocketAddr>();
+    let service = app::app(auth, pool).into_make_service_with_connect_info::<SocketAddr>();
     axum::serve(listener, service).with_graceful_shutdown(shutdown_signal()).await.map_err(|e| e.to_string())?;
     tracing::info!("stopped");
     Ok(())

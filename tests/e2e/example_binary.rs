@@ -32,10 +32,16 @@ async fn the_example_writes_only_stamped_json_lines_and_stops_cleanly() {
     // Killed if the test fails half-way, so that no server outlives it.
     let mut child = KillOnDrop(Some(child));
     let mut stdout = BufReader::new(child.0.as_mut().unwrap().stdout.take().unwrap());
-    let mut first = String::new();
-    stdout.read_line(&mut first).unwrap();
-    let startup: Value = serde_json::from_str(&first).expect("the startup line is JSON");
-    assert_eq!(startup["message"], "listening", "with JWT_SECRET set, no development-secret warning");
+    // Migrations log their statements first; then the server says where it listens.
+    let startup = loop {
+        let mut line = String::new();
+        assert!(stdout.read_line(&mut line).unwrap() > 0, "the server exited before listening");
+        let line: Value = serde_json::from_str(&line).expect("every startup line is JSON");
+        assert_ne!(line["level"], "WARN", "with JWT_SECRET set, no development-secret warning: {line}");
+        if line["message"] == "listening" {
+            break line;
+        }
+    };
     let addr = startup["addr"].as_str().unwrap().parse().unwrap();
 
     // The documented way to get a token: the mint_token example, with the same secret.
@@ -76,8 +82,9 @@ async fn the_example_writes_only_stamped_json_lines_and_stops_cleanly() {
     assert_eq!(of(stream.request_id()), 4, "stream: three chunks and the access line");
     assert_eq!(of(missing.request_id()), 1, "404: its access line");
     let mine: Vec<&Value> = lines.iter().filter(|l| l["request_id"] == me.request_id()).collect();
-    assert_eq!(mine.len(), 2, "users/me: the handler line and the access line");
+    assert_eq!(mine.len(), 3, "users/me: the handler line, the query line and the access line");
     assert!(mine.iter().all(|l| l["user_id"] == "3"), "{mine:?}");
+    assert!(mine.iter().any(|l| l["target"] == "sqlx::query"), "the SQLite query line is stamped: {mine:?}");
     let signature = token.rsplit('.').next().unwrap();
     assert!(lines.iter().all(|l| !l.to_string().contains(signature)), "the token reached stdout");
     assert!(lines.iter().any(|l| l["message"] == "stopped"));

@@ -13,7 +13,7 @@ fn is_uuid_v4(id: &str) -> bool {
 
 #[tokio::test]
 async fn a_valid_forwarded_id_is_echoed_and_logged() {
-    let addr = serve(crate::support::example_app()).await;
+    let addr = serve(crate::support::example_app().await).await;
     let reply = fetch(addr, "/health", &[("x-request-id", b"fwd-valid.1:a+b/c=d@e_f")]).await;
     assert_eq!(reply.status, 200);
     assert_eq!(reply.request_id(), "fwd-valid.1:a+b/c=d@e_f");
@@ -24,7 +24,7 @@ async fn a_valid_forwarded_id_is_echoed_and_logged() {
 
 #[tokio::test]
 async fn every_invalid_class_is_replaced_and_never_logged() {
-    let addr = serve(crate::support::example_app()).await;
+    let addr = serve(crate::support::example_app().await).await;
     let too_long = format!("MARKlong{}", "x".repeat(121)); // 129 bytes
     let cases: [(&str, &[u8]); 5] = [
         ("too long", too_long.as_bytes()),

@@ -5,6 +5,9 @@ mod support;
 // The example server's own modules, so that its routes are tested exactly as they ship.
 #[path = "../../examples/api/app.rs"]
 mod app;
+#[path = "../../examples/api/db.rs"]
+#[allow(dead_code)] // the tests open databases of their own, not the default one
+mod db;
 #[path = "../../examples/api/fanout.rs"]
 mod fanout;
 #[path = "../../examples/api/health.rs"]

@@ -70,7 +70,7 @@ async fn every_helper_and_thread_carries_the_request_id() {
 
 #[tokio::test]
 async fn the_example_fanout_stamps_every_task() {
-    let addr = serve(crate::support::example_app()).await;
+    let addr = serve(crate::support::example_app().await).await;
     let reply = fetch(addr, "/fanout", &[("x-request-id", b"stamp-fanout-1")]).await;
     assert_eq!(reply.status, 200);
     assert_eq!(reply.json()["request_id"], "stamp-fanout-1");
@@ -84,7 +84,7 @@ async fn the_example_fanout_stamps_every_task() {
 
 #[tokio::test]
 async fn the_example_stream_stamps_every_chunk() {
-    let addr = serve(crate::support::example_app()).await;
+    let addr = serve(crate::support::example_app().await).await;
     let reply = fetch(addr, "/stream", &[("x-request-id", b"stamp-stream-1")]).await;
     assert_eq!(reply.body, "chunk 0\nchunk 1\nchunk 2\n");
     let access = access_lines_of("stamp-stream-1").await;
@@ -96,7 +96,7 @@ async fn the_example_stream_stamps_every_chunk() {
 
 #[tokio::test]
 async fn unknown_routes_answer_404_json_with_the_id() {
-    let addr = serve(crate::support::example_app()).await;
+    let addr = serve(crate::support::example_app().await).await;
     let reply = fetch(addr, "/nowhere", &[("x-request-id", b"stamp-404-1")]).await;
     assert_eq!(reply.status, 404);
     assert_eq!(reply.headers["content-type"], "application/json");
@@ -106,4 +106,27 @@ async fn unknown_routes_answer_404_json_with_the_id() {
     assert_eq!(body["request_id"], "stamp-404-1");
     let access = access_lines_of("stamp-404-1").await;
     assert_eq!(access[0]["status"], 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_query_lines_carry_the_request_and_the_user() {
+    let addr = serve(crate::support::example_app().await).await;
+    let token = crate::support::hs256(crate::support::TEST_SECRET, &crate::support::claims("1"));
+    let bearer = format!("Bearer {token}");
+    let reply =
+        fetch(addr, "/users/me", &[("x-request-id", b"db-stamp-1"), ("authorization", bearer.as_bytes())]).await;
+    assert_eq!(reply.json()["email"], "ada@example.com");
+    access_lines_of("db-stamp-1").await;
+    let queries: Vec<Value> = lines_of("db-stamp-1").into_iter().filter(|l| l["target"] == "sqlx::query").collect();
+    assert_eq!(queries.len(), 1, "one line per statement");
+    assert_eq!(queries[0]["user_id"], "1");
+    assert_eq!(queries[0]["rows_returned"], 1);
+    assert!(queries[0]["db.statement"].as_str().unwrap().contains("SELECT id, name, email FROM users WHERE id = $1"));
+
+    let reply = fetch(addr, "/users/2", &[("x-request-id", b"db-stamp-2")]).await;
+    assert_eq!(reply.json()["name"], "Grace Hopper");
+    assert_eq!(fetch(addr, "/users/x", &[]).await.status, 400);
+    let missing = fetch(addr, "/users/99", &[]).await;
+    assert_eq!(missing.status, 404);
+    assert_eq!(missing.json()["request_id"], missing.request_id());
 }

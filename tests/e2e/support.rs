@@ -102,9 +102,14 @@ pub async fn fetch_with(method: http::Method, addr: SocketAddr, path: &str, head
 /// The HS256 secret the tests' example server verifies with.
 pub const TEST_SECRET: &[u8] = b"a test secret that is at least 32 bytes long";
 
-/// The example server's router, with the test secret.
-pub fn example_app() -> Router {
-    crate::app::app(crate::app::auth_layer(TEST_SECRET))
+/// The example server's router, with the test secret and a fresh in-memory SQLite database
+/// of its own (so tests never share rows or race on migrations).
+pub async fn example_app() -> Router {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let url = format!("sqlite:file:reqscope-test-{}-{n}?mode=memory&cache=shared", std::process::id());
+    let pool = crate::db::connect(&url, Duration::from_millis(100)).await.expect("open the test database");
+    crate::app::app(crate::app::auth_layer(TEST_SECRET), pool)
 }
 
 /// Seconds since the Unix epoch.
