@@ -1,20 +1,22 @@
 //! The router: routes, then the reqscope layers.
 
 use axum::Router;
-use axum::routing::get;
+use axum::routing::{get, post};
 use reqscope::auth::AuthLayer;
 use reqscope::{MatchedRouteLayer, RequestContextLayer};
 use sqlx::AnyPool;
 
-use crate::{fanout, health, jwt, not_found, stream, users};
+use crate::{fanout, health, jwt, not_found, ready, stream, users};
 
 /// The whole application, ready to serve.
 pub fn app(auth: AuthLayer, pool: AnyPool) -> Router {
     Router::new()
         .route("/health", get(health::health))
+        .route("/ready", get(ready::ready))
         .route("/fanout", get(fanout::fanout))
         .route("/stream", get(stream::stream))
         // Only this route needs a token; the auth layer puts the user into the context.
+        .route("/users", post(users::create).route_layer(auth.clone()))
         .route("/users/me", get(users::me).route_layer(auth))
         .route("/users/{id}", get(users::by_id))
         // After routing: puts the route template (`/users/{id}`) on every log line.

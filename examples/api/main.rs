@@ -18,6 +18,7 @@ mod fanout;
 mod health;
 mod jwt;
 mod not_found;
+mod ready;
 mod stream;
 mod users;
 

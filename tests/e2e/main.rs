@@ -17,6 +17,8 @@ mod health;
 mod jwt;
 #[path = "../../examples/api/not_found.rs"]
 mod not_found;
+#[path = "../../examples/api/ready.rs"]
+mod ready;
 #[path = "../../examples/api/stream.rs"]
 mod stream;
 #[path = "../../examples/api/users.rs"]
@@ -29,3 +31,4 @@ mod context;
 mod example_binary;
 mod forwarded_ids;
 mod stamping;
+mod user_endpoints;

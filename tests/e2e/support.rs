@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use bytes::Bytes;
 use http::{HeaderMap, Request, StatusCode};
-use http_body_util::{BodyExt, Empty};
+use http_body_util::BodyExt;
 use hyper_util::rt::TokioIo;
 use reqscope::logging::{LogLayer, MemoryWriter};
 use serde_json::Value;
@@ -85,6 +85,11 @@ pub async fn fetch(addr: SocketAddr, path: &str, headers: &[(&str, &[u8])]) -> R
 
 /// Like [`fetch`], with any method.
 pub async fn fetch_with(method: http::Method, addr: SocketAddr, path: &str, headers: &[(&str, &[u8])]) -> Reply {
+    send(method, addr, path, headers, Bytes::new()).await
+}
+
+/// Any method, headers and body, over a new connection.
+pub async fn send(method: http::Method, addr: SocketAddr, path: &str, headers: &[(&str, &[u8])], body: Bytes) -> Reply {
     let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.expect("handshake");
     tokio::spawn(conn);
@@ -92,7 +97,7 @@ pub async fn fetch_with(method: http::Method, addr: SocketAddr, path: &str, head
     for (name, value) in headers {
         request = request.header(*name, http::HeaderValue::from_bytes(value).expect("header value"));
     }
-    let response = sender.send_request(request.body(Empty::<Bytes>::new()).unwrap()).await.expect("send");
+    let response = sender.send_request(request.body(http_body_util::Full::new(body)).unwrap()).await.expect("send");
     let status = response.status();
     let headers = response.headers().clone();
     let body = response.into_body().collect().await.expect("body").to_bytes();
@@ -105,11 +110,16 @@ pub const TEST_SECRET: &[u8] = b"a test secret that is at least 32 bytes long";
 /// The example server's router, with the test secret and a fresh in-memory SQLite database
 /// of its own (so tests never share rows or race on migrations).
 pub async fn example_app() -> Router {
+    example_app_with_pool().await.0
+}
+
+/// [`example_app`] and its database pool, for tests that break the database.
+pub async fn example_app_with_pool() -> (Router, sqlx::AnyPool) {
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let url = format!("sqlite:file:reqscope-test-{}-{n}?mode=memory&cache=shared", std::process::id());
     let pool = crate::db::connect(&url, Duration::from_millis(100)).await.expect("open the test database");
-    crate::app::app(crate::app::auth_layer(TEST_SECRET), pool)
+    (crate::app::app(crate::app::auth_layer(TEST_SECRET), pool.clone()), pool)
 }
 
 /// Seconds since the Unix epoch.
