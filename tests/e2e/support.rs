@@ -143,3 +143,56 @@ pub fn claims(sub: &str) -> Value {
 pub fn hs256(secret: &[u8], claims: &Value) -> String {
     reqscope::auth::mint_hs256(secret, claims).expect("mint")
 }
+
+/// The example app on a fresh PostgreSQL schema of its own, when `TEST_DATABASE_URL` is set;
+/// `None` (with the reason printed) when it is not. With `CI=true` an unreachable server is a
+/// failure, not a skip. Drop the returned [`PgSchema`] to remove the schema.
+pub async fn postgres_app() -> Option<(Router, sqlx::AnyPool, PgSchema)> {
+    let Ok(base) = std::env::var("TEST_DATABASE_URL") else {
+        eprintln!("skipped: TEST_DATABASE_URL is not set (PostgreSQL tests run in CI, see .ci/run)");
+        return None;
+    };
+    sqlx::any::install_default_drivers();
+    let admin = match sqlx::AnyPool::connect(&base).await {
+        Ok(pool) => pool,
+        Err(error) if std::env::var("CI").as_deref() == Ok("true") => {
+            panic!("CI=true but PostgreSQL at TEST_DATABASE_URL is unreachable: {error}")
+        }
+        Err(error) => {
+            eprintln!("skipped: PostgreSQL at TEST_DATABASE_URL is unreachable: {error}");
+            return None;
+        }
+    };
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let schema = format!(
+        "reqscope_test_{}_{}_{}",
+        std::process::id(),
+        now(),
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    );
+    // The schema name is made of our own digits and underscores only.
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
+        .execute(&admin)
+        .await
+        .expect("create the test schema");
+    let separator = if base.contains('?') { '&' } else { '?' };
+    let url = format!("{base}{separator}options=-c%20search_path%3D{schema}");
+    let pool = crate::db::connect(&url, Duration::from_millis(100)).await.expect("open the test schema");
+    let app = crate::app::app(crate::app::auth_layer(TEST_SECRET), pool.clone());
+    Some((app, pool, PgSchema { admin, name: schema }))
+}
+
+/// A PostgreSQL schema made for one test; dropped, with everything in it, at the end.
+pub struct PgSchema {
+    admin: sqlx::AnyPool,
+    name: String,
+}
+
+impl PgSchema {
+    pub async fn drop_schema(self) {
+        sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA {} CASCADE", self.name)))
+            .execute(&self.admin)
+            .await
+            .expect("drop the test schema");
+    }
+}

@@ -7,7 +7,72 @@ use crate::support::{TEST_SECRET, access_lines_of, claims, example_app, hs256, l
 
 #[tokio::test]
 async fn creating_users_answers_each_kind_of_bad_input() {
+    creating_users(example_app().await, "sqlite").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_postgresql_too() {
+    let Some((app, _pool, schema)) = crate::support::postgres_app().await else { return };
+    let addr = serve(app).await;
+    let reply = crate::support::fetch(addr, "/users/2", &[]).await;
+    assert_eq!(reply.json()["name"], "Grace Hopper", "seeded by the migration");
+    concurrent_users(addr, "pg").await;
+    creating_users_at(addr, "postgres").await;
+    schema.drop_schema().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_users_on_sqlite() {
     let addr = serve(example_app().await).await;
+    concurrent_users(addr, "sqlite").await;
+}
+
+/// 200 concurrent `/users/me` requests by three users: every query line carries its own
+/// request's id and user.
+async fn concurrent_users(addr: std::net::SocketAddr, tag: &str) {
+    let requests: Vec<_> = (0..200u32)
+        .map(|n| {
+            let tag = tag.to_owned();
+            tokio::spawn(async move {
+                let user = (n % 3 + 1).to_string();
+                let bearer = format!("Bearer {}", hs256(TEST_SECRET, &claims(&user)));
+                let id = format!("db-conc-{tag}-{n}");
+                let reply = crate::support::fetch(
+                    addr,
+                    "/users/me",
+                    &[("x-request-id", id.as_bytes()), ("authorization", bearer.as_bytes())],
+                )
+                .await;
+                assert_eq!(reply.status, 200, "{}", reply.body);
+                (id, user)
+            })
+        })
+        .collect();
+    let mut expected = std::collections::HashMap::new();
+    for request in requests {
+        let (id, user) = request.await.unwrap();
+        expected.insert(id, user);
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let mut queries = 0;
+    for line in logs().json_lines() {
+        if let Some(user) = line["request_id"].as_str().and_then(|id| expected.get(id)) {
+            assert_eq!(line["user_id"], user.as_str(), "cross-talk: {line}");
+            if line["target"] == "sqlx::query" {
+                queries += 1;
+            }
+        }
+    }
+    assert_eq!(queries, 200, "one stamped query line per request");
+}
+
+async fn creating_users(app: axum::Router, tag: &str) {
+    let addr = serve(app).await;
+    creating_users_at(addr, tag).await;
+}
+
+async fn creating_users_at(addr: std::net::SocketAddr, tag: &str) {
+    let tag: &'static str = Box::leak(tag.to_owned().into_boxed_str());
     let bearer = format!("Bearer {}", hs256(TEST_SECRET, &claims("1")));
     let post = |body: &'static str, with_token: bool| {
         let bearer = bearer.clone();
@@ -19,13 +84,18 @@ async fn creating_users_answers_each_kind_of_bad_input() {
             send(Method::POST, addr, "/users", &headers, Bytes::from_static(body.as_bytes())).await
         }
     };
-    let created = post(r#"{"name":"Katherine Johnson","email":"secret.katherine@nasa.example"}"#, true).await;
+    let body: &'static str = Box::leak(
+        format!(r#"{{"name":"Katherine Johnson","email":"secret.katherine.{tag}@nasa.example"}}"#).into_boxed_str(),
+    );
+    let created = post(body, true).await;
     assert_eq!(created.status, 201, "{}", created.body);
     let user = created.json();
     assert_eq!(user["name"], "Katherine Johnson");
     assert!(user["id"].as_i64().unwrap() > 3);
 
-    let duplicate = post(r#"{"name":"K. J.","email":"secret.katherine@nasa.example"}"#, true).await;
+    let body: &'static str =
+        Box::leak(format!(r#"{{"name":"K. J.","email":"secret.katherine.{tag}@nasa.example"}}"#).into_boxed_str());
+    let duplicate = post(body, true).await;
     assert_eq!(duplicate.status, 409, "{}", duplicate.body);
     assert_eq!(duplicate.json()["error"], "conflict");
     assert_eq!(duplicate.json()["request_id"], duplicate.request_id());
