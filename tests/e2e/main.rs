@@ -28,6 +28,7 @@ mod access;
 mod auth;
 mod concurrency;
 mod context;
+mod deployment;
 mod example_binary;
 mod forwarded_ids;
 mod stamping;

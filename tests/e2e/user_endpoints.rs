@@ -145,3 +145,17 @@ async fn a_lost_database_gives_503_with_one_stamped_error_and_health_keeps_answe
     assert_eq!(ready.status, 503);
     assert_eq!(ready.json()["database"], "down");
 }
+
+#[tokio::test]
+async fn statements_slower_than_the_threshold_are_warnings() {
+    // A threshold of zero makes every statement "slow": each query line comes at WARN.
+    let url = format!("sqlite:file:reqscope-test-slow-{}?mode=memory&cache=shared", std::process::id());
+    let pool = crate::db::connect(&url, std::time::Duration::ZERO).await.unwrap();
+    let addr = serve(crate::app::app(crate::app::auth_layer(TEST_SECRET), pool)).await;
+    crate::support::fetch(addr, "/users/1", &[("x-request-id", b"db-slow-1")]).await;
+    access_lines_of("db-slow-1").await;
+    let queries: Vec<serde_json::Value> =
+        crate::support::lines_of("db-slow-1").into_iter().filter(|l| l["target"] == "sqlx::query").collect();
+    assert_eq!(queries.len(), 1);
+    assert_eq!(queries[0]["level"], "WARN", "{}", queries[0]);
+}
