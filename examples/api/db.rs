@@ -4,6 +4,11 @@
 //! bound values, rows returned / affected and elapsed time), at INFO, and at WARN beyond
 //! `SLOW_QUERY_MS`. reqscope stamps those lines like any other: on PostgreSQL they fire in
 //! the request's task, on SQLite on sqlx's worker thread, which carries the request span.
+//!
+//! There is deliberately no query wrapper: sqlx's own events already have everything a
+//! wrapper would log, cover statements a wrapper would miss (migrations, pool pings), and a
+//! wrapper would write a second line per statement. Handlers that want a name for a query
+//! put it on a span or an event of their own.
 
 use std::time::Duration;
 

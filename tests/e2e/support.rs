@@ -148,6 +148,12 @@ pub fn hs256(secret: &[u8], claims: &Value) -> String {
 /// `None` (with the reason printed) when it is not. With `CI=true` an unreachable server is a
 /// failure, not a skip. Drop the returned [`PgSchema`] to remove the schema.
 pub async fn postgres_app() -> Option<(Router, sqlx::AnyPool, PgSchema)> {
+    postgres_app_via(None).await
+}
+
+/// [`postgres_app`] with the pool connecting through `via` (host:port, e.g. a test proxy)
+/// instead of the server's own address.
+pub async fn postgres_app_via(via: Option<SocketAddr>) -> Option<(Router, sqlx::AnyPool, PgSchema)> {
     let Ok(base) = std::env::var("TEST_DATABASE_URL") else {
         eprintln!("skipped: TEST_DATABASE_URL is not set (PostgreSQL tests run in CI, see .ci/run)");
         return None;
@@ -176,7 +182,14 @@ pub async fn postgres_app() -> Option<(Router, sqlx::AnyPool, PgSchema)> {
         .await
         .expect("create the test schema");
     let separator = if base.contains('?') { '&' } else { '?' };
-    let url = format!("{base}{separator}options=-c%20search_path%3D{schema}");
+    let mut url = format!("{base}{separator}options=-c%20search_path%3D{schema}");
+    if let Some(via) = via {
+        // postgres://user@HOST:PORT/db…: swap the authority's host and port.
+        let start = url.find("://").map_or(0, |i| i + 3);
+        let authority_end = url[start..].find('/').map_or(url.len(), |i| start + i);
+        let host_start = url[start..authority_end].rfind('@').map_or(start, |i| start + i + 1);
+        url.replace_range(host_start..authority_end, &via.to_string());
+    }
     let pool = crate::db::connect(&url, Duration::from_millis(100)).await.expect("open the test schema");
     let app = crate::app::app(crate::app::auth_layer(TEST_SECRET), pool.clone());
     Some((app, pool, PgSchema { admin, name: schema }))

@@ -159,3 +159,90 @@ async fn statements_slower_than_the_threshold_are_warnings() {
     assert_eq!(queries.len(), 1);
     assert_eq!(queries[0]["level"], "WARN", "{}", queries[0]);
 }
+
+/// A TCP proxy in front of PostgreSQL that can be cut (every connection dropped, new ones
+/// refused) and restored: the database "goes away" and "comes back" without touching it.
+struct CuttableProxy {
+    addr: std::net::SocketAddr,
+    up: tokio::sync::watch::Sender<bool>,
+}
+
+impl CuttableProxy {
+    async fn start(target: std::net::SocketAddr) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (up, watch) = tokio::sync::watch::channel(true);
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut client, _)) = listener.accept().await else { return };
+                if !*watch.borrow() {
+                    continue; // dropped: refused
+                }
+                let mut watch = watch.clone();
+                tokio::spawn(async move {
+                    let Ok(mut server) = tokio::net::TcpStream::connect(target).await else { return };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = watch.wait_for(|up| !*up) => {}
+                    }
+                });
+            }
+        });
+        CuttableProxy { addr, up }
+    }
+
+    fn cut(&self) {
+        let _ = self.up.send(false);
+    }
+
+    fn restore(&self) {
+        let _ = self.up.send(true);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgresql_going_away_and_coming_back() {
+    let Ok(url) = std::env::var("TEST_DATABASE_URL") else {
+        eprintln!("skipped: TEST_DATABASE_URL is not set (PostgreSQL tests run in CI, see .ci/run)");
+        return;
+    };
+    let start = url.find("://").map_or(0, |i| i + 3);
+    let authority = &url[start..url[start..].find('/').map_or(url.len(), |i| start + i)];
+    let host_port = authority.rsplit('@').next().unwrap();
+    let target = tokio::net::lookup_host(if host_port.contains(':') {
+        host_port.to_owned()
+    } else {
+        format!("{host_port}:5432")
+    })
+    .await
+    .unwrap()
+    .next()
+    .unwrap();
+    let proxy = CuttableProxy::start(target).await;
+    let Some((app, _pool, schema)) = crate::support::postgres_app_via(Some(proxy.addr)).await else { return };
+    let addr = serve(app).await;
+    assert_eq!(crate::support::fetch(addr, "/users/1", &[]).await.status, 200);
+
+    proxy.cut();
+    let reply = crate::support::fetch(addr, "/users/1", &[("x-request-id", b"pg-down-1")]).await;
+    assert_eq!(reply.status, 503, "{}", reply.body);
+    assert_eq!(reply.json()["request_id"], "pg-down-1");
+    access_lines_of("pg-down-1").await;
+    let errors = crate::support::lines_of("pg-down-1").into_iter().filter(|l| l["level"] == "ERROR").count();
+    assert_eq!(errors, 1, "one stamped ERROR line");
+    assert_eq!(crate::support::fetch(addr, "/health", &[]).await.status, 200);
+    assert_eq!(crate::support::fetch(addr, "/ready", &[]).await.status, 503);
+
+    proxy.restore();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let reply = crate::support::fetch(addr, "/users/1", &[]).await;
+        if reply.status == 200 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no recovery without a restart: {}", reply.body);
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert_eq!(crate::support::fetch(addr, "/ready", &[]).await.status, 200);
+    schema.drop_schema().await;
+}
