@@ -53,7 +53,7 @@ pub mod tower {
 #[cfg(feature = "axum")]
 pub use reqscope_tower::MatchedRouteLayer;
 #[cfg(feature = "tower")]
-pub use reqscope_tower::RequestContextLayer;
+pub use reqscope_tower::{CatchPanicLayer, RequestContextLayer};
 
 /// JWT authentication: `AuthLayer`, `RequireRoleLayer`, `Claims` (feature `jwt`).
 #[cfg(feature = "jwt")]

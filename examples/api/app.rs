@@ -3,10 +3,10 @@
 use axum::Router;
 use axum::routing::{get, post};
 use reqscope::auth::AuthLayer;
-use reqscope::{MatchedRouteLayer, RequestContextLayer};
+use reqscope::{CatchPanicLayer, MatchedRouteLayer, RequestContextLayer};
 use sqlx::AnyPool;
 
-use crate::{fanout, health, jwt, not_found, ready, stream, users};
+use crate::{boom, fanout, health, jwt, not_found, ready, stream, users};
 
 /// The whole application, ready to serve.
 pub fn app(auth: AuthLayer, pool: AnyPool) -> Router {
@@ -16,12 +16,16 @@ pub fn app(auth: AuthLayer, pool: AnyPool) -> Router {
         .route("/fanout", get(fanout::fanout))
         .route("/stream", get(stream::stream))
         // Only this route needs a token; the auth layer puts the user into the context.
+        // A token is optional here: with one, the panic report names the user.
+        .route("/boom", get(boom::boom).route_layer(auth.clone().optional()))
         .route("/users", post(users::create).route_layer(auth.clone()))
         .route("/users/me", get(users::me).route_layer(auth))
         .route("/users/{id}", get(users::by_id))
         // After routing: puts the route template (`/users/{id}`) on every log line.
         .route_layer(MatchedRouteLayer)
         .fallback(not_found::not_found)
+        // Inside the context layer, so that a panic's ERROR line is stamped.
+        .layer(CatchPanicLayer::new())
         // Outermost: every request, the 404s included, gets its context and request id.
         .layer(RequestContextLayer::new())
         .with_state(pool)

@@ -13,6 +13,7 @@
 //! slower than this are logged at WARN; default 100).
 
 mod app;
+mod boom;
 mod db;
 mod fanout;
 mod health;

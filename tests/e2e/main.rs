@@ -5,6 +5,8 @@ mod support;
 // The example server's own modules, so that its routes are tested exactly as they ship.
 #[path = "../../examples/api/app.rs"]
 mod app;
+#[path = "../../examples/api/boom.rs"]
+mod boom;
 #[path = "../../examples/api/db.rs"]
 #[allow(dead_code)] // the tests open databases of their own, not the default one
 mod db;
@@ -31,5 +33,6 @@ mod context;
 mod deployment;
 mod example_binary;
 mod forwarded_ids;
+mod panics;
 mod stamping;
 mod user_endpoints;

@@ -6,16 +6,19 @@
 //!   and writes one access-log event per request.
 //! - [`MatchedRouteLayer`] (feature `axum`) records axum's matched route template into the
 //!   context.
+//! - [`CatchPanicLayer`] turns a panicking handler into 500 JSON and one stamped ERROR event.
 //! - [`auth::AuthLayer`] (feature `jwt`) verifies JWT bearer tokens and patches user, org and
 //!   roles into the context; [`auth::RequireRoleLayer`] guards a route by role.
 #![warn(missing_docs)]
 
 #[cfg(feature = "jwt")]
 pub mod auth;
+pub mod catch_panic;
 pub mod request_context;
 #[cfg(feature = "axum")]
 pub mod route;
 
+pub use catch_panic::{CatchPanic, CatchPanicFuture, CatchPanicLayer};
 pub use request_context::{ContextBody, RequestContextLayer, RequestContextService, ResponseFuture};
 #[cfg(feature = "axum")]
 pub use route::{MatchedRoute, MatchedRouteLayer};

@@ -1,0 +1,162 @@
+//! Turn a panicking handler into a 500 JSON response and one stamped ERROR event.
+//!
+//! ```
+//! use axum::{Router, routing::get};
+//! use reqscope_tower::{CatchPanicLayer, RequestContextLayer};
+//!
+//! async fn boom() -> &'static str {
+//!     panic!("on purpose")
+//! }
+//!
+//! let app: Router = Router::new()
+//!     .route("/boom", get(boom))
+//!     .layer(CatchPanicLayer::new()) // inside the context layer: the event is stamped
+//!     .layer(RequestContextLayer::new());
+//! ```
+//!
+//! The client gets `500 {"error":"internal","message":"internal server error","request_id":…}`
+//! — never the panic text. The server logs one ERROR event (target `reqscope::panic`) with the
+//! panic message and its location (`file:line:column`), stamped with the request's context,
+//! and keeps serving. The layer records panic locations through a panic hook that it installs
+//! once, in front of the hook already there (which still runs).
+
+use std::any::Any;
+use std::cell::RefCell;
+use std::future::Future;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::pin::Pin;
+use std::sync::Once;
+use std::task::{Context, Poll};
+
+use http::header::CONTENT_TYPE;
+use http::{HeaderValue, Response, StatusCode};
+use pin_project_lite::pin_project;
+use reqscope_core::RequestContext;
+use tower_layer::Layer;
+use tower_service::Service;
+
+thread_local! {
+    static LAST_LOCATION: RefCell<Option<String>> = const { RefCell::new(None) };
+}
+
+fn install_location_hook() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let location = info.location().map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column()));
+            LAST_LOCATION.with(|slot| *slot.borrow_mut() = location);
+            previous(info);
+        }));
+    });
+}
+
+/// Catches panics of the inner service; see the [module docs](self).
+#[derive(Clone, Copy, Debug)]
+pub struct CatchPanicLayer(());
+
+impl CatchPanicLayer {
+    /// The layer (installs the location hook on first use).
+    pub fn new() -> Self {
+        install_location_hook();
+        CatchPanicLayer(())
+    }
+}
+
+impl Default for CatchPanicLayer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<S> Layer<S> for CatchPanicLayer {
+    type Service = CatchPanic<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        CatchPanic { inner }
+    }
+}
+
+/// The service made by [`CatchPanicLayer`].
+#[derive(Clone, Debug)]
+pub struct CatchPanic<S> {
+    inner: S,
+}
+
+impl<S, Req, ResBody> Service<Req> for CatchPanic<S>
+where
+    S: Service<Req, Response = Response<ResBody>>,
+    ResBody: From<String>,
+{
+    type Response = Response<ResBody>;
+    type Error = S::Error;
+    type Future = CatchPanicFuture<S::Future, ResBody>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Req) -> Self::Future {
+        match catch_unwind(AssertUnwindSafe(|| self.inner.call(request))) {
+            Ok(future) => CatchPanicFuture::Running { future },
+            Err(payload) => CatchPanicFuture::Panicked { response: Some(report(payload)) },
+        }
+    }
+}
+
+pin_project! {
+    /// The response future of [`CatchPanic`].
+    #[project = CatchPanicProj]
+    #[allow(missing_docs)] // the variants say what their one field is
+    pub enum CatchPanicFuture<F, B> {
+        /// The inner service's future.
+        Running { #[pin] future: F },
+        /// The service panicked while being called: the 500 response, taken on the first poll.
+        Panicked { response: Option<Response<B>> },
+    }
+}
+
+impl<F, B, E> Future for CatchPanicFuture<F, B>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+    B: From<String>,
+{
+    type Output = Result<Response<B>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            CatchPanicProj::Running { future } => match catch_unwind(AssertUnwindSafe(|| future.poll(cx))) {
+                Ok(polled) => polled,
+                Err(payload) => Poll::Ready(Ok(report(payload))),
+            },
+            CatchPanicProj::Panicked { response } => match response.take() {
+                Some(response) => Poll::Ready(Ok(response)),
+                None => Poll::Pending,
+            },
+        }
+    }
+}
+
+/// Logs the panic (stamped by the current context) and builds the 500 response.
+fn report<B: From<String>>(payload: Box<dyn Any + Send>) -> Response<B> {
+    let message = payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic with a non-text payload".to_owned());
+    let location = LAST_LOCATION.with(|slot| slot.borrow_mut().take()).unwrap_or_else(|| "unknown".to_owned());
+    tracing::error!(target: "reqscope::panic", panic = %message, location = %location, "handler panicked");
+    let request_id = RequestContext::with(|ctx| serde_json_string(ctx.id().as_str()));
+    let body = format!(
+        r#"{{"error":"internal","message":"internal server error","request_id":{}}}"#,
+        request_id.unwrap_or_else(|| "null".to_owned())
+    );
+    let mut response = Response::new(B::from(body));
+    *response.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+/// Request ids are `[A-Za-z0-9._:+/=@-]` only, so quoting them needs no escaping.
+fn serde_json_string(id: &str) -> String {
+    format!("\"{id}\"")
+}
