@@ -51,7 +51,7 @@ pub mod tower {
 }
 
 #[cfg(feature = "axum")]
-pub use reqscope_tower::MatchedRouteLayer;
+pub use reqscope_tower::{ApiError, MatchedRouteLayer};
 #[cfg(feature = "tower")]
 pub use reqscope_tower::{CatchPanicLayer, RequestContextLayer};
 

@@ -5,9 +5,8 @@ use axum::Json;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use reqscope::RequestContext;
+use reqscope::{ApiError, RequestContext};
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
 use sqlx::AnyPool;
 
 #[derive(Serialize, sqlx::FromRow)]
@@ -17,26 +16,19 @@ pub struct User {
     pub email: String,
 }
 
-type ApiResult<T> = Result<Json<T>, (StatusCode, Json<Value>)>;
-
 /// `GET /users/me`: the token's user.
-pub async fn me(State(pool): State<AnyPool>) -> ApiResult<User> {
+pub async fn me(State(pool): State<AnyPool>) -> Result<Json<User>, ApiError> {
     tracing::info!("loading the current user");
+    let not_found = || ApiError::not_found("no user with the token's subject");
     let id = RequestContext::with(|ctx| ctx.user_id()).flatten().and_then(|id| id.parse::<i64>().ok());
-    let Some(id) = id else {
-        return Err(error(StatusCode::NOT_FOUND, "not_found", "no user with the token's subject"));
-    };
-    find(&pool, id)
-        .await?
-        .map(Json)
-        .ok_or_else(|| error(StatusCode::NOT_FOUND, "not_found", "no user with the token's subject"))
+    let id = id.ok_or_else(not_found)?;
+    find(&pool, id).await?.map(Json).ok_or_else(not_found)
 }
 
 /// `GET /users/{id}`: any user, by id.
-pub async fn by_id(State(pool): State<AnyPool>, Path(id): Path<String>) -> ApiResult<User> {
-    let id: i64 =
-        id.parse().map_err(|_| error(StatusCode::BAD_REQUEST, "bad_request", "the user id must be a number"))?;
-    find(&pool, id).await?.map(Json).ok_or_else(|| error(StatusCode::NOT_FOUND, "not_found", &format!("no user {id}")))
+pub async fn by_id(State(pool): State<AnyPool>, Path(id): Path<String>) -> Result<Json<User>, ApiError> {
+    let id: i64 = id.parse().map_err(|_| ApiError::bad_request("the user id must be a number"))?;
+    find(&pool, id).await?.map(Json).ok_or_else(|| ApiError::not_found(format!("no user {id}")))
 }
 
 /// The body of `POST /users`.
@@ -51,23 +43,21 @@ pub struct NewUser {
 pub async fn create(
     State(pool): State<AnyPool>,
     body: Result<Json<NewUser>, JsonRejection>,
-) -> Result<(StatusCode, Json<User>), (StatusCode, Json<Value>)> {
+) -> Result<(StatusCode, Json<User>), ApiError> {
     let Json(new) = body.map_err(|rejection| match rejection {
-        JsonRejection::JsonDataError(_) => {
-            error(StatusCode::UNPROCESSABLE_ENTITY, "invalid", "the body needs string fields `name` and `email`")
-        }
-        _ => error(StatusCode::BAD_REQUEST, "bad_request", "the body must be JSON: {\"name\":…,\"email\":…}"),
+        JsonRejection::JsonDataError(_) => ApiError::invalid("the body needs string fields `name` and `email`"),
+        _ => ApiError::bad_request("the body must be JSON: {\"name\":…,\"email\":…}"),
     })?;
     let name = new.name.trim();
     let email = new.email.trim();
     if name.is_empty() || name.chars().count() > 100 {
-        return Err(error(StatusCode::UNPROCESSABLE_ENTITY, "invalid", "`name` must be 1 to 100 characters"));
+        return Err(ApiError::invalid("`name` must be 1 to 100 characters"));
     }
     let plausible = email.len() <= 254
         && !email.chars().any(char::is_whitespace)
         && email.split_once('@').is_some_and(|(local, domain)| !local.is_empty() && domain.contains('.'));
     if !plausible {
-        return Err(error(StatusCode::UNPROCESSABLE_ENTITY, "invalid", "`email` must be an email address"));
+        return Err(ApiError::invalid("`email` must be an email address"));
     }
     // Bound values never reach the logs: sqlx logs the statement text only.
     let inserted =
@@ -82,13 +72,13 @@ pub async fn create(
             Ok((StatusCode::CREATED, Json(user)))
         }
         Err(err) if err.as_database_error().is_some_and(|e| e.is_unique_violation()) => {
-            Err(error(StatusCode::CONFLICT, "conflict", "a user with this email exists"))
+            Err(ApiError::conflict("a user with this email exists"))
         }
         Err(err) => Err(unavailable(err)),
     }
 }
 
-async fn find(pool: &AnyPool, id: i64) -> Result<Option<User>, (StatusCode, Json<Value>)> {
+async fn find(pool: &AnyPool, id: i64) -> Result<Option<User>, ApiError> {
     sqlx::query_as::<_, User>("SELECT id, name, email FROM users WHERE id = $1")
         .bind(id)
         .fetch_optional(pool)
@@ -96,13 +86,7 @@ async fn find(pool: &AnyPool, id: i64) -> Result<Option<User>, (StatusCode, Json
         .map_err(unavailable)
 }
 
-/// A database failure: one stamped ERROR line, 503 JSON to the client (no internals).
-fn unavailable(err: sqlx::Error) -> (StatusCode, Json<Value>) {
-    tracing::error!(error = %err, "database query failed");
-    error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "the database is unavailable; try again later")
-}
-
-fn error(status: StatusCode, error: &str, message: &str) -> (StatusCode, Json<Value>) {
-    let request_id = RequestContext::with(|ctx| ctx.id().to_string());
-    (status, Json(json!({ "error": error, "message": message, "request_id": request_id })))
+/// A database failure: 503 to the client (no internals), one stamped ERROR line with the cause.
+fn unavailable(err: sqlx::Error) -> ApiError {
+    ApiError::unavailable("the database is unavailable; try again later").with_source(err)
 }

@@ -99,6 +99,12 @@ async fn creating_users_at(addr: std::net::SocketAddr, tag: &str) {
     assert_eq!(duplicate.status, 409, "{}", duplicate.body);
     assert_eq!(duplicate.json()["error"], "conflict");
     assert_eq!(duplicate.json()["request_id"], duplicate.request_id());
+    access_lines_of(duplicate.request_id()).await;
+    let duplicate_lines = crate::support::lines_of(duplicate.request_id());
+    assert!(duplicate_lines.iter().all(|l| l["level"] != "ERROR"), "a 4xx is no ERROR: {duplicate_lines:?}");
+    assert!(
+        duplicate_lines.iter().any(|l| l["target"] == "reqscope::error" && l["level"] == "INFO" && l["status"] == 409)
+    );
 
     for (body, status, error) in [
         (r#"{"name":"x","email":"#, 400, "bad_request"),
@@ -139,6 +145,9 @@ async fn a_lost_database_gives_503_with_one_stamped_error_and_health_keeps_answe
         crate::support::lines_of("db-down-1").into_iter().filter(|l| l["level"] == "ERROR").collect();
     assert_eq!(errors.len(), 1, "one stamped ERROR line: {errors:?}");
     assert_eq!(errors[0]["path"], "/users/1");
+    assert_eq!(errors[0]["status"], 503);
+    assert!(errors[0]["error"].as_str().unwrap().contains("closed"), "the cause's chain is logged: {}", errors[0]);
+    assert!(!reply.body.contains("closed"), "but not sent to the client");
 
     assert_eq!(crate::support::fetch(addr, "/health", &[]).await.status, 200);
     let ready = crate::support::fetch(addr, "/ready", &[]).await;

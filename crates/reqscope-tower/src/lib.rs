@@ -11,6 +11,8 @@
 //!   roles into the context; [`auth::RequireRoleLayer`] guards a route by role.
 #![warn(missing_docs)]
 
+#[cfg(feature = "axum")]
+pub mod api_error;
 #[cfg(feature = "jwt")]
 pub mod auth;
 pub mod catch_panic;
@@ -18,6 +20,8 @@ pub mod request_context;
 #[cfg(feature = "axum")]
 pub mod route;
 
+#[cfg(feature = "axum")]
+pub use api_error::ApiError;
 pub use catch_panic::{CatchPanic, CatchPanicFuture, CatchPanicLayer};
 pub use request_context::{ContextBody, RequestContextLayer, RequestContextService, ResponseFuture};
 #[cfg(feature = "axum")]
