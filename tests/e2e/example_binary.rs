@@ -80,7 +80,7 @@ async fn the_example_writes_only_stamped_json_lines_and_stops_cleanly() {
     assert_eq!(of(health.request_id()), 1, "health: its access line");
     assert_eq!(of(fanout.request_id()), 5, "fanout: four tasks and the access line");
     assert_eq!(of(stream.request_id()), 4, "stream: three chunks and the access line");
-    assert_eq!(of(missing.request_id()), 1, "404: its access line");
+    assert_eq!(of(missing.request_id()), 2, "404: the ApiError INFO line and the access line");
     let mine: Vec<&Value> = lines.iter().filter(|l| l["request_id"] == me.request_id()).collect();
     assert_eq!(mine.len(), 3, "users/me: the handler line, the query line and the access line");
     assert!(mine.iter().all(|l| l["user_id"] == "3"), "{mine:?}");
