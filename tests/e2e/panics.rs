@@ -27,3 +27,24 @@ async fn boom_reports_the_panic_with_request_and_user_and_keeps_serving() {
     assert_eq!(fetch(addr, "/boom", &[]).await.status, 500);
     assert_eq!(fetch(addr, "/health", &[]).await.status, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_in_a_spawned_task_is_reported_stamped_and_still_joins_as_an_error() {
+    use axum::Router;
+    use axum::routing::get;
+    async fn spawns_a_panic() -> &'static str {
+        let joined = reqscope::spawn(async { panic!("a task gave up") }).await;
+        assert!(joined.unwrap_err().is_panic(), "the JoinHandle still reports the panic");
+        "joined"
+    }
+    let app = Router::new().route("/task", get(spawns_a_panic)).layer(reqscope::RequestContextLayer::new());
+    let addr = serve(app).await;
+    let reply = fetch(addr, "/task", &[("x-request-id", b"task-panic-1")]).await;
+    assert_eq!(reply.body, "joined");
+    access_lines_of("task-panic-1").await;
+    let errors: Vec<serde_json::Value> =
+        lines_of("task-panic-1").into_iter().filter(|l| l["level"] == "ERROR").collect();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors[0]["panic"], "a task gave up");
+    assert!(errors[0]["location"].as_str().unwrap().contains("panics.rs:"), "{}", errors[0]);
+}

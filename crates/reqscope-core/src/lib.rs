@@ -28,6 +28,7 @@
 mod context;
 mod error;
 mod id;
+mod panics;
 mod propagate;
 mod proxy;
 
@@ -41,5 +42,6 @@ pub const REQUEST_SPAN_TARGET: &str = "reqscope::request";
 pub use context::{FieldValue, Patch, RequestContext, RequestContextBuilder, Scoped};
 pub use error::{InvalidRequestId, NoRequestContext};
 pub use id::{ForwardedIdPolicy, IdGenerator, RequestId};
+pub use panics::{install_panic_location_hook, panic_message, take_panic_location};
 pub use propagate::{Captured, FutureExt, InContext, bind, bind_fn, elapsed, spawn, spawn_blocking};
 pub use proxy::{InvalidProxy, TrustedProxies};

@@ -62,13 +62,44 @@ pub fn elapsed() -> Option<std::time::Duration> {
 
 /// Spawns a task that keeps the current request context; use it instead of `tokio::spawn`.
 ///
+/// A panic in the task is reported like a handler's: one ERROR event (target
+/// `reqscope::panic`) with the message and location, stamped with the request — then the
+/// panic goes on, so that joining the task gives the usual `JoinError`.
+///
 /// Must be called inside a tokio runtime, like `tokio::spawn`.
 pub fn spawn<F>(future: F) -> JoinHandle<F::Output>
 where
     F: Future + Send + 'static,
     F::Output: Send + 'static,
 {
-    tokio::spawn(future.in_current_context())
+    crate::panics::install_panic_location_hook();
+    tokio::spawn(ReportPanics { inner: future }.in_current_context())
+}
+
+pin_project! {
+    /// Reports a panic of the inner future (inside the context, so the report is stamped),
+    /// then lets it unwind on.
+    struct ReportPanics<F> {
+        #[pin]
+        inner: F,
+    }
+}
+
+impl<F: Future> Future for ReportPanics<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let inner = self.project().inner;
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| inner.poll(cx))) {
+            Ok(polled) => polled,
+            Err(payload) => {
+                let message = crate::panics::panic_message(&*payload);
+                let location = crate::panics::take_panic_location().unwrap_or_else(|| "unknown".to_owned());
+                tracing::error!(target: "reqscope::panic", panic = %message, location = %location, "spawned task panicked");
+                std::panic::resume_unwind(payload)
+            }
+        }
+    }
 }
 
 /// Runs blocking work on tokio's blocking pool, keeping the current request context; use it

@@ -21,35 +21,17 @@
 //! once, in front of the hook already there (which still runs).
 
 use std::any::Any;
-use std::cell::RefCell;
 use std::future::Future;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
-use std::sync::Once;
 use std::task::{Context, Poll};
 
 use http::header::CONTENT_TYPE;
 use http::{HeaderValue, Response, StatusCode};
 use pin_project_lite::pin_project;
-use reqscope_core::RequestContext;
+use reqscope_core::{RequestContext, install_panic_location_hook, panic_message, take_panic_location};
 use tower_layer::Layer;
 use tower_service::Service;
-
-thread_local! {
-    static LAST_LOCATION: RefCell<Option<String>> = const { RefCell::new(None) };
-}
-
-fn install_location_hook() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        let previous = std::panic::take_hook();
-        std::panic::set_hook(Box::new(move |info| {
-            let location = info.location().map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column()));
-            LAST_LOCATION.with(|slot| *slot.borrow_mut() = location);
-            previous(info);
-        }));
-    });
-}
 
 /// Catches panics of the inner service; see the [module docs](self).
 #[derive(Clone, Copy, Debug)]
@@ -58,7 +40,7 @@ pub struct CatchPanicLayer(());
 impl CatchPanicLayer {
     /// The layer (installs the location hook on first use).
     pub fn new() -> Self {
-        install_location_hook();
+        install_panic_location_hook();
         CatchPanicLayer(())
     }
 }
@@ -138,12 +120,8 @@ where
 
 /// Logs the panic (stamped by the current context) and builds the 500 response.
 fn report<B: From<String>>(payload: Box<dyn Any + Send>) -> Response<B> {
-    let message = payload
-        .downcast_ref::<&str>()
-        .map(|s| (*s).to_owned())
-        .or_else(|| payload.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "a panic with a non-text payload".to_owned());
-    let location = LAST_LOCATION.with(|slot| slot.borrow_mut().take()).unwrap_or_else(|| "unknown".to_owned());
+    let message = panic_message(&*payload);
+    let location = take_panic_location().unwrap_or_else(|| "unknown".to_owned());
     tracing::error!(target: "reqscope::panic", panic = %message, location = %location, "handler panicked");
     let request_id = RequestContext::with(|ctx| serde_json_string(ctx.id().as_str()));
     let body = format!(
