@@ -26,3 +26,26 @@ pub enum InvalidRequestId {
     #[error("request id contains a byte outside [A-Za-z0-9._:+/=@-]")]
     ForbiddenByte,
 }
+
+/// Displays an error with its whole `source()` chain on one line: `outer: inner: root`. Log
+/// lines use it so that the cause of a failure is not cut off at the first layer.
+#[derive(Clone, Copy)]
+pub struct ErrorChain<'a>(pub &'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut next = self.0.source();
+        while let Some(cause) = next {
+            write!(f, ": {cause}")?;
+            next = cause.source();
+        }
+        Ok(())
+    }
+}
+
+impl std::fmt::Debug for ErrorChain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
+    }
+}

@@ -40,7 +40,7 @@ mod proxy;
 pub const REQUEST_SPAN_TARGET: &str = "reqscope::request";
 
 pub use context::{FieldValue, Patch, RequestContext, RequestContextBuilder, Scoped};
-pub use error::{InvalidRequestId, NoRequestContext};
+pub use error::{ErrorChain, InvalidRequestId, NoRequestContext};
 pub use id::{ForwardedIdPolicy, IdGenerator, RequestId};
 pub use panics::{install_panic_location_hook, panic_message, take_panic_location};
 pub use propagate::{Captured, FutureExt, InContext, bind, bind_fn, elapsed, spawn, spawn_blocking};

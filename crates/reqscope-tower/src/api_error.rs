@@ -22,7 +22,7 @@ use std::fmt;
 use axum::Json;
 use axum::response::{IntoResponse, Response};
 use http::StatusCode;
-use reqscope_core::RequestContext;
+use reqscope_core::{ErrorChain, RequestContext};
 
 /// A handler error; see the [module docs](self).
 #[derive(Debug)]
@@ -93,28 +93,13 @@ impl StdError for ApiError {
     }
 }
 
-/// `source: its source: …` on one line.
-struct Chain<'a>(&'a (dyn StdError + 'static));
-
-impl fmt::Display for Chain<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.0)?;
-        let mut next = self.0.source();
-        while let Some(cause) = next {
-            write!(f, ": {cause}")?;
-            next = cause.source();
-        }
-        Ok(())
-    }
-}
-
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status.as_u16();
         if self.status.is_server_error() {
             match self.source.as_deref() {
                 Some(source) => tracing::error!(
-                    target: "reqscope::error", status, code = %self.code, error = %Chain(source), "{}", self.message
+                    target: "reqscope::error", status, code = %self.code, error = %ErrorChain(source), "{}", self.message
                 ),
                 None => tracing::error!(target: "reqscope::error", status, code = %self.code, "{}", self.message),
             }

@@ -9,7 +9,7 @@ use std::fmt::{self, Write as _};
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use reqscope_core::{FieldValue, RequestContext};
+use reqscope_core::{ErrorChain, FieldValue, RequestContext};
 use tracing::Event;
 use tracing::field::{Field, Visit};
 
@@ -237,20 +237,6 @@ struct Escaper<'a>(&'a mut Vec<u8>);
 impl fmt::Write for Escaper<'_> {
     fn write_str(&mut self, s: &str) -> fmt::Result {
         write_str_contents(self.0, s);
-        Ok(())
-    }
-}
-
-struct ErrorChain<'a>(&'a (dyn std::error::Error + 'static));
-
-impl fmt::Display for ErrorChain<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.0)?;
-        let mut source = self.0.source();
-        while let Some(cause) = source {
-            write!(f, ": {cause}")?;
-            source = cause.source();
-        }
         Ok(())
     }
 }
