@@ -63,10 +63,6 @@ impl PatchCell {
     }
 
     fn load_full(&self) -> Arc<Patch> {
-        self.read_arc()
-    }
-
-    fn read_arc(&self) -> Arc<Patch> {
         match self.0.read() {
             Ok(patch) => Arc::clone(&patch),
             Err(poisoned) => Arc::clone(&poisoned.into_inner()),
@@ -75,7 +71,7 @@ impl PatchCell {
 
     fn update(&self, f: impl Fn(&mut Patch)) {
         loop {
-            let current = self.read_arc();
+            let current = self.load_full();
             let mut next = Patch::clone(&current);
             f(&mut next);
             let mut slot = self.0.write().unwrap_or_else(|poisoned| poisoned.into_inner());
