@@ -35,7 +35,9 @@
 //! - [`RequestContextLayer`] and [`MatchedRouteLayer`] — from `reqscope-tower`, features
 //!   `tower` and `axum` (default);
 //! - [`logging`]: the stamping [`LogLayer`] and its non-blocking writer — from
-//!   `reqscope-tracing`, feature `tracing` (default).
+//!   `reqscope-tracing`, feature `tracing` (default);
+//! - [`auth`]: the JWT layer (feature `jwt`, default);
+//! - `sentry`: Sentry events with the request and the user (feature `sentry`, off by default).
 #![warn(missing_docs)]
 
 pub use reqscope_core::{
@@ -59,6 +61,12 @@ pub use reqscope_tower::{CatchPanicLayer, RequestContextLayer};
 #[cfg(feature = "jwt")]
 pub mod auth {
     pub use reqscope_tower::auth::*;
+}
+
+/// Sentry reports carrying the request context (feature `sentry`).
+#[cfg(feature = "sentry")]
+pub mod sentry {
+    pub use reqscope_tower::sentry::*;
 }
 
 /// The stamping log layer and its writers (feature `tracing`).

@@ -10,11 +10,13 @@
 //! unset: a development secret is made and kept in the temp directory, and
 //! `cargo run --example mint_token -- 1` signs tokens with it), `DATABASE_URL` (unset: an
 //! embedded in-memory SQLite database; `postgres://…`: PostgreSQL), `SLOW_QUERY_MS` (statements
-//! slower than this are logged at WARN; default 100).
+//! slower than this are logged at WARN; default 100), `SENTRY_DSN` (set: errors and panics
+//! also go to Sentry, with the request and the user).
 
 mod app;
 mod boom;
 mod db;
+mod error_tracking;
 mod fanout;
 mod health;
 mod jwt;
@@ -28,8 +30,16 @@ use std::process::ExitCode;
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    // First, so that the panic hook and every thread's Sentry hub see the client.
+    let sentry = match error_tracking::init_from_env() {
+        Ok(sentry) => sentry,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
     // Every line on stdout, startup included, is a JSON log line.
-    let log_guard = match reqscope::logging::init_from_env() {
+    let log_guard = match reqscope::logging::init_from_env_with(sentry.is_some().then(reqscope::sentry::layer)) {
         Ok(guard) => guard,
         Err(error) => {
             eprintln!("error: cannot set up logging: {error}");
@@ -41,8 +51,9 @@ async fn main() -> ExitCode {
         tracing::error!(error = %message, "server stopped");
         eprintln!("error: {message}");
     }
-    // Flushes every accepted log line before the process ends.
+    // Flushes every accepted log line, then every Sentry event, before the process ends.
     drop(log_guard);
+    drop(sentry);
     if result.is_ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE }
 }
 

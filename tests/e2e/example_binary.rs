@@ -1,8 +1,10 @@
 //! The example server as a user runs it: stdout carries only JSON lines, all stamped.
 
 use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -16,21 +18,26 @@ fn example_path(name: &str) -> PathBuf {
     profile_dir.join("examples").join(format!("{name}{}", std::env::consts::EXE_SUFFIX))
 }
 
-#[tokio::test]
-async fn the_example_writes_only_stamped_json_lines_and_stops_cleanly() {
+/// Starts the example binary on a free port with the test secret and `env`, and waits until
+/// it listens.
+fn start_example(env: &[(&str, &str)]) -> (KillOnDrop, BufReader<std::process::ChildStdout>, SocketAddr) {
     let path = example_path("api");
     assert!(path.exists(), "{} is missing: run `cargo test --workspace`, which builds the example", path.display());
-    let child = Command::new(path)
+    let mut command = Command::new(path);
+    command
         .env("ADDR", "127.0.0.1:0")
         .env("JWT_SECRET", std::str::from_utf8(crate::support::TEST_SECRET).unwrap())
         .env("RUST_LOG", "info")
         .env_remove("LOG_FORMAT")
+        .env_remove("SENTRY_DSN")
+        .env_remove("RUST_BACKTRACE")
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("the api example is built by `cargo test`");
+        .stderr(Stdio::inherit());
+    for (key, value) in env {
+        command.env(key, value);
+    }
     // Killed if the test fails half-way, so that no server outlives it.
-    let mut child = KillOnDrop(Some(child));
+    let mut child = KillOnDrop(Some(command.spawn().expect("the api example is built by `cargo test`")));
     let mut stdout = BufReader::new(child.0.as_mut().unwrap().stdout.take().unwrap());
     // Migrations log their statements first; then the server says where it listens.
     let startup = loop {
@@ -43,15 +50,34 @@ async fn the_example_writes_only_stamped_json_lines_and_stops_cleanly() {
         }
     };
     let addr = startup["addr"].as_str().unwrap().parse().unwrap();
+    (child, stdout, addr)
+}
 
-    // The documented way to get a token: the mint_token example, with the same secret.
+/// A token for `user` from the documented tool, the mint_token example, with the same secret.
+fn mint_token(user: &str) -> String {
     let minted = Command::new(example_path("mint_token"))
-        .arg("3")
+        .arg(user)
         .env("JWT_SECRET", std::str::from_utf8(crate::support::TEST_SECRET).unwrap())
         .output()
         .expect("the mint_token example is built by `cargo test`");
     assert!(minted.status.success(), "{}", String::from_utf8_lossy(&minted.stderr));
-    let token = String::from_utf8(minted.stdout).unwrap().trim().to_owned();
+    String::from_utf8(minted.stdout).unwrap().trim().to_owned()
+}
+
+/// Sends SIGTERM and expects a clean exit.
+async fn stop(mut child: KillOnDrop) {
+    let mut child = child.0.take().unwrap();
+    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let exit = tokio::task::spawn_blocking(move || child.wait()).await.unwrap().unwrap();
+    assert!(exit.success(), "SIGTERM must stop the server cleanly: {exit:?}");
+}
+
+#[tokio::test]
+async fn the_example_writes_only_stamped_json_lines_and_stops_cleanly() {
+    let (child, stdout, addr) = start_example(&[]);
+
+    let token = mint_token("3");
     let bearer = format!("Bearer {token}");
     let me = fetch(addr, "/users/me", &[("authorization", bearer.as_bytes())]).await;
     assert_eq!(me.json()["name"], "Alan Turing");
@@ -63,11 +89,7 @@ async fn the_example_writes_only_stamped_json_lines_and_stops_cleanly() {
     let missing = fetch(addr, "/missing", &[]).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
 
-    let mut child = child.0.take().unwrap();
-    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
-    assert!(status.success());
-    let exit = tokio::task::spawn_blocking(move || child.wait()).await.unwrap().unwrap();
-    assert!(exit.success(), "SIGTERM must stop the server cleanly: {exit:?}");
+    stop(child).await;
 
     let lines: Vec<Value> = stdout
         .lines()
@@ -88,6 +110,57 @@ async fn the_example_writes_only_stamped_json_lines_and_stops_cleanly() {
     let signature = token.rsplit('.').next().unwrap();
     assert!(lines.iter().all(|l| !l.to_string().contains(signature)), "the token reached stdout");
     assert!(lines.iter().any(|l| l["message"] == "stopped"));
+}
+
+#[tokio::test]
+async fn with_sentry_dsn_the_example_sends_panics_and_errors_with_the_user_and_request_id() {
+    // A stand-in for Sentry's ingest endpoint on loopback: it keeps every envelope it is sent.
+    let envelopes = Arc::new(Mutex::new(Vec::<String>::new()));
+    let kept = envelopes.clone();
+    let ingest = axum::Router::new().route(
+        "/api/1/envelope/",
+        axum::routing::post(move |body: bytes::Bytes| async move {
+            kept.lock().unwrap().push(String::from_utf8_lossy(&body).into_owned());
+            "{}"
+        }),
+    );
+    let ingest_addr = crate::support::serve(ingest).await;
+    let dsn = format!("http://public@{ingest_addr}/1");
+    let (child, _stdout, addr) = start_example(&[("SENTRY_DSN", &dsn)]);
+
+    let bearer = format!("Bearer {}", mint_token("3"));
+    let reply = fetch(addr, "/boom", &[("x-request-id", b"bin-sentry-1"), ("authorization", bearer.as_bytes())]).await;
+    assert_eq!(reply.status, 500);
+    stop(child).await; // the client flushes its queue on the way out
+
+    // An envelope is newline-separated JSON: its header, then item headers and payloads.
+    let events: Vec<Value> = envelopes
+        .lock()
+        .unwrap()
+        .iter()
+        .flat_map(|envelope| {
+            envelope.lines().filter_map(|line| serde_json::from_str::<Value>(line).ok()).collect::<Vec<_>>()
+        })
+        .filter(|item| item["tags"]["request_id"] == "bin-sentry-1")
+        .collect();
+    assert_eq!(events.len(), 1, "one event for the panic: {events:#?}");
+    assert_eq!(events[0]["user"]["id"], "3");
+    assert_eq!(events[0]["tags"]["org_id"], "acme");
+    assert_eq!(events[0]["transaction"], "GET /boom");
+    assert_eq!(events[0]["exception"]["values"][0]["value"], "the /boom route panics on purpose");
+}
+
+#[tokio::test]
+async fn a_malformed_sentry_dsn_stops_the_example_with_a_clear_error() {
+    let output = Command::new(example_path("api"))
+        .env("ADDR", "127.0.0.1:0")
+        .env("SENTRY_DSN", "not a dsn")
+        .output()
+        .expect("the api example is built by `cargo test`");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("SENTRY_DSN is not a valid Sentry DSN"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
 struct KillOnDrop(Option<std::process::Child>);

@@ -31,6 +31,7 @@ mod auth;
 mod concurrency;
 mod context;
 mod deployment;
+mod error_tracking;
 mod example_binary;
 mod forwarded_ids;
 mod panics;

@@ -18,7 +18,11 @@ pub fn logs() -> &'static MemoryWriter {
     static LOGS: OnceLock<MemoryWriter> = OnceLock::new();
     LOGS.get_or_init(|| {
         let logs = MemoryWriter::new();
-        tracing_subscriber::registry().with(LogLayer::new().with_writer(logs.clone())).init();
+        tracing_subscriber::registry()
+            .with(LogLayer::new().with_writer(logs.clone()))
+            // Sends nothing until a test binds a Sentry client (error_tracking.rs).
+            .with(reqscope::sentry::layer())
+            .init();
         logs
     })
 }

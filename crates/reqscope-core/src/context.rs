@@ -424,6 +424,16 @@ impl RequestContext {
         }
     }
 
+    /// The typed data of type `T`, first storing `make()` if there is none — in one step, so
+    /// that concurrent callers all get the same value.
+    pub fn extension_or_insert_with<T: Clone + Send + Sync + 'static>(&self, make: impl FnOnce() -> T) -> T {
+        let mut ext = match self.extensions.write() {
+            Ok(ext) => ext,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        ext.get_or_insert_with(make).clone()
+    }
+
     /// Typed data stored with [`RequestContext::insert_extension`].
     pub fn extension<T: Clone + Send + Sync + 'static>(&self) -> Option<T> {
         match self.extensions.read() {

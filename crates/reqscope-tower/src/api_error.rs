@@ -11,7 +11,8 @@
 //!
 //! The response is `{"error":<code>,"message":<message>,"request_id":…}` with the status.
 //! Server errors (5xx) write one ERROR event (target `reqscope::error`) with the error chain
-//! of their source, stamped with the request's context; client errors (4xx) write one INFO
+//! of their source (recorded as a `&dyn Error` field, so error trackers get the chain too),
+//! stamped with the request's context; client errors (4xx) write one INFO
 //! event, since they are the client's doing and not worth waking anyone for. The source's
 //! text goes to the log only, never to the client.
 
@@ -22,7 +23,7 @@ use std::fmt;
 use axum::Json;
 use axum::response::{IntoResponse, Response};
 use http::StatusCode;
-use reqscope_core::{ErrorChain, RequestContext};
+use reqscope_core::RequestContext;
 
 /// A handler error; see the [module docs](self).
 #[derive(Debug)]
@@ -99,7 +100,7 @@ impl IntoResponse for ApiError {
         if self.status.is_server_error() {
             match self.source.as_deref() {
                 Some(source) => tracing::error!(
-                    target: "reqscope::error", status, code = %self.code, error = %ErrorChain(source), "{}", self.message
+                    target: "reqscope::error", status, code = %self.code, error = source as &(dyn StdError + 'static), "{}", self.message
                 ),
                 None => tracing::error!(target: "reqscope::error", status, code = %self.code, "{}", self.message),
             }

@@ -9,6 +9,8 @@
 //! - [`CatchPanicLayer`] turns a panicking handler into 500 JSON and one stamped ERROR event.
 //! - [`auth::AuthLayer`] (feature `jwt`) verifies JWT bearer tokens and patches user, org and
 //!   roles into the context; [`auth::RequireRoleLayer`] guards a route by role.
+//! - [`sentry`] (feature `sentry`): Sentry events, errors and panics carry the request id,
+//!   the user and the route, from spawned tasks and streaming bodies too.
 #![warn(missing_docs)]
 
 #[cfg(feature = "axum")]
@@ -19,6 +21,8 @@ pub mod catch_panic;
 pub mod request_context;
 #[cfg(feature = "axum")]
 pub mod route;
+#[cfg(feature = "sentry")]
+pub mod sentry;
 
 #[cfg(feature = "axum")]
 pub use api_error::ApiError;

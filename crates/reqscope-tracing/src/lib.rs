@@ -58,6 +58,20 @@ pub use writer::{NonBlocking, NonBlockingBuilder, WriterGuard, non_blocking};
 /// Fails when `LOG_FORMAT` has another value, `RUST_LOG` does not parse, or a global
 /// subscriber is already installed.
 pub fn init_from_env() -> Result<WriterGuard, InitError> {
+    init_from_env_with(tracing_subscriber::layer::Identity::new())
+}
+
+/// [`init_from_env`] with one more layer next to the [`LogLayer`] — for instance a layer
+/// that sends errors to a tracker (`reqscope::sentry::layer`). It sees the events that
+/// `RUST_LOG` lets through. An `Option` of a layer is a layer: `None` adds nothing.
+///
+/// # Errors
+///
+/// As [`init_from_env`].
+pub fn init_from_env_with<L>(extra: L) -> Result<WriterGuard, InitError>
+where
+    L: tracing_subscriber::Layer<tracing_subscriber::Registry> + Send + Sync + 'static,
+{
     use tracing_subscriber::prelude::*;
 
     let format = match std::env::var("LOG_FORMAT") {
@@ -81,6 +95,7 @@ pub fn init_from_env() -> Result<WriterGuard, InitError> {
     }
     let (writer, guard) = non_blocking(std::io::stdout());
     tracing_subscriber::registry()
+        .with(extra)
         .with(filter)
         .with(LogLayer::new().with_format(format).with_writer(writer))
         .try_init()
