@@ -37,6 +37,8 @@
 //! - [`logging`]: the stamping [`LogLayer`] and its non-blocking writer — from
 //!   `reqscope-tracing`, feature `tracing` (default);
 //! - [`auth`]: the JWT layer (feature `jwt`, default);
+//! - [`rate_limit`]: per-user / per-ip limits with the IETF headers (feature `rate-limit`,
+//!   default; Redis with feature `redis`);
 //! - `sentry`: Sentry events with the request and the user (feature `sentry`, off by default).
 #![warn(missing_docs)]
 
@@ -61,6 +63,12 @@ pub use reqscope_tower::{CatchPanicLayer, RequestContextLayer};
 #[cfg(feature = "jwt")]
 pub mod auth {
     pub use reqscope_tower::auth::*;
+}
+
+/// Rate limits that feed the context (feature `rate-limit`; Redis with feature `redis`).
+#[cfg(feature = "rate-limit")]
+pub mod rate_limit {
+    pub use reqscope_tower::rate_limit::*;
 }
 
 /// Sentry reports carrying the request context (feature `sentry`).

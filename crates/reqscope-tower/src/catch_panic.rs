@@ -26,10 +26,9 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use http::header::CONTENT_TYPE;
-use http::{HeaderValue, Response, StatusCode};
+use http::{Response, StatusCode};
 use pin_project_lite::pin_project;
-use reqscope_core::{RequestContext, install_panic_location_hook, panic_message, take_panic_location};
+use reqscope_core::{install_panic_location_hook, panic_message, take_panic_location};
 use tower_layer::Layer;
 use tower_service::Service;
 
@@ -123,18 +122,5 @@ fn report<B: From<String>>(payload: Box<dyn Any + Send>) -> Response<B> {
     let message = panic_message(&*payload);
     let location = take_panic_location().unwrap_or_else(|| "unknown".to_owned());
     tracing::error!(target: "reqscope::panic", panic = %message, location = %location, "handler panicked");
-    let request_id = RequestContext::with(|ctx| serde_json_string(ctx.id().as_str()));
-    let body = format!(
-        r#"{{"error":"internal","message":"internal server error","request_id":{}}}"#,
-        request_id.unwrap_or_else(|| "null".to_owned())
-    );
-    let mut response = Response::new(B::from(body));
-    *response.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
-    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    response
-}
-
-/// Request ids are `[A-Za-z0-9._:+/=@-]` only, so quoting them needs no escaping.
-fn serde_json_string(id: &str) -> String {
-    format!("\"{id}\"")
+    crate::error_response::json_error(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal server error")
 }

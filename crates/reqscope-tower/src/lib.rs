@@ -9,6 +9,8 @@
 //! - [`CatchPanicLayer`] turns a panicking handler into 500 JSON and one stamped ERROR event.
 //! - [`auth::AuthLayer`] (feature `jwt`) verifies JWT bearer tokens and patches user, org and
 //!   roles into the context; [`auth::RequireRoleLayer`] guards a route by role.
+//! - [`rate_limit::RateLimitLayer`] (feature `rate-limit`; Redis with feature `redis`) limits
+//!   requests per user or client ip and puts the remaining budget into the context.
 //! - [`sentry`] (feature `sentry`): Sentry events, errors and panics carry the request id,
 //!   the user and the route, from spawned tasks and streaming bodies too.
 #![warn(missing_docs)]
@@ -18,6 +20,9 @@ pub mod api_error;
 #[cfg(feature = "jwt")]
 pub mod auth;
 pub mod catch_panic;
+mod error_response;
+#[cfg(feature = "rate-limit")]
+pub mod rate_limit;
 pub mod request_context;
 #[cfg(feature = "axum")]
 pub mod route;

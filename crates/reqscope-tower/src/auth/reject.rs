@@ -1,8 +1,7 @@
 //! Why a request was refused, and the response that says so.
 
-use http::header::{CONTENT_TYPE, WWW_AUTHENTICATE};
+use http::header::WWW_AUTHENTICATE;
 use http::{HeaderValue, Response, StatusCode};
-use reqscope_core::RequestContext;
 
 /// The reason class of a rejected bearer token: the `message` of the 401 body, the
 /// `error_description` of `WWW-Authenticate` and the `reason` of the WARN event.
@@ -55,20 +54,7 @@ impl std::fmt::Display for Reason {
     }
 }
 
-/// A JSON error response `{"error","message","request_id"}`, the request id read from the
-/// context.
-pub(crate) fn json_error<B: From<String>>(status: StatusCode, error: &str, message: &str) -> Response<B> {
-    let request_id = RequestContext::with(|ctx| serde_json::Value::from(ctx.id().as_str()));
-    let body = serde_json::json!({
-        "error": error,
-        "message": message,
-        "request_id": request_id.unwrap_or(serde_json::Value::Null),
-    });
-    let mut response = Response::new(B::from(body.to_string()));
-    *response.status_mut() = status;
-    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    response
-}
+pub(crate) use crate::error_response::json_error;
 
 /// 401 with `WWW-Authenticate` as RFC 6750 section 3 describes, after one WARN event.
 pub(crate) fn unauthorized<B: From<String>>(reason: Reason, realm: &str) -> Response<B> {

@@ -1,0 +1,385 @@
+//! Rate limits per user (or client ip) that feed the request context and the IETF headers.
+//!
+//! ```
+//! use axum::{Router, routing::get};
+//! use reqscope_tower::RequestContextLayer;
+//! use reqscope_tower::rate_limit::{Quota, RateLimitLayer};
+//!
+//! let per_user = RateLimitLayer::new(Quota::per_minute(600).expect("a valid quota"));
+//! let app: Router = Router::new()
+//!     .route("/users/{id}", get(|| async { "a user" }))
+//!     .route_layer(per_user) // inside the auth layer, if any: then it sees the user
+//!     .layer(RequestContextLayer::new());
+//! ```
+//!
+//! Every request it sees is counted against a key: `user:<id>` when the auth layer has put a
+//! user into the context, else `ip:<client ip>` — the context's client ip, which honours
+//! `X-Forwarded-For` / `Forwarded` only from [trusted proxies](reqscope_core::TrustedProxies)
+//! — else the shared key `anonymous`; or whatever [`RateLimitLayer::key_fn`] returns.
+//!
+//! # Algorithm
+//!
+//! GCRA (the generic cell rate algorithm), which behaves as a token bucket of `burst`
+//! requests refilled at `requests / window`, without a timer or a counter per window: each
+//! key stores one time. Over any interval of length `t`, a key gets at most
+//! `burst + t × requests / window` requests through. Time is kept in nanoseconds in process
+//! and in microseconds in Redis (the Redis server's clock, so instances agree).
+//!
+//! # What the request sees
+//!
+//! - the context gets `rate_limit_remaining` (requests the key may still make now) and
+//!   `rate_limit_reset` (seconds until the whole burst is available again), so every later log
+//!   line of the request, the access line included, carries them;
+//! - every response gets `RateLimit-Policy: "default";q=<requests>;w=<window seconds>` and
+//!   `RateLimit: "default";r=<remaining>;t=<reset>`, the structured fields of
+//!   draft-ietf-httpapi-ratelimit-headers;
+//! - a refused request gets `429 {"error":"rate_limited","message":…,"request_id":…}` with
+//!   `Retry-After` (whole seconds, rounded up: retrying then succeeds) and one INFO line.
+//!
+//! # Stores
+//!
+//! In process (the default): sharded maps, each lock held for one lookup; memory bounded by
+//! [`max_keys`](RateLimitLayer::max_keys) (idle keys are dropped). Redis (feature `redis`,
+//! [`RedisStore`]): one atomic script per check, budgets shared by every instance. When Redis
+//! fails, requests go on (fail-open, with one stamped WARN per request and
+//! [`store_failures`](RateLimitLayer::store_failures) counting), or get 503 JSON with
+//! [`fail_closed`](RateLimitLayer::fail_closed); the limiter recovers without a restart.
+
+mod memory;
+mod quota;
+#[cfg(feature = "redis")]
+mod redis;
+
+use std::cell::RefCell;
+use std::fmt::{self, Write as _};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+
+use http::header::RETRY_AFTER;
+use http::{HeaderName, HeaderValue, Request, Response, StatusCode};
+use pin_project_lite::pin_project;
+use reqscope_core::RequestContext;
+use tower_layer::Layer;
+use tower_service::Service;
+
+use self::memory::MemoryStore;
+use self::quota::ceil_secs;
+pub use self::quota::{Decision, InvalidQuota, Quota};
+#[cfg(feature = "redis")]
+pub use self::redis::{RedisStore, RedisStoreError};
+
+/// The `RateLimit-Policy` header.
+pub static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+/// The `RateLimit` header.
+pub static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+
+/// Keys held by the in-process store before idle ones are dropped (default of
+/// [`RateLimitLayer::max_keys`]).
+pub const DEFAULT_MAX_KEYS: usize = 100_000;
+
+type KeyFn = dyn Fn(&RequestContext) -> Option<String> + Send + Sync;
+
+/// Limits requests per key; see the [module docs](self).
+#[derive(Clone)]
+pub struct RateLimitLayer {
+    shared: Shared,
+}
+
+/// Everything a clone of the layer shares: the store and the failure count.
+#[derive(Clone)]
+struct Shared {
+    quota: Quota,
+    store: Arc<Store>,
+    key: Option<Arc<KeyFn>>,
+    fail_closed: bool,
+    failures: Arc<AtomicU64>,
+    policy: HeaderValue,
+}
+
+enum Store {
+    Memory(MemoryStore),
+    #[cfg(feature = "redis")]
+    Redis(RedisStore),
+}
+
+impl fmt::Debug for RateLimitLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let store = match &*self.shared.store {
+            Store::Memory(_) => "in-process",
+            #[cfg(feature = "redis")]
+            Store::Redis(_) => "redis",
+        };
+        f.debug_struct("RateLimitLayer")
+            .field("quota", &self.shared.quota)
+            .field("store", &store)
+            .field("fail_closed", &self.shared.fail_closed)
+            .finish()
+    }
+}
+
+impl RateLimitLayer {
+    /// `quota` per key, kept in process.
+    pub fn new(quota: Quota) -> Self {
+        Self::with_store(quota, Store::Memory(MemoryStore::new(DEFAULT_MAX_KEYS)))
+    }
+
+    /// `quota` per key, kept in Redis and shared by every instance using `store`'s prefix.
+    #[cfg(feature = "redis")]
+    pub fn redis(quota: Quota, store: RedisStore) -> Self {
+        Self::with_store(quota, Store::Redis(store))
+    }
+
+    fn with_store(quota: Quota, store: Store) -> Self {
+        let policy = format!("\"default\";q={};w={}", quota.requests(), ceil_secs(quota.window()));
+        let policy = HeaderValue::from_str(&policy).unwrap_or_else(|_| HeaderValue::from_static("\"default\""));
+        let store = Arc::new(store);
+        let failures = Arc::new(AtomicU64::new(0));
+        RateLimitLayer { shared: Shared { quota, store, key: None, fail_closed: false, failures, policy } }
+    }
+
+    /// At most this many keys in the in-process store (default [`DEFAULT_MAX_KEYS`]); idle
+    /// keys go first. No effect on Redis, where idle keys expire.
+    pub fn max_keys(mut self, max_keys: usize) -> Self {
+        if let Store::Memory(_) = &*self.shared.store {
+            self.shared.store = Arc::new(Store::Memory(MemoryStore::new(max_keys)));
+        }
+        self
+    }
+
+    /// Counts requests against the key `key(ctx)` returns instead of the user or client ip;
+    /// `None` lets the request through unlimited (and without rate-limit headers).
+    pub fn key_fn(mut self, key: impl Fn(&RequestContext) -> Option<String> + Send + Sync + 'static) -> Self {
+        self.shared.key = Some(Arc::new(key));
+        self
+    }
+
+    /// When the store fails, answer 503 JSON instead of letting the request through.
+    pub fn fail_closed(mut self) -> Self {
+        self.shared.fail_closed = true;
+        self
+    }
+
+    /// The quota.
+    pub fn quota(&self) -> Quota {
+        self.shared.quota
+    }
+
+    /// Checks the store could not answer (Redis down or slow), since the layer was made.
+    pub fn store_failures(&self) -> u64 {
+        self.shared.failures.load(Ordering::Relaxed)
+    }
+}
+
+impl<S> Layer<S> for RateLimitLayer {
+    type Service = RateLimit<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        RateLimit { inner, shared: Arc::new(self.shared.clone()) }
+    }
+}
+
+/// The service made by [`RateLimitLayer`].
+#[derive(Clone)]
+pub struct RateLimit<S> {
+    inner: S,
+    shared: Arc<Shared>,
+}
+
+impl<S: fmt::Debug> fmt::Debug for RateLimit<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RateLimit").field("inner", &self.inner).finish_non_exhaustive()
+    }
+}
+
+thread_local! {
+    /// The default key is built here, so that an in-process check allocates nothing for a
+    /// key it has seen.
+    static KEY: RefCell<String> = const { RefCell::new(String::new()) };
+}
+
+impl Shared {
+    /// The request's key, given to `f`; `None` when a custom key function says "unlimited".
+    fn with_key<R>(&self, ctx: Option<&RequestContext>, f: impl FnOnce(&str) -> R) -> Option<R> {
+        if let Some(key_fn) = &self.key {
+            return ctx.and_then(|ctx| key_fn(ctx)).map(|key| f(&key));
+        }
+        KEY.with(|key| {
+            let mut key = key.borrow_mut();
+            key.clear();
+            match ctx {
+                Some(ctx) => match (ctx.user_id(), ctx.client_ip()) {
+                    (Some(user), _) => {
+                        key.push_str("user:");
+                        key.push_str(&user);
+                    }
+                    (None, Some(ip)) => {
+                        let _ = write!(key, "ip:{ip}");
+                    }
+                    (None, None) => key.push_str("anonymous"),
+                },
+                None => key.push_str("anonymous"),
+            }
+            Some(f(&key))
+        })
+    }
+
+    /// Records the decision in the context and builds the headers that report it.
+    fn record(&self, decision: &Decision) -> RateHeaders {
+        let reset = ceil_secs(decision.reset);
+        RequestContext::with(|ctx| ctx.set_rate_limit(decision.remaining, reset));
+        RateHeaders { policy: self.policy.clone(), current: Some((decision.remaining, reset)) }
+    }
+
+    fn refuse<B: From<String>>(&self, decision: &Decision) -> Response<B> {
+        let headers = self.record(decision);
+        let retry_after = ceil_secs(decision.retry_after).max(1);
+        tracing::info!(target: "reqscope::rate_limit", retry_after, "rate limited");
+        let message = format!("too many requests; retry in {retry_after} s");
+        let mut response = crate::error_response::json_error(StatusCode::TOO_MANY_REQUESTS, "rate_limited", &message);
+        response.headers_mut().insert(RETRY_AFTER, HeaderValue::from(retry_after));
+        headers.apply(&mut response);
+        response
+    }
+}
+
+/// The rate-limit headers waiting for the response.
+#[derive(Debug)]
+pub struct RateHeaders {
+    policy: HeaderValue,
+    /// Remaining and reset seconds, unless the store could not say.
+    current: Option<(u64, u64)>,
+}
+
+impl RateHeaders {
+    fn apply<B>(self, response: &mut Response<B>) {
+        let headers = response.headers_mut();
+        // Appended, not inserted: several limiters on one route list several policies.
+        headers.append(RATELIMIT_POLICY.clone(), self.policy);
+        if let Some((remaining, reset)) = self.current {
+            let value = format!("\"default\";r={remaining};t={reset}");
+            if let Ok(value) = HeaderValue::from_str(&value) {
+                headers.append(RATELIMIT.clone(), value);
+            }
+        }
+    }
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for RateLimit<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ReqBody: Send + 'static,
+    ResBody: From<String> + Send + 'static,
+{
+    type Response = Response<ResBody>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future, ResBody, S::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+        let shared = &*self.shared;
+        let ctx = RequestContext::current();
+        match &*shared.store {
+            Store::Memory(store) => match shared.with_key(ctx.as_deref(), |key| store.check(key, &shared.quota)) {
+                None => ResponseFuture::Allowed { future: self.inner.call(request), headers: None },
+                Some(decision) if decision.allowed => ResponseFuture::Allowed {
+                    future: self.inner.call(request),
+                    headers: Some(shared.record(&decision)),
+                },
+                Some(decision) => ResponseFuture::Refused { response: Some(shared.refuse(&decision)) },
+            },
+            #[cfg(feature = "redis")]
+            Store::Redis(_) => {
+                let Some(key) = shared.with_key(ctx.as_deref(), str::to_owned) else {
+                    return ResponseFuture::Allowed { future: self.inner.call(request), headers: None };
+                };
+                // The ready service handles this request; a clone takes its place.
+                let clone = self.inner.clone();
+                let inner = std::mem::replace(&mut self.inner, clone);
+                ResponseFuture::Checking {
+                    future: Box::pin(check_then_call(Arc::clone(&self.shared), key, inner, request)),
+                }
+            }
+        }
+    }
+}
+
+#[cfg(feature = "redis")]
+async fn check_then_call<S, ReqBody, ResBody>(
+    shared: Arc<Shared>,
+    key: String,
+    mut inner: S,
+    request: Request<ReqBody>,
+) -> Result<Response<ResBody>, S::Error>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    ResBody: From<String>,
+{
+    let Store::Redis(store) = &*shared.store else { unreachable!("only the Redis store checks asynchronously") };
+    let headers = match store.check(&key, &shared.quota).await {
+        Ok(decision) if decision.allowed => shared.record(&decision),
+        Ok(decision) => return Ok(shared.refuse(&decision)),
+        Err(error) => {
+            shared.failures.fetch_add(1, Ordering::Relaxed);
+            if shared.fail_closed {
+                tracing::warn!(target: "reqscope::rate_limit", %error, "rate-limit store unavailable: request refused");
+                return Ok(crate::error_response::json_error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    "rate limiting is unavailable; try again later",
+                ));
+            }
+            tracing::warn!(target: "reqscope::rate_limit", %error, "rate-limit store unavailable: request let through");
+            RateHeaders { policy: shared.policy.clone(), current: None }
+        }
+    };
+    let mut response = inner.call(request).await?;
+    headers.apply(&mut response);
+    Ok(response)
+}
+
+type Checking<B, E> = Pin<Box<dyn Future<Output = Result<Response<B>, E>> + Send>>;
+
+pin_project! {
+    /// The response future of [`RateLimit`].
+    #[project = ResponseFutureProj]
+    #[allow(missing_docs)] // the variants say what their fields are
+    pub enum ResponseFuture<F, B, E> {
+        /// Allowed (or not limited): the inner service's future, then the headers.
+        Allowed { #[pin] future: F, headers: Option<RateHeaders> },
+        /// Waiting for the store (Redis), then the inner service.
+        Checking { future: Checking<B, E> },
+        /// Refused: the 429 response, taken on the first poll.
+        Refused { response: Option<Response<B>> },
+    }
+}
+
+impl<F, B, E> Future for ResponseFuture<F, B, E>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+{
+    type Output = Result<Response<B>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            ResponseFutureProj::Allowed { future, headers } => {
+                let mut response = std::task::ready!(future.poll(cx))?;
+                if let Some(headers) = headers.take() {
+                    headers.apply(&mut response);
+                }
+                Poll::Ready(Ok(response))
+            }
+            ResponseFutureProj::Checking { future } => future.as_mut().poll(cx),
+            ResponseFutureProj::Refused { response } => match response.take() {
+                Some(response) => Poll::Ready(Ok(response)),
+                None => Poll::Pending,
+            },
+        }
+    }
+}
