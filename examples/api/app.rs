@@ -3,13 +3,14 @@
 use axum::Router;
 use axum::routing::{get, post};
 use reqscope::auth::AuthLayer;
+use reqscope::rate_limit::RateLimitLayer;
 use reqscope::{CatchPanicLayer, MatchedRouteLayer, RequestContextLayer};
 use sqlx::AnyPool;
 
 use crate::{boom, fanout, health, jwt, not_found, ready, stream, users};
 
 /// The whole application, ready to serve.
-pub fn app(auth: AuthLayer, pool: AnyPool) -> Router {
+pub fn app(auth: AuthLayer, limit: RateLimitLayer, pool: AnyPool) -> Router {
     Router::new()
         .route("/health", get(health::health))
         .route("/ready", get(ready::ready))
@@ -18,9 +19,10 @@ pub fn app(auth: AuthLayer, pool: AnyPool) -> Router {
         // Only this route needs a token; the auth layer puts the user into the context.
         // A token is optional here: with one, the panic report names the user.
         .route("/boom", get(boom::boom).route_layer(auth.clone().optional()))
-        .route("/users", post(users::create).route_layer(auth.clone()))
-        .route("/users/me", get(users::me).route_layer(auth))
-        .route("/users/{id}", get(users::by_id))
+        // The rate limit sits inside the auth layer, so that it counts per user when there is one.
+        .route("/users", post(users::create).route_layer(limit.clone()).route_layer(auth.clone()))
+        .route("/users/me", get(users::me).route_layer(limit.clone()).route_layer(auth))
+        .route("/users/{id}", get(users::by_id).route_layer(limit))
         // After routing: puts the route template (`/users/{id}`) on every log line.
         .route_layer(MatchedRouteLayer)
         .fallback(not_found::not_found)

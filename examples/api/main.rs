@@ -11,7 +11,9 @@
 //! `cargo run --example mint_token -- 1` signs tokens with it), `DATABASE_URL` (unset: an
 //! embedded in-memory SQLite database; `postgres://…`: PostgreSQL), `SLOW_QUERY_MS` (statements
 //! slower than this are logged at WARN; default 100), `SENTRY_DSN` (set: errors and panics
-//! also go to Sentry, with the request and the user).
+//! also go to Sentry, with the request and the user), `RATE_LIMIT_PER_MINUTE` (per user or
+//! client ip on `/users/…`; default 600), `REDIS_URL` (set: the rate-limit budgets live in
+//! Redis, shared by every instance).
 
 mod app;
 mod boom;
@@ -21,6 +23,7 @@ mod fanout;
 mod health;
 mod jwt;
 mod not_found;
+mod rate_limit;
 mod ready;
 mod stream;
 mod users;
@@ -78,9 +81,10 @@ async fn serve() -> Result<(), String> {
     let pool = db::connect(&database_url, std::time::Duration::from_millis(slow_ms))
         .await
         .map_err(|e| format!("cannot open the database: {e}"))?;
-    tracing::info!(addr = %local_addr, "listening");
+    let limit = rate_limit::from_env()?;
+    tracing::info!(addr = %local_addr, rate_limit = ?limit, "listening");
 
-    let service = app::app(auth, pool).into_make_service_with_connect_info::<SocketAddr>();
+    let service = app::app(auth, limit, pool).into_make_service_with_connect_info::<SocketAddr>();
     axum::serve(listener, service).with_graceful_shutdown(shutdown_signal()).await.map_err(|e| e.to_string())?;
     tracing::info!("stopped");
     Ok(())

@@ -19,6 +19,9 @@ mod health;
 mod jwt;
 #[path = "../../examples/api/not_found.rs"]
 mod not_found;
+#[path = "../../examples/api/rate_limit.rs"]
+#[allow(dead_code)] // the tests build the layer from arguments, not from the environment
+mod rate_limit;
 #[path = "../../examples/api/ready.rs"]
 mod ready;
 #[path = "../../examples/api/stream.rs"]
@@ -35,5 +38,6 @@ mod error_tracking;
 mod example_binary;
 mod forwarded_ids;
 mod panics;
+mod rate_limits;
 mod stamping;
 mod user_endpoints;

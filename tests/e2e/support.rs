@@ -123,7 +123,12 @@ pub async fn example_app_with_pool() -> (Router, sqlx::AnyPool) {
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let url = format!("sqlite:file:reqscope-test-{}-{n}?mode=memory&cache=shared", std::process::id());
     let pool = crate::db::connect(&url, Duration::from_millis(100)).await.expect("open the test database");
-    (crate::app::app(crate::app::auth_layer(TEST_SECRET), pool.clone()), pool)
+    (crate::app::app(crate::app::auth_layer(TEST_SECRET), default_limit(), pool.clone()), pool)
+}
+
+/// The example's rate limit with its defaults: 600 a minute, in process.
+pub fn default_limit() -> reqscope::rate_limit::RateLimitLayer {
+    crate::rate_limit::layer(600, None).expect("the default quota is valid")
 }
 
 /// Seconds since the Unix epoch.
@@ -195,7 +200,7 @@ pub async fn postgres_app_via(via: Option<SocketAddr>) -> Option<(Router, sqlx::
         url.replace_range(host_start..authority_end, &via.to_string());
     }
     let pool = crate::db::connect(&url, Duration::from_millis(100)).await.expect("open the test schema");
-    let app = crate::app::app(crate::app::auth_layer(TEST_SECRET), pool.clone());
+    let app = crate::app::app(crate::app::auth_layer(TEST_SECRET), default_limit(), pool.clone());
     Some((app, pool, PgSchema { admin, name: schema }))
 }
 
@@ -211,5 +216,45 @@ impl PgSchema {
             .execute(&self.admin)
             .await
             .expect("drop the test schema");
+    }
+}
+
+/// A TCP proxy in front of a service (PostgreSQL, Redis) that can be cut (every connection dropped, new ones
+/// refused) and restored: the service "goes away" and "comes back" without touching it.
+pub struct CuttableProxy {
+    pub addr: std::net::SocketAddr,
+    up: tokio::sync::watch::Sender<bool>,
+}
+
+impl CuttableProxy {
+    pub async fn start(target: std::net::SocketAddr) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (up, watch) = tokio::sync::watch::channel(true);
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut client, _)) = listener.accept().await else { return };
+                if !*watch.borrow() {
+                    continue; // dropped: refused
+                }
+                let mut watch = watch.clone();
+                tokio::spawn(async move {
+                    let Ok(mut server) = tokio::net::TcpStream::connect(target).await else { return };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = watch.wait_for(|up| !*up) => {}
+                    }
+                });
+            }
+        });
+        CuttableProxy { addr, up }
+    }
+
+    pub fn cut(&self) {
+        let _ = self.up.send(false);
+    }
+
+    pub fn restore(&self) {
+        let _ = self.up.send(true);
     }
 }

@@ -160,53 +160,13 @@ async fn statements_slower_than_the_threshold_are_warnings() {
     // A threshold of zero makes every statement "slow": each query line comes at WARN.
     let url = format!("sqlite:file:reqscope-test-slow-{}?mode=memory&cache=shared", std::process::id());
     let pool = crate::db::connect(&url, std::time::Duration::ZERO).await.unwrap();
-    let addr = serve(crate::app::app(crate::app::auth_layer(TEST_SECRET), pool)).await;
+    let addr = serve(crate::app::app(crate::app::auth_layer(TEST_SECRET), crate::support::default_limit(), pool)).await;
     crate::support::fetch(addr, "/users/1", &[("x-request-id", b"db-slow-1")]).await;
     access_lines_of("db-slow-1").await;
     let queries: Vec<serde_json::Value> =
         crate::support::lines_of("db-slow-1").into_iter().filter(|l| l["target"] == "sqlx::query").collect();
     assert_eq!(queries.len(), 1);
     assert_eq!(queries[0]["level"], "WARN", "{}", queries[0]);
-}
-
-/// A TCP proxy in front of PostgreSQL that can be cut (every connection dropped, new ones
-/// refused) and restored: the database "goes away" and "comes back" without touching it.
-struct CuttableProxy {
-    addr: std::net::SocketAddr,
-    up: tokio::sync::watch::Sender<bool>,
-}
-
-impl CuttableProxy {
-    async fn start(target: std::net::SocketAddr) -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (up, watch) = tokio::sync::watch::channel(true);
-        tokio::spawn(async move {
-            loop {
-                let Ok((mut client, _)) = listener.accept().await else { return };
-                if !*watch.borrow() {
-                    continue; // dropped: refused
-                }
-                let mut watch = watch.clone();
-                tokio::spawn(async move {
-                    let Ok(mut server) = tokio::net::TcpStream::connect(target).await else { return };
-                    tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
-                        _ = watch.wait_for(|up| !*up) => {}
-                    }
-                });
-            }
-        });
-        CuttableProxy { addr, up }
-    }
-
-    fn cut(&self) {
-        let _ = self.up.send(false);
-    }
-
-    fn restore(&self) {
-        let _ = self.up.send(true);
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -227,7 +187,7 @@ async fn postgresql_going_away_and_coming_back() {
     .unwrap()
     .next()
     .unwrap();
-    let proxy = CuttableProxy::start(target).await;
+    let proxy = crate::support::CuttableProxy::start(target).await;
     let Some((app, _pool, schema)) = crate::support::postgres_app_via(Some(proxy.addr)).await else { return };
     let addr = serve(app).await;
     assert_eq!(crate::support::fetch(addr, "/users/1", &[]).await.status, 200);
