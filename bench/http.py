@@ -16,7 +16,17 @@ import tempfile
 import time
 from pathlib import Path
 
-ALL_STACKS = ["bare", "handrolled", "context", "context-log", "full", "full-verify-each", "tower-http"]
+ALL_STACKS = [
+    "bare",
+    "handrolled",
+    "context",
+    "context-log",
+    "full",
+    "full-verify-each",
+    "full-rate-limit",
+    "full-redis-limit",
+    "tower-http",
+]
 LABELS = {
     "bare": "bare axum",
     "handrolled": "hand-rolled task_local! + JSON line",
@@ -24,6 +34,8 @@ LABELS = {
     "context-log": "reqscope context + 1 stamped line",
     "full": "reqscope full stack: JWT + 2 lines",
     "full-verify-each": "the same, token verified in full each time",
+    "full-rate-limit": "full stack + rate limit (in process)",
+    "full-redis-limit": "full stack + rate limit (Redis on loopback)",
     "tower-http": "tower-http + fmt().json() (2 lines)",
 }
 CLK_TCK = os.sysconf("SC_CLK_TCK")

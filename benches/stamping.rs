@@ -14,6 +14,9 @@
 //! - `request_logged/*`: the same with a subscriber and one log line from the handler.
 //! - `jwt_verify/*`: one bearer token through `AuthLayer`: full verification with HS256,
 //!   RS256 and ES256, and an HS256 token found in the verified-token cache.
+//! - `rate_limit/*`: one request through `RateLimitLayer` with the in-process store: a key it
+//!   has seen (one user), and a new key every time (a flood of distinct client ips, the store
+//!   at its bound and evicting).
 //!
 //! Before the timings it prints heap allocations per event and per request, counted by a
 //! global allocator.
@@ -256,5 +259,50 @@ fn jwt(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, context, event, layer, jwt);
+/// One request through `RateLimitLayer` (in-process store) around a service that answers at
+/// once: the limiter's own cost, headers and context patch included.
+fn rate_limit(c: &mut Criterion) {
+    use reqscope::rate_limit::{Quota, RateLimitLayer};
+    use tower::{Layer, ServiceExt};
+
+    let limit = RateLimitLayer::new(Quota::per_second(u32::MAX).unwrap()).max_keys(10_000);
+    let service = limit.layer(tower::service_fn(|_: http::Request<()>| async {
+        Ok::<_, std::convert::Infallible>(http::Response::new(String::new()))
+    }));
+    let call = |ctx: Arc<RequestContext>| {
+        let response = RequestContext::scope_sync(ctx, || poll_once(service.clone().oneshot(http::Request::new(()))));
+        assert_eq!(response.unwrap().unwrap().status(), 200);
+    };
+    let user = request_context();
+    call(user.clone());
+    let before = ALLOCATIONS.load(Ordering::Relaxed);
+    for _ in 0..1000 {
+        call(user.clone());
+    }
+    let per_request = (ALLOCATIONS.load(Ordering::Relaxed) - before) as f64 / 1000.0;
+    println!("rate_limit/known_key: {per_request} heap allocations per request");
+
+    let mut group = c.benchmark_group("rate_limit");
+    let bare = tower::service_fn(|_: http::Request<()>| async {
+        Ok::<_, std::convert::Infallible>(http::Response::new(String::new()))
+    });
+    group.bench_function("no_limit_baseline", |b| {
+        b.iter(|| {
+            let response = RequestContext::scope_sync(user.clone(), || poll_once(bare.oneshot(http::Request::new(()))));
+            assert_eq!(response.unwrap().unwrap().status(), 200);
+        })
+    });
+    group.bench_function("known_key", |b| b.iter(|| call(user.clone())));
+    let mut n: u32 = 0;
+    group.bench_function("new_key_each_time", |b| {
+        b.iter(|| {
+            n = n.wrapping_add(1);
+            let ip = std::net::IpAddr::V4(std::net::Ipv4Addr::from(n));
+            call(Arc::new(RequestContext::builder(RequestId::new_v4()).client_ip(ip).build()));
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, context, event, layer, jwt, rate_limit);
 criterion_main!(benches);

@@ -9,7 +9,7 @@ fn read(name: &str) -> String {
 }
 
 #[test]
-fn compose_wires_the_api_to_postgres() {
+fn compose_wires_the_api_to_postgres_and_redis() {
     let compose: Value = serde_yaml_ng::from_str(&read("docker-compose.yml")).expect("docker-compose.yml is YAML");
     let services = &compose["services"];
     let postgres = &services["postgres"];
@@ -26,6 +26,13 @@ fn compose_wires_the_api_to_postgres() {
     let url = api["environment"]["DATABASE_URL"].as_str().unwrap();
     assert_eq!(url, format!("postgres://{user}:{password}@postgres:5432/{database}"), "points at the postgres service");
     assert_eq!(api["environment"]["ADDR"].as_str(), Some("0.0.0.0:3000"));
+
+    let redis = &services["redis"];
+    assert!(redis["image"].as_str().unwrap().starts_with("redis:"), "the official image");
+    let check = serde_yaml_ng::to_string(&redis["healthcheck"]["test"]).unwrap();
+    assert!(check.contains("ping"), "a healthcheck that asks Redis: {check}");
+    assert_eq!(api["depends_on"]["redis"]["condition"].as_str(), Some("service_healthy"));
+    assert_eq!(api["environment"]["REDIS_URL"].as_str(), Some("redis://redis:6379"), "the shared rate-limit store");
     let ports: Vec<&str> = api["ports"].as_sequence().unwrap().iter().filter_map(Value::as_str).collect();
     assert_eq!(ports, ["3000:3000"]);
 }

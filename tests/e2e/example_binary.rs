@@ -30,6 +30,9 @@ fn start_example(env: &[(&str, &str)]) -> (KillOnDrop, BufReader<std::process::C
         .env("RUST_LOG", "info")
         .env_remove("LOG_FORMAT")
         .env_remove("SENTRY_DSN")
+        .env_remove("REDIS_URL")
+        .env_remove("RATE_LIMIT_PER_MINUTE")
+        .env_remove("DATABASE_URL")
         .env_remove("RUST_BACKTRACE")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
@@ -161,6 +164,45 @@ async fn a_malformed_sentry_dsn_stops_the_example_with_a_clear_error() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("SENTRY_DSN is not a valid Sentry DSN"), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[tokio::test]
+async fn with_redis_url_the_example_keeps_its_rate_limits_in_redis() {
+    let Ok(redis_url) = std::env::var("TEST_REDIS_URL") else {
+        eprintln!("skipped: TEST_REDIS_URL is not set (Redis tests run in CI, see .ci/run)");
+        return;
+    };
+    // Two instances on one Redis share one budget of 3 a minute for user 2's token.
+    let env = [("REDIS_URL", redis_url.as_str()), ("RATE_LIMIT_PER_MINUTE", "3")];
+    let (first, _first_out, a) = start_example(&env);
+    let (second, _second_out, b) = start_example(&env);
+    // A subject of its own, so that reruns within the minute do not share the budget.
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    let user = format!("rate-limited-{}-{nanos}", std::process::id());
+    let bearer = format!("Bearer {}", mint_token(&user));
+    let mut statuses = Vec::new();
+    for addr in [a, b, a, b] {
+        let reply = fetch(addr, "/users/me", &[("authorization", bearer.as_bytes())]).await;
+        statuses.push(reply.status.as_u16());
+    }
+    // The user does not exist (404), but each request was counted first; the fourth is refused.
+    assert_eq!(statuses, [404, 404, 404, 429]);
+    stop(first).await;
+    stop(second).await;
+}
+
+#[tokio::test]
+async fn a_bad_rate_limit_stops_the_example_with_a_clear_error() {
+    let output = Command::new(example_path("api"))
+        .env("ADDR", "127.0.0.1:0")
+        .env("JWT_SECRET", std::str::from_utf8(crate::support::TEST_SECRET).unwrap())
+        .env("RATE_LIMIT_PER_MINUTE", "lots")
+        .env_remove("SENTRY_DSN")
+        .output()
+        .expect("the api example is built by `cargo test`");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("RATE_LIMIT_PER_MINUTE must be a whole number of requests"), "{stderr}");
 }
 
 struct KillOnDrop(Option<std::process::Child>);

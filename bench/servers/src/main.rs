@@ -3,6 +3,7 @@
 //! ```text
 //! bench-server <stack> [--addr 127.0.0.1:4000] [--log-file PATH]
 //! bench-server token        # prints a bearer token the `full` stack accepts
+//! bench-server redis-latency [N]   # N rate-limit checks against Redis, one after another: p50, p99
 //! ```
 //!
 //! Every stack answers `GET /hello` with the same small JSON, on a tokio runtime with one
@@ -36,6 +37,10 @@ fn run() -> Result<(), String> {
         println!("{}", stacks::token());
         return Ok(());
     }
+    if first == "redis-latency" {
+        let checks = args.next().map_or(Ok(20_000), |n| n.parse().map_err(|_| format!("bad count {n:?}")))?;
+        return redis_latency(checks);
+    }
     let stack: Stack = first.parse()?;
     let mut addr: SocketAddr = "127.0.0.1:4000".parse().map_err(|_| "bad default address")?;
     let mut log_file = std::env::temp_dir().join("reqscope-bench.log");
@@ -53,7 +58,6 @@ fn run() -> Result<(), String> {
         .open(&log_file)
         .map_err(|e| format!("cannot open {}: {e}", log_file.display()))?;
     let (writer, _guard) = reqscope::logging::non_blocking(file);
-    let app = stack.router(writer);
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -61,8 +65,48 @@ fn run() -> Result<(), String> {
         .build()
         .map_err(|e| format!("cannot start tokio: {e}"))?;
     runtime.block_on(async move {
+        let app = stack.router(writer)?;
         let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| format!("cannot bind {addr}: {e}"))?;
         println!("ready {}", stack.name());
         axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).await.map_err(|e| e.to_string())
+    })
+}
+
+/// The latency of one rate-limit check against Redis (`REDIS_URL`, default local), through
+/// the layer as a request sees it: `checks` checks in a row, after 1,000 to warm up.
+fn redis_latency(checks: usize) -> Result<(), String> {
+    use reqscope::rate_limit::{Quota, RateLimitLayer};
+    use reqscope::{RequestContext, RequestId};
+    use tower::{Layer, ServiceExt};
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start tokio: {e}"))?;
+    runtime.block_on(async move {
+        let quota = Quota::per_second(u32::MAX).map_err(|e| e.to_string())?;
+        let limit = RateLimitLayer::redis(quota, stacks::redis_store()?);
+        let service = limit.layer(tower::service_fn(|_: axum::http::Request<()>| async {
+            Ok::<_, std::convert::Infallible>(axum::http::Response::new(String::new()))
+        }));
+        let ctx = std::sync::Arc::new(RequestContext::new(RequestId::new_v4()));
+        ctx.set_user_id("42");
+        let mut micros = Vec::with_capacity(checks);
+        for n in 0..checks + 1_000 {
+            let started = std::time::Instant::now();
+            let response = RequestContext::scope(ctx.clone(), service.clone().oneshot(axum::http::Request::new(())))
+                .await
+                .map_err(|e| e.to_string())?;
+            if response.headers().get("ratelimit").is_none() {
+                return Err("Redis did not answer: is it running at REDIS_URL?".to_owned());
+            }
+            if n >= 1_000 {
+                micros.push(started.elapsed().as_secs_f64() * 1e6);
+            }
+        }
+        micros.sort_by(f64::total_cmp);
+        let at = |q: f64| micros[((micros.len() - 1) as f64 * q) as usize];
+        println!("checks={checks} p50_us={:.1} p99_us={:.1} max_us={:.1}", at(0.5), at(0.99), at(1.0));
+        Ok(())
     })
 }

@@ -7,6 +7,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use reqscope::auth::AuthLayer;
 use reqscope::logging::{LogLayer, NonBlocking};
+use reqscope::rate_limit::{Quota, RateLimitLayer, RedisStore};
 use reqscope::{MatchedRouteLayer, RequestContext, RequestContextLayer};
 use serde_json::{Value, json};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
@@ -40,20 +41,34 @@ pub enum Stack {
     Full,
     /// The same, verifying the token in full on every request (verified-token cache off).
     FullVerifyEach,
+    /// The full stack plus `RateLimitLayer` with the in-process store (a quota never reached).
+    FullRateLimit,
+    /// The full stack plus `RateLimitLayer` with the Redis store (`REDIS_URL`, default local).
+    FullRedisLimit,
     /// tower-http SetRequestId/PropagateRequestId + TraceLayer + `fmt().json()`, two lines.
     TowerHttp,
 }
 
 impl Stack {
-    pub const NAMES: [&'static str; 7] =
-        ["bare", "handrolled", "context", "context-log", "full", "full-verify-each", "tower-http"];
+    pub const NAMES: [&'static str; 9] = [
+        "bare",
+        "handrolled",
+        "context",
+        "context-log",
+        "full",
+        "full-verify-each",
+        "full-rate-limit",
+        "full-redis-limit",
+        "tower-http",
+    ];
 
     pub fn name(self) -> &'static str {
         Self::NAMES[self as usize]
     }
 
-    pub fn router(self, writer: NonBlocking) -> Router {
-        match self {
+    /// The stack's router. Must run inside the Tokio runtime (the Redis store needs it).
+    pub fn router(self, writer: NonBlocking) -> Result<Router, String> {
+        Ok(match self {
             Stack::Bare => Router::new().route("/hello", get(hello)),
             Stack::Handrolled => {
                 tracing_subscriber::registry().with(handrolled::JsonLayer::new(writer)).init();
@@ -66,16 +81,15 @@ impl Stack {
                 tracing_subscriber::registry().with(LogLayer::new().with_writer(writer)).init();
                 Router::new().route("/hello", get(hello_logged)).layer(RequestContextLayer::new().access_log(false))
             }
-            Stack::Full | Stack::FullVerifyEach => {
+            Stack::Full | Stack::FullVerifyEach | Stack::FullRateLimit | Stack::FullRedisLimit => {
                 tracing_subscriber::registry().with(LogLayer::new().with_writer(writer)).init();
                 let auth = AuthLayer::hmac(BENCH_SECRET);
-                let auth = if self == Stack::Full { auth } else { auth.without_verified_token_cache() };
-                Router::new()
-                    .route("/hello", get(hello_logged))
-                    .route_layer(MatchedRouteLayer)
-                    // Later layers of the full stack (rate limit) are added here.
-                    .route_layer(auth)
-                    .layer(RequestContextLayer::new())
+                let auth = if self == Stack::FullVerifyEach { auth.without_verified_token_cache() } else { auth };
+                let mut router = Router::new().route("/hello", get(hello_logged)).route_layer(MatchedRouteLayer);
+                if let Some(limit) = self.rate_limit()? {
+                    router = router.route_layer(limit);
+                }
+                router.route_layer(auth).layer(RequestContextLayer::new())
             }
             Stack::TowerHttp => {
                 tracing_subscriber::fmt().json().with_writer(writer).init();
@@ -99,8 +113,28 @@ impl Stack {
                     .layer(PropagateRequestIdLayer::new(x_request_id.clone()))
                     .layer(SetRequestIdLayer::new(x_request_id, MakeRequestUuid))
             }
-        }
+        })
     }
+}
+
+impl Stack {
+    /// The rate limit of the stacks that have one: a quota the benchmark never reaches, so
+    /// that every request pays for a check and gets its headers.
+    fn rate_limit(self) -> Result<Option<RateLimitLayer>, String> {
+        let quota = Quota::per_second(u32::MAX).map_err(|e| e.to_string())?;
+        Ok(match self {
+            Stack::FullRateLimit => Some(RateLimitLayer::new(quota)),
+            Stack::FullRedisLimit => Some(RateLimitLayer::redis(quota, redis_store()?)),
+            _ => None,
+        })
+    }
+}
+
+/// A Redis store on `REDIS_URL` (default the local server) with a prefix of this process.
+pub fn redis_store() -> Result<RedisStore, String> {
+    let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
+    let store = RedisStore::open(&url).map_err(|e| e.to_string())?;
+    Ok(store.prefix(format!("reqscope-bench:{}:", std::process::id())))
 }
 
 impl FromStr for Stack {
@@ -113,6 +147,8 @@ impl FromStr for Stack {
             Stack::ContextLog,
             Stack::Full,
             Stack::FullVerifyEach,
+            Stack::FullRateLimit,
+            Stack::FullRedisLimit,
             Stack::TowerHttp,
         ];
         all.into_iter().find(|stack| stack.name() == s).ok_or_else(|| format!("unknown stack {s:?}"))

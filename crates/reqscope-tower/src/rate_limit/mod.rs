@@ -258,9 +258,14 @@ impl RateHeaders {
         // Appended, not inserted: several limiters on one route list several policies.
         headers.append(RATELIMIT_POLICY.clone(), self.policy);
         if let Some((remaining, reset)) = self.current {
-            let value = format!("\"default\";r={remaining};t={reset}");
-            if let Ok(value) = HeaderValue::from_str(&value) {
-                headers.append(RATELIMIT.clone(), value);
+            // Formatted on the stack: the header value's own copy is the only allocation.
+            let mut buf = [0u8; 64];
+            let mut cursor = std::io::Cursor::new(&mut buf[..]);
+            if std::io::Write::write_fmt(&mut cursor, format_args!("\"default\";r={remaining};t={reset}")).is_ok() {
+                let len = usize::try_from(cursor.position()).unwrap_or(0);
+                if let Ok(value) = HeaderValue::from_bytes(&buf[..len]) {
+                    headers.append(RATELIMIT.clone(), value);
+                }
             }
         }
     }
