@@ -39,6 +39,10 @@
 //! - [`auth`]: the JWT layer (feature `jwt`, default);
 //! - [`rate_limit`]: per-user / per-ip limits with the IETF headers (feature `rate-limit`,
 //!   default; Redis with feature `redis`);
+//! - [`trace`]: the W3C trace of each request (`trace_id` and `span_id` on every line), and
+//!   [`outgoing`]: calls to other services carry the request id and a child `traceparent`
+//!   (tower clients; `reqwest-middleware` with feature `reqwest`; OpenTelemetry span ids
+//!   with feature `otel`);
 //! - `sentry`: Sentry events with the request and the user (feature `sentry`, off by default).
 #![warn(missing_docs)]
 
@@ -47,6 +51,19 @@ pub use reqscope_core::{
     NoRequestContext, Patch, REQUEST_SPAN_TARGET, RequestContext, RequestContextBuilder, RequestId, Scoped,
     TrustedProxies, bind, bind_fn, elapsed, spawn, spawn_blocking,
 };
+
+/// W3C Trace Context: `traceparent` / `tracestate`, parsed strictly; the trace of a request.
+pub mod trace {
+    pub use reqscope_core::trace::*;
+}
+pub use reqscope_core::TraceContext;
+
+/// Outgoing calls carry the request id and a child `traceparent` (feature `tower`; the
+/// `reqwest-middleware` middleware with feature `reqwest`).
+#[cfg(feature = "tower")]
+pub mod outgoing {
+    pub use reqscope_tower::outgoing::*;
+}
 
 /// The tower layers (feature `tower`).
 #[cfg(feature = "tower")]

@@ -7,15 +7,18 @@ use reqscope::rate_limit::RateLimitLayer;
 use reqscope::{CatchPanicLayer, MatchedRouteLayer, RequestContextLayer};
 use sqlx::AnyPool;
 
-use crate::{boom, fanout, health, jwt, not_found, ready, stream, users};
+use crate::chain::Chain;
+use crate::{boom, chain, fanout, health, jwt, not_found, ready, stream, users};
 
 /// The whole application, ready to serve.
-pub fn app(auth: AuthLayer, limit: RateLimitLayer, pool: AnyPool) -> Router {
+pub fn app(auth: AuthLayer, limit: RateLimitLayer, pool: AnyPool, next_hop: Chain) -> Router {
     Router::new()
         .route("/health", get(health::health))
         .route("/ready", get(ready::ready))
         .route("/fanout", get(fanout::fanout))
         .route("/stream", get(stream::stream))
+        // Calls the next service; the only route with a state of its own.
+        .merge(Router::new().route("/chain", get(chain::chain)).with_state(next_hop))
         // Only this route needs a token; the auth layer puts the user into the context.
         // A token is optional here: with one, the panic report names the user.
         .route("/boom", get(boom::boom).route_layer(auth.clone().optional()))

@@ -13,10 +13,12 @@
 //! slower than this are logged at WARN; default 100), `SENTRY_DSN` (set: errors and panics
 //! also go to Sentry, with the request and the user), `RATE_LIMIT_PER_MINUTE` (per user or
 //! client ip on `/users/…`; default 600), `REDIS_URL` (set: the rate-limit budgets live in
-//! Redis, shared by every instance).
+//! Redis, shared by every instance), `DOWNSTREAM_URL` (the next hop of `GET /chain`; default:
+//! this server itself).
 
 mod app;
 mod boom;
+mod chain;
 mod db;
 mod error_tracking;
 mod fanout;
@@ -82,9 +84,11 @@ async fn serve() -> Result<(), String> {
         .await
         .map_err(|e| format!("cannot open the database: {e}"))?;
     let limit = rate_limit::from_env()?;
-    tracing::info!(addr = %local_addr, rate_limit = ?limit, "listening");
+    let downstream = std::env::var("DOWNSTREAM_URL").unwrap_or_else(|_| format!("http://{local_addr}"));
+    let next_hop = chain::Chain::new(&downstream)?;
+    tracing::info!(addr = %local_addr, rate_limit = ?limit, downstream = %downstream, "listening");
 
-    let service = app::app(auth, limit, pool).into_make_service_with_connect_info::<SocketAddr>();
+    let service = app::app(auth, limit, pool, next_hop).into_make_service_with_connect_info::<SocketAddr>();
     axum::serve(listener, service).with_graceful_shutdown(shutdown_signal()).await.map_err(|e| e.to_string())?;
     tracing::info!("stopped");
     Ok(())

@@ -193,16 +193,25 @@ async fn with_redis_url_the_example_keeps_its_rate_limits_in_redis() {
 
 #[tokio::test]
 async fn a_bad_rate_limit_stops_the_example_with_a_clear_error() {
+    let stderr = failed_start(&[("RATE_LIMIT_PER_MINUTE", "lots")]);
+    assert!(stderr.contains("RATE_LIMIT_PER_MINUTE must be a whole number of requests"), "{stderr}");
+}
+
+/// Starts the example with `env`, expects it to refuse to start, and returns its stderr.
+fn failed_start(env: &[(&str, &str)]) -> String {
     let output = Command::new(example_path("api"))
         .env("ADDR", "127.0.0.1:0")
         .env("JWT_SECRET", std::str::from_utf8(crate::support::TEST_SECRET).unwrap())
-        .env("RATE_LIMIT_PER_MINUTE", "lots")
         .env_remove("SENTRY_DSN")
+        .env_remove("DATABASE_URL")
+        .env_remove("REDIS_URL")
+        .envs(env.iter().copied())
         .output()
         .expect("the api example is built by `cargo test`");
     assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("RATE_LIMIT_PER_MINUTE must be a whole number of requests"), "{stderr}");
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    stderr
 }
 
 struct KillOnDrop(Option<std::process::Child>);
@@ -214,4 +223,49 @@ impl Drop for KillOnDrop {
             let _ = child.wait();
         }
     }
+}
+
+/// Every line a stopped server wrote after its startup, parsed.
+fn remaining_lines(stdout: BufReader<std::process::ChildStdout>) -> Vec<Value> {
+    stdout.lines().map(|line| serde_json::from_str(&line.unwrap()).expect("every line is JSON")).collect()
+}
+
+#[tokio::test]
+async fn two_example_servers_log_one_trace_and_one_request_id_for_a_chained_request() {
+    let (second, second_out, second_addr) = start_example(&[]);
+    let downstream = format!("http://{second_addr}");
+    let (first, first_out, first_addr) = start_example(&[("DOWNSTREAM_URL", &downstream)]);
+
+    let incoming = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    let reply = fetch(first_addr, "/chain?hops=1", &[("traceparent", incoming.as_bytes())]).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let id = reply.request_id().to_owned();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    stop(first).await;
+    stop(second).await;
+
+    let of =
+        |lines: Vec<Value>| -> Vec<Value> { lines.into_iter().filter(|l| l["request_id"] == id.as_str()).collect() };
+    let first_lines = of(remaining_lines(first_out));
+    let second_lines = of(remaining_lines(second_out));
+    assert_eq!(first_lines.len(), 2, "the outgoing call and the access line: {first_lines:?}");
+    assert_eq!(
+        second_lines.len(),
+        1,
+        "the second server's access line, under the first's request id: {second_lines:?}"
+    );
+    let all: Vec<&Value> = first_lines.iter().chain(&second_lines).collect();
+    assert!(all.iter().all(|l| l["trace_id"] == "0af7651916cd43dd8448eb211c80319c"), "{all:?}");
+    let first_span = &first_lines[0]["span_id"];
+    assert!(first_lines.iter().all(|l| l["span_id"] == *first_span));
+    assert_ne!(second_lines[0]["span_id"], *first_span, "each service logs its own span");
+    assert_eq!(reply.json()["downstream"]["span_id"], second_lines[0]["span_id"]);
+}
+
+#[test]
+fn a_bad_downstream_url_stops_the_start_with_a_clear_error() {
+    let stderr = failed_start(&[("DOWNSTREAM_URL", "https://example.com")]);
+    assert!(stderr.contains("DOWNSTREAM_URL must be an http:// URL"), "{stderr}");
+    let stderr = failed_start(&[("DOWNSTREAM_URL", "not a url")]);
+    assert!(stderr.contains("DOWNSTREAM_URL must be a URL"), "{stderr}");
 }

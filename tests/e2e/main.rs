@@ -7,6 +7,8 @@ mod support;
 mod app;
 #[path = "../../examples/api/boom.rs"]
 mod boom;
+#[path = "../../examples/api/chain.rs"]
+mod chain;
 #[path = "../../examples/api/db.rs"]
 #[allow(dead_code)] // the tests open databases of their own, not the default one
 mod db;
@@ -37,7 +39,9 @@ mod deployment;
 mod error_tracking;
 mod example_binary;
 mod forwarded_ids;
+mod opentelemetry;
 mod panics;
 mod rate_limits;
 mod stamping;
+mod traces;
 mod user_endpoints;

@@ -135,7 +135,9 @@ async fn a_custom_key_function_and_its_unlimited_answer() {
 async fn the_example_limits_users_routes_by_user() {
     let limit = crate::rate_limit::layer(2, None).unwrap();
     let pool = crate::support::example_app_with_pool().await.1;
-    let addr = serve(crate::app::app(crate::app::auth_layer(TEST_SECRET), limit, pool)).await;
+    let addr =
+        serve(crate::app::app(crate::app::auth_layer(TEST_SECRET), limit, pool, crate::support::unused_next_hop()))
+            .await;
     let me = |id: &'static str| async move {
         fetch(addr, "/users/me", &[("authorization", bearer("1").as_bytes()), ("x-request-id", id.as_bytes())]).await
     };

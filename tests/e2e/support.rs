@@ -123,7 +123,12 @@ pub async fn example_app_with_pool() -> (Router, sqlx::AnyPool) {
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let url = format!("sqlite:file:reqscope-test-{}-{n}?mode=memory&cache=shared", std::process::id());
     let pool = crate::db::connect(&url, Duration::from_millis(100)).await.expect("open the test database");
-    (crate::app::app(crate::app::auth_layer(TEST_SECRET), default_limit(), pool.clone()), pool)
+    (crate::app::app(crate::app::auth_layer(TEST_SECRET), default_limit(), pool.clone(), unused_next_hop()), pool)
+}
+
+/// A `/chain` next hop for apps whose tests do not call it: a port nothing listens on.
+pub fn unused_next_hop() -> crate::chain::Chain {
+    crate::chain::Chain::new("http://127.0.0.1:9").expect("a valid URL")
 }
 
 /// The example's rate limit with its defaults: 600 a minute, in process.
@@ -200,7 +205,7 @@ pub async fn postgres_app_via(via: Option<SocketAddr>) -> Option<(Router, sqlx::
         url.replace_range(host_start..authority_end, &via.to_string());
     }
     let pool = crate::db::connect(&url, Duration::from_millis(100)).await.expect("open the test schema");
-    let app = crate::app::app(crate::app::auth_layer(TEST_SECRET), default_limit(), pool.clone());
+    let app = crate::app::app(crate::app::auth_layer(TEST_SECRET), default_limit(), pool.clone(), unused_next_hop());
     Some((app, pool, PgSchema { admin, name: schema }))
 }
 

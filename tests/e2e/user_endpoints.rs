@@ -160,7 +160,13 @@ async fn statements_slower_than_the_threshold_are_warnings() {
     // A threshold of zero makes every statement "slow": each query line comes at WARN.
     let url = format!("sqlite:file:reqscope-test-slow-{}?mode=memory&cache=shared", std::process::id());
     let pool = crate::db::connect(&url, std::time::Duration::ZERO).await.unwrap();
-    let addr = serve(crate::app::app(crate::app::auth_layer(TEST_SECRET), crate::support::default_limit(), pool)).await;
+    let addr = serve(crate::app::app(
+        crate::app::auth_layer(TEST_SECRET),
+        crate::support::default_limit(),
+        pool,
+        crate::support::unused_next_hop(),
+    ))
+    .await;
     crate::support::fetch(addr, "/users/1", &[("x-request-id", b"db-slow-1")]).await;
     access_lines_of("db-slow-1").await;
     let queries: Vec<serde_json::Value> =

@@ -1,13 +1,14 @@
 use std::fmt;
 use std::future::Future;
 use std::net::IpAddr;
-use std::sync::{Arc, LazyLock, RwLock};
+use std::sync::{Arc, LazyLock, OnceLock, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use http::{Extensions, Method, Uri};
 
 use crate::error::NoRequestContext;
 use crate::id::RequestId;
+use crate::trace::TraceContext;
 
 tokio::task_local! {
     static CURRENT: Arc<RequestContext>;
@@ -19,7 +20,7 @@ pub type Scoped<F> = tokio::task::futures::TaskLocalFuture<Arc<RequestContext>, 
 /// Everything known about the request being served, readable from anywhere that runs on its
 /// behalf.
 ///
-/// The immutable part (id, method, path, client ip, start time) is set when the request
+/// The immutable part (id, trace, method, path, client ip, start time) is set when the request
 /// arrives. The [`Patch`] part (user, org, roles, route, rate-limit budget, custom fields) is
 /// filled in by later layers and handlers; every log line written after a patch shows it,
 /// including the access line. The patch is an `Arc` replaced as a whole on each (rare) write;
@@ -27,6 +28,9 @@ pub type Scoped<F> = tokio::task::futures::TaskLocalFuture<Arc<RequestContext>, 
 /// never waits on a writer's work and reading allocates nothing.
 pub struct RequestContext {
     id: RequestId,
+    /// Set once: at build time, or right after it by a layer that learns the trace from a
+    /// span (OpenTelemetry), or at the first outgoing call of a job that had none.
+    trace: OnceLock<TraceContext>,
     method: Option<Method>,
     path: Option<RequestPath>,
     client_ip: Option<IpAddr>,
@@ -170,6 +174,7 @@ field_from! {
 #[derive(Debug)]
 pub struct RequestContextBuilder {
     id: RequestId,
+    trace: Option<TraceContext>,
     method: Option<Method>,
     path: Option<RequestPath>,
     client_ip: Option<IpAddr>,
@@ -177,6 +182,14 @@ pub struct RequestContextBuilder {
 }
 
 impl RequestContextBuilder {
+    /// The trace this request belongs to (see [`TraceContext::from_headers`]). Without one,
+    /// the context has no trace until [`RequestContext::trace_or_start`] starts one.
+    #[inline]
+    pub fn trace(mut self, trace: TraceContext) -> Self {
+        self.trace = Some(trace);
+        self
+    }
+
     /// The HTTP method.
     #[inline]
     pub fn method(mut self, method: Method) -> Self {
@@ -220,8 +233,13 @@ impl RequestContextBuilder {
             Some((at, wall_clock)) => (at, Some(wall_clock)),
             None => (Instant::now(), None),
         };
+        let trace = OnceLock::new();
+        if let Some(given) = self.trace {
+            let _ = trace.set(given);
+        }
         RequestContext {
             id: self.id,
+            trace,
             method: self.method,
             path: self.path,
             client_ip: self.client_ip,
@@ -243,7 +261,7 @@ impl RequestContext {
     /// Starts building a context.
     #[inline]
     pub fn builder(id: RequestId) -> RequestContextBuilder {
-        RequestContextBuilder { id, method: None, path: None, client_ip: None, started: None }
+        RequestContextBuilder { id, trace: None, method: None, path: None, client_ip: None, started: None }
     }
 
     /// The context of the request being served, or `None` outside a request.
@@ -289,6 +307,7 @@ impl RequestContext {
         let extensions = self.extensions.read().map(|e| e.clone()).unwrap_or_default();
         RequestContext {
             id: self.id.clone(),
+            trace: self.trace.clone(),
             method: self.method.clone(),
             path: self.path.clone(),
             client_ip: self.client_ip,
@@ -303,6 +322,26 @@ impl RequestContext {
     #[inline]
     pub fn id(&self) -> &RequestId {
         &self.id
+    }
+
+    /// The trace this request belongs to and its own span, if it has one (every request
+    /// served by `RequestContextLayer` has).
+    #[inline]
+    pub fn trace(&self) -> Option<&TraceContext> {
+        self.trace.get()
+    }
+
+    /// The trace, starting a new one (this context as its root) if there is none yet: for
+    /// jobs that make outgoing calls.
+    pub fn trace_or_start(&self) -> &TraceContext {
+        self.trace.get_or_init(TraceContext::new_root)
+    }
+
+    /// Sets the trace of a context built without one; returns the given trace back if the
+    /// context already has one. For layers that learn the trace after the context exists
+    /// (from an OpenTelemetry span that needs the context to be created).
+    pub fn set_trace(&self, trace: TraceContext) -> Result<(), TraceContext> {
+        self.trace.set(trace)
     }
 
     /// The HTTP method, if this context belongs to an HTTP request.
@@ -447,6 +486,7 @@ impl fmt::Debug for RequestContext {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RequestContext")
             .field("id", &self.id)
+            .field("trace", &self.trace.get())
             .field("method", &self.method)
             .field("path", &self.path())
             .field("client_ip", &self.client_ip)

@@ -1,6 +1,6 @@
 //! The request context at the heart of reqscope.
 //!
-//! Every request gets one [`RequestContext`]: its [`RequestId`], method, path, client ip and
+//! Every request gets one [`RequestContext`]: its [`RequestId`], its W3C [`TraceContext`], method, path, client ip and
 //! start time, plus a patchable part (user, org, roles, rate-limit budget, custom fields and
 //! typed extensions) that later layers fill in. The context lives in a tokio task-local, so
 //! any code running on behalf of the request reads it with [`RequestContext::current`] or
@@ -31,6 +31,7 @@ mod id;
 mod panics;
 mod propagate;
 mod proxy;
+pub mod trace;
 
 /// The target of the `request` span that request layers open around each request.
 ///
@@ -45,3 +46,4 @@ pub use id::{ForwardedIdPolicy, IdGenerator, RequestId};
 pub use panics::{install_panic_location_hook, panic_message, take_panic_location};
 pub use propagate::{Captured, FutureExt, InContext, bind, bind_fn, elapsed, spawn, spawn_blocking};
 pub use proxy::{InvalidProxy, TrustedProxies};
+pub use trace::{InvalidTraceParent, SpanId, TraceContext, TraceId, TraceParent, TraceState};

@@ -11,6 +11,11 @@
 //!   roles into the context; [`auth::RequireRoleLayer`] guards a route by role.
 //! - [`rate_limit::RateLimitLayer`] (feature `rate-limit`; Redis with feature `redis`) limits
 //!   requests per user or client ip and puts the remaining budget into the context.
+//! - [`outgoing`]: [`outgoing::PropagateContextLayer`] for tower/hyper clients and (feature
+//!   `reqwest`) `PropagateContextMiddleware` for `reqwest-middleware` send the request id and
+//!   a child W3C `traceparent` on outgoing calls.
+//! - feature `otel`: with a `tracing-opentelemetry` layer installed, the request's
+//!   `trace_id` / `span_id` are those of its OpenTelemetry span.
 //! - [`sentry`] (feature `sentry`): Sentry events, errors and panics carry the request id,
 //!   the user and the route, from spawned tasks and streaming bodies too.
 #![warn(missing_docs)]
@@ -21,6 +26,9 @@ pub mod api_error;
 pub mod auth;
 pub mod catch_panic;
 mod error_response;
+#[cfg(feature = "otel")]
+mod otel;
+pub mod outgoing;
 #[cfg(feature = "rate-limit")]
 pub mod rate_limit;
 pub mod request_context;

@@ -23,16 +23,25 @@
 //!    [`ForwardedIdPolicy`] trusts the peer; otherwise a new id is generated (UUID v4 by
 //!    default). A rejected value is never echoed and never logged. The request's header is
 //!    set to the final id, so inner services see it too.
-//! 2. **Client ip.** The connection's peer address (axum's `ConnectInfo<SocketAddr>`, or a
+//! 2. **Trace.** A valid W3C `traceparent` (version `00`, lowercase hex, non-zero ids, exactly
+//!    55 bytes, sent once) is continued — same trace id, a new span id for this service, the
+//!    caller's `tracestate` carried unchanged when it is printable and at most 512 bytes —
+//!    when the [`traceparent_policy`](RequestContextLayer::traceparent_policy) trusts the
+//!    peer. Anything else starts a new trace: an invalid header is never an error response,
+//!    and its value is never logged (a DEBUG event on `reqscope::trace` names only the
+//!    reason). Log lines carry `trace_id` and `span_id`; outgoing calls carry a child
+//!    `traceparent` (see [`outgoing`](crate::outgoing)). With the `otel` feature and a
+//!    `tracing-opentelemetry` layer installed, the ids are those of the OpenTelemetry span.
+//! 3. **Client ip.** The connection's peer address (axum's `ConnectInfo<SocketAddr>`, or a
 //!    `SocketAddr` request extension), or — only when the peer is one of the
 //!    [`TrustedProxies`] — the client named by `Forwarded` / `X-Forwarded-For`.
-//! 3. **Scope.** The context is the task-local for the inner service's future and for every
+//! 4. **Scope.** The context is the task-local for the inner service's future and for every
 //!    `poll_frame` of the response body, so streaming bodies log with the request id. A
 //!    `request` span (target `reqscope::request`) is entered around both; it carries the
 //!    context to threads that only see the span.
-//! 4. **Echo.** Every response carries the final id in the same header: handler responses,
+//! 5. **Echo.** Every response carries the final id in the same header: handler responses,
 //!    404s and error responses built by inner layers alike.
-//! 5. **Access line.** One event (target `reqscope::access`) per request: INFO "request
+//! 6. **Access line.** One event (target `reqscope::access`) per request: INFO "request
 //!    completed" when the body ends, INFO with `aborted = true` when it is dropped before its
 //!    end (the client left), WARN with `aborted = true` when the body fails — each with
 //!    `status`, `duration_ms` and `bytes`. It is written with the context as it is *then*, so
@@ -54,7 +63,10 @@ use bytes::Buf;
 use http::{HeaderName, HeaderValue, Request, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
-use reqscope_core::{ForwardedIdPolicy, IdGenerator, REQUEST_SPAN_TARGET, RequestContext, RequestId, TrustedProxies};
+use reqscope_core::{
+    ForwardedIdPolicy, IdGenerator, REQUEST_SPAN_TARGET, RequestContext, RequestId, TraceParent, TraceState,
+    TrustedProxies,
+};
 use tower_layer::Layer;
 use tower_service::Service;
 use tracing::Span;
@@ -67,6 +79,7 @@ struct Config {
     header: HeaderName,
     generator: IdGenerator,
     policy: ForwardedIdPolicy,
+    trace_policy: ForwardedIdPolicy,
     proxies: TrustedProxies,
     access_log: bool,
 }
@@ -84,13 +97,15 @@ impl Default for RequestContextLayer {
 }
 
 impl RequestContextLayer {
-    /// `x-request-id`, UUID v4 ids, valid forwarded ids kept, no trusted proxies, access log on.
+    /// `x-request-id`, UUID v4 ids, valid forwarded ids and `traceparent`s kept, no trusted
+    /// proxies, access log on.
     pub fn new() -> Self {
         RequestContextLayer {
             config: Arc::new(Config {
                 header: X_REQUEST_ID,
                 generator: IdGenerator::default(),
                 policy: ForwardedIdPolicy::default(),
+                trace_policy: ForwardedIdPolicy::default(),
                 proxies: TrustedProxies::default(),
                 access_log: true,
             }),
@@ -117,6 +132,13 @@ impl RequestContextLayer {
     /// Decides when a forwarded id is kept.
     pub fn forwarded_id_policy(mut self, policy: ForwardedIdPolicy) -> Self {
         self.config_mut().policy = policy;
+        self
+    }
+
+    /// Decides when an incoming `traceparent` is continued (default: whenever it is valid).
+    /// At a public edge, `ForwardedIdPolicy::Never` makes every request start its own trace.
+    pub fn traceparent_policy(mut self, policy: ForwardedIdPolicy) -> Self {
+        self.config_mut().trace_policy = policy;
         self
     }
 
@@ -190,6 +212,15 @@ where
         };
         let head = req.method() == http::Method::HEAD;
 
+        let incoming = match config.trace_policy.trusts(peer) {
+            true => TraceParent::from_headers(req.headers()),
+            false => Ok(None),
+        };
+        let (incoming, invalid) = match incoming {
+            Ok(parent) => (parent.map(|parent| (parent, TraceState::from_headers(req.headers()))), None),
+            Err(reason) => (None, Some(reason)),
+        };
+
         let mut builder = RequestContext::builder(id).method(req.method().clone()).uri(req.uri());
         if let Some(ip) = config.proxies.client_ip(peer, req.headers()) {
             builder = builder.client_ip(ip);
@@ -198,6 +229,13 @@ where
 
         let (span, future) = RequestContext::scope_sync(Arc::clone(&ctx), || {
             let span = tracing::info_span!(target: REQUEST_SPAN_TARGET, "request");
+            // With `otel` the trace comes from the OpenTelemetry span, which needs the context
+            // to exist first; so the trace is set right after, before anything logs.
+            let _ = ctx.set_trace(request_trace(&span, incoming));
+            if let Some(reason) = invalid {
+                // The reason only: the value is untrusted input and never reaches a log line.
+                tracing::debug!(target: "reqscope::trace", %reason, "ignored an invalid traceparent; this request starts a new trace");
+            }
             let future = span.in_scope(|| self.inner.call(req));
             (span, future)
         });
@@ -216,6 +254,17 @@ where
             header: config.header.clone(),
             id: id_header,
         }
+    }
+}
+
+#[cfg(feature = "otel")]
+use crate::otel::request_trace;
+
+#[cfg(not(feature = "otel"))]
+fn request_trace(_span: &Span, incoming: Option<(TraceParent, Option<TraceState>)>) -> reqscope_core::TraceContext {
+    match incoming {
+        Some((parent, state)) => reqscope_core::TraceContext::child_of(parent, state),
+        None => reqscope_core::TraceContext::new_root(),
     }
 }
 

@@ -24,6 +24,8 @@ pub(crate) struct JsonKeys {
     target: Box<[u8]>,
     message: Box<[u8]>,
     request_id: Box<[u8]>,
+    trace_id: Box<[u8]>,
+    span_id: Box<[u8]>,
     user_id: Box<[u8]>,
     org_id: Box<[u8]>,
     method: Box<[u8]>,
@@ -55,6 +57,8 @@ impl JsonKeys {
             target: key(names.target),
             message: key(names.message),
             request_id: key(names.request_id),
+            trace_id: key(names.trace_id),
+            span_id: key(names.span_id),
             user_id: key(names.user_id),
             org_id: key(names.org_id),
             method: key(names.method),
@@ -117,6 +121,17 @@ pub(crate) fn json_line(
 fn write_context(buf: &mut Vec<u8>, keys: &JsonKeys, ctx: &RequestContext) {
     buf.extend_from_slice(&keys.request_id);
     write_str(buf, ctx.id().as_str());
+    if let Some(trace) = ctx.trace() {
+        // Lowercase hex: nothing to escape.
+        buf.extend_from_slice(&keys.trace_id);
+        buf.push(b'"');
+        buf.extend_from_slice(trace.trace_id().as_bytes());
+        buf.push(b'"');
+        buf.extend_from_slice(&keys.span_id);
+        buf.push(b'"');
+        buf.extend_from_slice(trace.span_id().as_bytes());
+        buf.push(b'"');
+    }
     ctx.read_patch(|patch| {
         if let Some(user) = &patch.user_id {
             buf.extend_from_slice(&keys.user_id);

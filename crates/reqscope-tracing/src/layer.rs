@@ -180,6 +180,11 @@ mod tests {
                 .method(http::Method::GET)
                 .path("/users/7")
                 .client_ip("10.1.2.3".parse().unwrap())
+                .trace(reqscope_core::TraceContext::child_of(
+                    reqscope_core::TraceParent::parse(b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+                        .unwrap(),
+                    None,
+                ))
                 .build(),
         )
     }
@@ -204,6 +209,8 @@ mod tests {
             "target",
             "message",
             "request_id",
+            "trace_id",
+            "span_id",
             "user_id",
             "org_id",
             "method",
@@ -226,6 +233,8 @@ mod tests {
         assert_eq!(v["level"], "INFO");
         assert_eq!(v["message"], "fetched");
         assert_eq!(v["request_id"], "r1");
+        assert_eq!(v["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(v["span_id"].as_str().map(str::len), Some(16));
         assert_eq!(v["client_ip"], "10.1.2.3");
         assert_eq!(v["roles"], serde_json::json!(["admin"]));
         assert_eq!(v["rows"], 3);

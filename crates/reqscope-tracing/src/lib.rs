@@ -11,11 +11,12 @@
 //!     .init();
 //! tracing::info!(user = "ann", "hello");
 //! // {"timestamp":"…","level":"INFO","target":"rust_out","message":"hello","user":"ann"}
-//! // Inside a request the line also carries request_id, user_id, method, path, …
+//! // Inside a request the line also carries request_id, trace_id, span_id, user_id, method, path, …
 //! ```
 //!
 //! Each event becomes one flat JSON object on one line, its keys in the order of the log-line
-//! contract: `timestamp`, `level`, `target`, `message`, `request_id`, `user_id`, `org_id`,
+//! contract: `timestamp`, `level`, `target`, `message`, `request_id`, `trace_id`, `span_id`,
+//! `user_id`, `org_id`,
 //! `method`, `path`, `route`, `client_ip`, `roles`, `rate_limit_remaining`,
 //! `rate_limit_reset`, the custom context fields, then the event's own fields. Key names are
 //! configurable with [`FieldNames`]. Values are escaped by `serde_json`, so no field content

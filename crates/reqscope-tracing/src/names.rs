@@ -15,6 +15,10 @@ pub struct FieldNames {
     pub message: &'static str,
     /// The request id.
     pub request_id: &'static str,
+    /// The W3C trace id (OpenTelemetry's name for trace context in logs).
+    pub trace_id: &'static str,
+    /// This service's span id within the trace.
+    pub span_id: &'static str,
     /// The authenticated user.
     pub user_id: &'static str,
     /// The user's organisation.
@@ -43,6 +47,8 @@ impl Default for FieldNames {
             target: "target",
             message: "message",
             request_id: "request_id",
+            trace_id: "trace_id",
+            span_id: "span_id",
             user_id: "user_id",
             org_id: "org_id",
             method: "method",
@@ -69,13 +75,15 @@ impl FieldNames {
     }
 
     /// Every stamped key.
-    pub(crate) fn all(&self) -> [&'static str; 14] {
+    pub(crate) fn all(&self) -> [&'static str; 16] {
         [
             self.timestamp,
             self.level,
             self.target,
             self.message,
             self.request_id,
+            self.trace_id,
+            self.span_id,
             self.user_id,
             self.org_id,
             self.method,
@@ -92,6 +100,8 @@ impl FieldNames {
     pub fn camel_case() -> Self {
         FieldNames {
             request_id: "requestId",
+            trace_id: "traceId",
+            span_id: "spanId",
             user_id: "userId",
             org_id: "orgId",
             client_ip: "clientIp",

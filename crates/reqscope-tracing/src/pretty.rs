@@ -24,6 +24,10 @@ pub(crate) fn pretty_line(
     event.record(&mut line);
     if let Some(ctx) = ctx {
         line.pair(names.request_id, &ctx.id().as_str());
+        if let Some(trace) = ctx.trace() {
+            line.pair(names.trace_id, &trace.trace_id().as_str());
+            line.pair(names.span_id, &trace.span_id().as_str());
+        }
         ctx.read_patch(|patch| {
             if let Some(user) = &patch.user_id {
                 line.pair(names.user_id, &&**user);

@@ -143,6 +143,8 @@ impl RateLimitLayer {
     /// At most this many keys in the in-process store (default [`DEFAULT_MAX_KEYS`]); idle
     /// keys go first. No effect on Redis, where idle keys expire.
     pub fn max_keys(mut self, max_keys: usize) -> Self {
+        // Without the `redis` feature the in-process store is the only one.
+        #[allow(irrefutable_let_patterns)]
         if let Store::Memory(_) = &*self.shared.store {
             self.shared.store = Arc::new(Store::Memory(MemoryStore::new(max_keys)));
         }

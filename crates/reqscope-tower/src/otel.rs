@@ -1,0 +1,76 @@
+//! OpenTelemetry interop (feature `otel`): the request's trace is the trace of its
+//! OpenTelemetry span, so OTLP-exported spans and reqscope's log lines agree.
+
+use opentelemetry::Context as OtelContext;
+use opentelemetry::trace::{SpanContext, TraceContextExt, TraceFlags, TraceState as OtelTraceState};
+use reqscope_core::{SpanId, TraceContext, TraceId, TraceParent, TraceState};
+use tracing::Span;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+/// The trace of the request whose `request` span is `span`.
+///
+/// When a `tracing-opentelemetry` layer is installed, `span` has an OpenTelemetry span: it
+/// continues an OpenTelemetry context that is already active (an outer layer extracted it),
+/// else the incoming `traceparent`, else it starts a trace — and its ids are the ones logged.
+/// Without such a layer, the incoming `traceparent` is continued as usual.
+pub(crate) fn request_trace(span: &Span, incoming: Option<(TraceParent, Option<TraceState>)>) -> TraceContext {
+    let outer = active_span_context();
+    if let (None, Some((parent, state))) = (&outer, &incoming) {
+        let remote = SpanContext::new(
+            opentelemetry::trace::TraceId::from_bytes(hex_bytes(parent.trace_id.as_bytes())),
+            opentelemetry::trace::SpanId::from_bytes(hex_bytes(parent.parent_id.as_bytes())),
+            TraceFlags::new(parent.flags & TraceFlags::SAMPLED.to_u8()),
+            true,
+            state.as_ref().and_then(|s| s.as_str().parse::<OtelTraceState>().ok()).unwrap_or_default(),
+        );
+        // Only fails when no OpenTelemetry layer is installed: then the fallback below applies.
+        let _ = span.set_parent(OtelContext::new().with_remote_span_context(remote));
+    }
+    let state = incoming.as_ref().and_then(|(_, state)| state.clone());
+    let otel = span.context().span().span_context().clone();
+    if otel.is_valid() {
+        let parent_id = match (&incoming, &outer) {
+            (_, Some(outer)) => parse_span_id(outer.span_id()),
+            (Some((parent, _)), None) => Some(parent.parent_id),
+            (None, None) => None,
+        };
+        if let (Ok(trace_id), Some(span_id)) =
+            (TraceId::parse(&otel.trace_id().to_string()), parse_span_id(otel.span_id()))
+        {
+            return TraceContext::from_parts(trace_id, span_id, parent_id, otel.is_sampled()).with_state(state);
+        }
+    }
+    match incoming {
+        Some((parent, _)) => TraceContext::child_of(parent, state),
+        None => TraceContext::new_root(),
+    }
+}
+
+/// The OpenTelemetry span context active around the request layer, if any: attached by an
+/// outer layer, or the context of the current `tracing` span.
+fn active_span_context() -> Option<SpanContext> {
+    let attached = OtelContext::current().span().span_context().clone();
+    if attached.is_valid() {
+        return Some(attached);
+    }
+    let current = Span::current();
+    if current.is_none() {
+        return None;
+    }
+    let of_span = current.context().span().span_context().clone();
+    of_span.is_valid().then_some(of_span)
+}
+
+fn parse_span_id(id: opentelemetry::trace::SpanId) -> Option<SpanId> {
+    SpanId::parse(&id.to_string()).ok()
+}
+
+/// Lowercase hex (already validated) to bytes.
+fn hex_bytes<const N: usize>(hex: &[u8]) -> [u8; N] {
+    let mut out = [0u8; N];
+    for (byte, pair) in out.iter_mut().zip(hex.chunks_exact(2)) {
+        let digit = |b: u8| if b.is_ascii_digit() { b - b'0' } else { b - b'a' + 10 };
+        *byte = digit(pair[0]) << 4 | digit(pair[1]);
+    }
+    out
+}
