@@ -6,9 +6,9 @@
 //!
 //! - `context/*`: id generation and validation, building a context and scoping a future with
 //!   it, reading it back.
-//! - `event/*`: one event with 6 context fields and 2 event fields, written to a sink, by
-//!   reqscope's `LogLayer` and by `tracing_subscriber::fmt().json()` with the same 6 fields on
-//!   an entered span.
+//! - `event/*`: one event with 8 context fields (request id, trace id, span id, user, org,
+//!   method, path, route) and 2 event fields, written to a sink, by reqscope's `LogLayer` and
+//!   by `tracing_subscriber::fmt().json()` with the same 8 fields on an entered span.
 //! - `request/*`: one `GET /hello` through axum in process (no socket): bare, with
 //!   `RequestContextLayer` added by `Router::layer`, and wrapping the finished router.
 //! - `request_logged/*`: the same with a subscriber and one log line from the handler.
@@ -17,6 +17,9 @@
 //! - `rate_limit/*`: one request through `RateLimitLayer` with the in-process store: a key it
 //!   has seen (one user), and a new key every time (a flood of distinct client ips, the store
 //!   at its bound and evicting).
+//!
+//! - `trace/*`: parsing an incoming `traceparent` (with its `tracestate`), starting a new
+//!   trace, and adding the id and a child `traceparent` to an outgoing request's headers.
 //!
 //! Before the timings it prints heap allocations per event and per request, counted by a
 //! global allocator.
@@ -60,6 +63,7 @@ fn request_context() -> Arc<RequestContext> {
     let ctx = RequestContext::builder(RequestId::from_bytes(FORWARDED).unwrap())
         .method(http::Method::GET)
         .path("/users/42")
+        .trace(reqscope::TraceContext::new_root())
         .build();
     ctx.set_user_id("42");
     ctx.set_org_id("acme");
@@ -128,6 +132,8 @@ fn event(c: &mut Criterion) {
         let span = tracing::info_span!(
             "request",
             request_id = "67e55044-10b1-426f-9247-bb680e5fe0c8",
+            trace_id = "4bf92f3577b34da6a3ce929d0e0e4736",
+            span_id = "00f067aa0ba902b7",
             user_id = "42",
             org_id = "acme",
             method = "GET",
@@ -304,5 +310,28 @@ fn rate_limit(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, context, event, layer, jwt, rate_limit);
+fn trace(c: &mut Criterion) {
+    use reqscope::TraceContext;
+    use reqscope::outgoing::inject_headers;
+    use reqscope::tower::request_context::X_REQUEST_ID;
+
+    let mut incoming = http::HeaderMap::new();
+    incoming.insert("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".parse().unwrap());
+    incoming.insert("tracestate", "rojo=00f067aa0ba902b7,congo=t61rcWkgMzE".parse().unwrap());
+    let mut group = c.benchmark_group("trace");
+    group.bench_function("continue_from_headers", |b| b.iter(|| TraceContext::from_headers(black_box(&incoming))));
+    group.bench_function("new_root", |b| b.iter(TraceContext::new_root));
+    RequestContext::scope_sync(request_context(), || {
+        group.bench_function("inject_outgoing_headers", |b| {
+            b.iter(|| {
+                let mut headers = http::HeaderMap::new();
+                inject_headers(&mut headers, &X_REQUEST_ID);
+                headers
+            })
+        });
+    });
+    group.finish();
+}
+
+criterion_group!(benches, context, event, layer, jwt, rate_limit, trace);
 criterion_main!(benches);

@@ -32,13 +32,11 @@ impl<const N: usize> Hex<N> {
         const DIGITS: &[u8; 16] = b"0123456789abcdef";
         loop {
             let mut hex = [0u8; N];
-            let mut bits = 0u64;
-            for (i, digit) in hex.iter_mut().enumerate() {
-                if i % 16 == 0 {
-                    bits = next();
+            for chunk in hex.chunks_mut(16) {
+                let bits = next();
+                for (i, digit) in chunk.iter_mut().enumerate() {
+                    *digit = DIGITS[((bits >> (4 * i)) & 0xf) as usize];
                 }
-                *digit = DIGITS[(bits & 0xf) as usize];
-                bits >>= 4;
             }
             // All-zero ids are invalid; with 64+ random bits this loop runs once.
             if hex.iter().any(|&b| b != b'0') {

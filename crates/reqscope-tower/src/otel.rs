@@ -14,6 +14,10 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 /// else the incoming `traceparent`, else it starts a trace — and its ids are the ones logged.
 /// Without such a layer, the incoming `traceparent` is continued as usual.
 pub(crate) fn request_trace(span: &Span, incoming: Option<(TraceParent, Option<TraceState>)>) -> TraceContext {
+    if span.is_disabled() {
+        // No subscriber wants the span, so no OpenTelemetry span exists for it.
+        return plain_trace(incoming);
+    }
     let outer = active_span_context();
     if let (None, Some((parent, state))) = (&outer, &incoming) {
         let remote = SpanContext::new(
@@ -26,7 +30,6 @@ pub(crate) fn request_trace(span: &Span, incoming: Option<(TraceParent, Option<T
         // Only fails when no OpenTelemetry layer is installed: then the fallback below applies.
         let _ = span.set_parent(OtelContext::new().with_remote_span_context(remote));
     }
-    let state = incoming.as_ref().and_then(|(_, state)| state.clone());
     let otel = span.context().span().span_context().clone();
     if otel.is_valid() {
         let parent_id = match (&incoming, &outer) {
@@ -37,11 +40,16 @@ pub(crate) fn request_trace(span: &Span, incoming: Option<(TraceParent, Option<T
         if let (Ok(trace_id), Some(span_id)) =
             (TraceId::parse(&otel.trace_id().to_string()), parse_span_id(otel.span_id()))
         {
+            let state = incoming.and_then(|(_, state)| state);
             return TraceContext::from_parts(trace_id, span_id, parent_id, otel.is_sampled()).with_state(state);
         }
     }
+    plain_trace(incoming)
+}
+
+fn plain_trace(incoming: Option<(TraceParent, Option<TraceState>)>) -> TraceContext {
     match incoming {
-        Some((parent, _)) => TraceContext::child_of(parent, state),
+        Some((parent, state)) => TraceContext::child_of(parent, state),
         None => TraceContext::new_root(),
     }
 }

@@ -136,7 +136,7 @@ impl RequestContextLayer {
     }
 
     /// Decides when an incoming `traceparent` is continued (default: whenever it is valid).
-    /// At a public edge, `ForwardedIdPolicy::Never` makes every request start its own trace.
+    /// At a public edge, `ForwardedIdPolicy::NeverTrust` makes every request start its own trace.
     pub fn traceparent_policy(mut self, policy: ForwardedIdPolicy) -> Self {
         self.config_mut().trace_policy = policy;
         self
