@@ -6,7 +6,8 @@
 //! ```
 //!
 //! Environment: `ADDR` (default `127.0.0.1:3000`), `RUST_LOG` (default `info`),
-//! `LOG_FORMAT` (`json`, the default, or `pretty`), `JWT_SECRET` (HS256, at least 32 bytes;
+//! `LOG_FORMAT` (`json`, the default, or `pretty`), `LOG_BUFFER_BYTES` (log lines held while
+//! stdout is not read, default 8 MiB; beyond it lines are dropped and counted), `JWT_SECRET` (HS256, at least 32 bytes;
 //! unset: a development secret is made and kept in the temp directory, and
 //! `cargo run --example mint_token -- 1` signs tokens with it), `DATABASE_URL` (unset: an
 //! embedded in-memory SQLite database; `postgres://…`: PostgreSQL), `SLOW_QUERY_MS` (statements
@@ -14,7 +15,8 @@
 //! also go to Sentry, with the request and the user), `RATE_LIMIT_PER_MINUTE` (per user or
 //! client ip on `/users/…`; default 600), `REDIS_URL` (set: the rate-limit budgets live in
 //! Redis, shared by every instance), `DOWNSTREAM_URL` (the next hop of `GET /chain`; default:
-//! this server itself).
+//! this server itself), `SHUTDOWN_GRACE_SECS` (how long SIGTERM / ctrl-c waits for in-flight
+//! requests; default 10).
 
 mod app;
 mod boom;
@@ -32,9 +34,17 @@ mod users;
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
     // First, so that the panic hook and every thread's Sentry hub see the client.
     let sentry = match error_tracking::init_from_env() {
         Ok(sentry) => sentry,
@@ -51,11 +61,14 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = serve().await;
+    let result = runtime.block_on(serve());
     if let Err(message) = &result {
         tracing::error!(error = %message, "server stopped");
         eprintln!("error: {message}");
     }
+    // Requests still running after the grace period are dropped here, while logging still
+    // works: each writes its access line, marked aborted.
+    runtime.shutdown_timeout(Duration::from_secs(1));
     // Flushes every accepted log line, then every Sentry event, before the process ends.
     drop(log_guard);
     drop(sentry);
@@ -83,13 +96,32 @@ async fn serve() -> Result<(), String> {
     let pool = db::connect(&database_url, std::time::Duration::from_millis(slow_ms))
         .await
         .map_err(|e| format!("cannot open the database: {e}"))?;
+    let grace = match std::env::var("SHUTDOWN_GRACE_SECS") {
+        Ok(secs) => Duration::from_secs(
+            secs.parse().map_err(|_| format!("SHUTDOWN_GRACE_SECS must be a whole number of seconds, got {secs:?}"))?,
+        ),
+        Err(_) => Duration::from_secs(10),
+    };
     let limit = rate_limit::from_env()?;
     let downstream = std::env::var("DOWNSTREAM_URL").unwrap_or_else(|_| format!("http://{local_addr}"));
     let next_hop = chain::Chain::new(&downstream)?;
     tracing::info!(addr = %local_addr, rate_limit = ?limit, downstream = %downstream, "listening");
 
     let service = app::app(auth, limit, pool, next_hop).into_make_service_with_connect_info::<SocketAddr>();
-    axum::serve(listener, service).with_graceful_shutdown(shutdown_signal()).await.map_err(|e| e.to_string())?;
+    let stopping = Arc::new(tokio::sync::Notify::new());
+    let signalled = stopping.clone();
+    let server = axum::serve(listener, service).with_graceful_shutdown(async move {
+        shutdown_signal().await;
+        signalled.notify_one();
+    });
+    // On a signal the server stops accepting and waits for in-flight requests, for at most
+    // the grace period: a stuck request must not keep a deployment from rolling.
+    tokio::select! {
+        served = server.into_future() => served.map_err(|e| e.to_string())?,
+        () = async { stopping.notified().await; tokio::time::sleep(grace).await } => {
+            tracing::warn!(grace_secs = grace.as_secs(), "in-flight requests did not finish within the grace period; stopping anyway");
+        }
+    }
     tracing::info!("stopped");
     Ok(())
 }

@@ -14,7 +14,7 @@ use serde::Deserialize;
 
 use crate::support::{fetch, lines_where, serve};
 
-const REQUESTS: u64 = 1_000;
+const REQUESTS: u64 = 2_000;
 
 #[derive(Deserialize)]
 struct Params {
@@ -39,6 +39,12 @@ async fn busy(Query(Params { n }): Query<Params>) -> Body {
     })
     .await
     .unwrap();
+    reqscope::spawn_blocking(move || {
+        std::thread::sleep(Duration::from_micros(fastrand::u64(0..500)));
+        tracing::info!(n, site = "blocking", "blocking work");
+    })
+    .await
+    .unwrap();
     let chunks = futures_util::stream::unfold(0u8, move |i| async move {
         if i == 2 {
             return None;
@@ -51,7 +57,7 @@ async fn busy(Query(Params { n }): Query<Params>) -> Body {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_thousand_concurrent_requests_never_cross_talk() {
+async fn two_thousand_concurrent_requests_never_cross_talk() {
     let app = Router::new().route("/busy", get(busy)).layer(RequestContextLayer::new());
     let addr = serve(app).await;
     let clients: Vec<_> = (0..REQUESTS)
@@ -93,10 +99,15 @@ async fn a_thousand_concurrent_requests_never_cross_talk() {
     assert_eq!(access_count(), REQUESTS as usize, "one access line per request");
 
     let lines = lines_where(|l| l["site"].is_string() && l["n"].is_u64() && l["path"] == "/busy");
-    assert_eq!(lines.len(), (REQUESTS * 4) as usize, "handler, task and two chunks per request");
+    assert_eq!(lines.len(), (REQUESTS * 5) as usize, "handler, task, blocking and two chunks per request");
+    let mut traces: HashMap<u64, &serde_json::Value> = HashMap::new();
     for line in &lines {
         let n = line["n"].as_u64().unwrap();
         assert_eq!(line["request_id"], ids[&n].as_str(), "cross-talk: {line}");
         assert_eq!(line["user_id"], format!("user-{n}"), "cross-talk: {line}");
+        let trace = traces.entry(n).or_insert(&line["trace_id"]);
+        assert_eq!(*trace, &line["trace_id"], "one trace per request: {line}");
     }
+    let distinct_traces: std::collections::HashSet<String> = traces.values().map(|t| t.to_string()).collect();
+    assert_eq!(distinct_traces.len(), REQUESTS as usize, "every request has a trace of its own");
 }

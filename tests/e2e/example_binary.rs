@@ -199,17 +199,30 @@ async fn a_bad_rate_limit_stops_the_example_with_a_clear_error() {
 
 /// Starts the example with `env`, expects it to refuse to start, and returns its stderr.
 fn failed_start(env: &[(&str, &str)]) -> String {
-    let output = Command::new(example_path("api"))
+    let child = Command::new(example_path("api"))
         .env("ADDR", "127.0.0.1:0")
         .env("JWT_SECRET", std::str::from_utf8(crate::support::TEST_SECRET).unwrap())
         .env_remove("SENTRY_DSN")
         .env_remove("DATABASE_URL")
         .env_remove("REDIS_URL")
         .envs(env.iter().copied())
-        .output()
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
         .expect("the api example is built by `cargo test`");
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    // A server that starts anyway would never exit: give up on it rather than hang.
+    let mut child = KillOnDrop(Some(child));
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.0.as_mut().unwrap().try_wait().unwrap() {
+            break status;
+        }
+        assert!(std::time::Instant::now() < deadline, "the example started with {env:?} instead of refusing to");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(!status.success());
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(child.0.as_mut().unwrap().stderr.as_mut().unwrap(), &mut stderr).unwrap();
     assert!(!stderr.contains("panicked"), "{stderr}");
     stderr
 }
@@ -268,4 +281,210 @@ fn a_bad_downstream_url_stops_the_start_with_a_clear_error() {
     assert!(stderr.contains("DOWNSTREAM_URL must be an http:// URL"), "{stderr}");
     let stderr = failed_start(&[("DOWNSTREAM_URL", "not a url")]);
     assert!(stderr.contains("DOWNSTREAM_URL must be a URL"), "{stderr}");
+}
+
+/// A next hop for `/chain` that answers after `delay`, counting the calls it has received.
+async fn slow_downstream(delay: Duration) -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = calls.clone();
+    let app = axum::Router::new().route(
+        "/chain",
+        axum::routing::get(move || {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            async move {
+                tokio::time::sleep(delay).await;
+                axum::Json(serde_json::json!({ "hops": 0 }))
+            }
+        }),
+    );
+    (crate::support::serve(app).await, calls)
+}
+
+/// Reads a server's stdout on a thread of its own, so that the test can watch lines arrive;
+/// the thread ends at the end of stdout.
+fn watch_lines(stdout: BufReader<std::process::ChildStdout>) -> (Arc<Mutex<Vec<Value>>>, std::thread::JoinHandle<()>) {
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let sink = lines.clone();
+    let reader = std::thread::spawn(move || {
+        for line in stdout.lines() {
+            let line = line.unwrap();
+            let parsed =
+                serde_json::from_str(&line).unwrap_or_else(|e| panic!("stdout line is not JSON ({e}): {line}"));
+            sink.lock().unwrap().push(parsed);
+        }
+    });
+    (lines, reader)
+}
+
+/// Waits until the process has closed its stdout (it has exited) and every line is read.
+async fn until_stdout_ends(reader: std::thread::JoinHandle<()>) {
+    tokio::task::spawn_blocking(move || reader.join()).await.unwrap().expect("stdout reader");
+}
+
+async fn wait_for(what: &str, done: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !done() {
+        assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn sigterm(child: &KillOnDrop) {
+    let pid = child.0.as_ref().unwrap().id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+}
+
+async fn wait_for_exit(mut child: KillOnDrop) -> std::process::ExitStatus {
+    let mut child = child.0.take().unwrap();
+    tokio::task::spawn_blocking(move || child.wait()).await.unwrap().unwrap()
+}
+
+#[tokio::test]
+async fn sigterm_lets_in_flight_requests_finish_and_flushes_every_line() {
+    const IN_FLIGHT: usize = 8;
+    let (downstream, calls) = slow_downstream(Duration::from_millis(400)).await;
+    let next = format!("http://{downstream}");
+    let (child, stdout, addr) = start_example(&[("DOWNSTREAM_URL", &next), ("SHUTDOWN_GRACE_SECS", "10")]);
+    let (lines, reader) = watch_lines(stdout);
+
+    let requests: Vec<_> = (0..IN_FLIGHT)
+        .map(|i| {
+            tokio::spawn(async move {
+                let id = format!("shutdown-{i}");
+                fetch(addr, "/chain?hops=1", &[("x-request-id", id.as_bytes())]).await
+            })
+        })
+        .collect();
+    wait_for("every request to reach the next hop", || calls.load(std::sync::atomic::Ordering::SeqCst) == IN_FLIGHT)
+        .await;
+    sigterm(&child);
+
+    for request in requests {
+        let reply = request.await.unwrap();
+        assert_eq!(reply.status, 200, "an in-flight request finishes after SIGTERM: {}", reply.body);
+        assert_eq!(reply.json()["downstream"]["hops"], 0);
+    }
+    wait_for("the shutdown line", || lines.lock().unwrap().iter().any(|l| l["message"] == "shutting down")).await;
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "after SIGTERM the server accepts no new connections");
+    let exit = wait_for_exit(child).await;
+    assert!(exit.success(), "{exit:?}");
+    until_stdout_ends(reader).await;
+
+    let lines = lines.lock().unwrap();
+    assert!(lines.iter().any(|l| l["message"] == "stopped"));
+    for i in 0..IN_FLIGHT {
+        let id = format!("shutdown-{i}");
+        let mine: Vec<&Value> = lines.iter().filter(|l| l["request_id"] == id.as_str()).collect();
+        assert_eq!(mine.len(), 2, "the outgoing call and the access line of {id}: {mine:?}");
+        let access = mine.iter().find(|l| l["target"] == "reqscope::access").unwrap();
+        assert_eq!(access["status"], 200);
+        assert!(access.get("aborted").is_none(), "{access}");
+    }
+    assert!(!lines.iter().any(|l| l["level"] == "WARN"), "no request was cut off");
+}
+
+#[tokio::test]
+async fn a_request_outlasting_the_grace_period_is_cut_off_and_logged_as_aborted() {
+    let (downstream, calls) = slow_downstream(Duration::from_secs(60)).await;
+    let next = format!("http://{downstream}");
+    let (child, stdout, addr) = start_example(&[("DOWNSTREAM_URL", &next), ("SHUTDOWN_GRACE_SECS", "1")]);
+    let (lines, reader) = watch_lines(stdout);
+
+    let stuck = tokio::spawn(async move {
+        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.unwrap();
+        tokio::spawn(conn);
+        let request = http::Request::get("/chain?hops=1")
+            .header("host", addr.to_string())
+            .header("x-request-id", "stuck-1")
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap();
+        sender.send_request(request).await
+    });
+    wait_for("the request to reach the next hop", || calls.load(std::sync::atomic::Ordering::SeqCst) == 1).await;
+    let signalled = std::time::Instant::now();
+    sigterm(&child);
+    let exit = wait_for_exit(child).await;
+    assert!(exit.success(), "{exit:?}");
+    assert!(signalled.elapsed() < Duration::from_secs(30), "the grace period bounds the shutdown");
+    assert!(stuck.await.unwrap().is_err(), "the stuck request got no response");
+
+    until_stdout_ends(reader).await;
+    let lines = lines.lock().unwrap();
+    assert!(lines.iter().any(|l| l["level"] == "WARN" && l["grace_secs"] == 1), "the cut-off is reported");
+    let access: Vec<&Value> =
+        lines.iter().filter(|l| l["request_id"] == "stuck-1" && l["target"] == "reqscope::access").collect();
+    assert_eq!(access.len(), 1, "{access:?}");
+    assert_eq!(access[0]["aborted"], true);
+}
+
+#[test]
+fn a_bad_grace_period_stops_the_start_with_a_clear_error() {
+    let stderr = failed_start(&[("SHUTDOWN_GRACE_SECS", "soon")]);
+    assert!(stderr.contains("SHUTDOWN_GRACE_SECS must be a whole number of seconds"), "{stderr}");
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[tokio::test]
+async fn with_stdout_unread_requests_are_served_lines_are_dropped_counted_and_reported() {
+    const REQUESTS: usize = 3000;
+    // A small buffer, so that a few hundred lines fill the pipe and the buffer behind it.
+    let (child, stdout, addr) = start_example(&[("LOG_BUFFER_BYTES", "65536")]);
+    let pid = child.0.as_ref().unwrap().id();
+    // Nobody reads stdout now: the pipe fills, then the writer's buffer.
+    let send_batch = |from: usize, to: usize| async move {
+        let workers: Vec<_> = (0..8)
+            .map(|w| {
+                tokio::spawn(async move {
+                    for i in (from + w..to).step_by(8) {
+                        let id = format!("bp-{i}");
+                        let reply = fetch(addr, "/health", &[("x-request-id", id.as_bytes())]).await;
+                        assert_eq!(reply.status, 200, "request {i} while stdout is not read");
+                    }
+                })
+            })
+            .collect();
+        for worker in workers {
+            tokio::time::timeout(Duration::from_secs(60), worker).await.expect("no deadlock").unwrap();
+        }
+    };
+    send_batch(0, 1000).await;
+    let rss_after_1000 = rss_kib(pid);
+    send_batch(1000, REQUESTS).await;
+    let rss_after_all = rss_kib(pid);
+    assert!(
+        rss_after_all < rss_after_1000 + 16 * 1024,
+        "memory stays bounded while lines are dropped: {rss_after_1000} KiB → {rss_after_all} KiB"
+    );
+
+    // Output recovers: the summary line comes with the next lines.
+    let (lines, reader) = watch_lines(stdout);
+    fetch(addr, "/health", &[("x-request-id", b"bp-after")]).await;
+    wait_for("the line of a request after recovery", || {
+        lines.lock().unwrap().iter().any(|l| l["request_id"] == "bp-after")
+    })
+    .await;
+    stop(child).await;
+    until_stdout_ends(reader).await;
+
+    let lines = lines.lock().unwrap();
+    let summaries: Vec<&Value> = lines.iter().filter(|l| l["dropped"].is_u64()).collect();
+    assert!(!summaries.is_empty(), "a summary line reports the drops");
+    assert!(summaries.iter().all(|s| s["level"] == "WARN"), "{summaries:?}");
+    let dropped: u64 = summaries.iter().map(|s| s["dropped"].as_u64().unwrap()).sum();
+    let written = lines
+        .iter()
+        .filter(|l| {
+            l["target"] == "reqscope::access"
+                && l["request_id"].as_str().is_some_and(|id| id.starts_with("bp-") && id != "bp-after")
+        })
+        .count() as u64;
+    assert!(dropped > 0 && written > 0, "written {written}, dropped {dropped}");
+    assert_eq!(written + dropped, REQUESTS as u64, "every line is either written or counted as dropped");
 }

@@ -41,6 +41,7 @@ mod example_binary;
 mod forwarded_ids;
 mod opentelemetry;
 mod panics;
+mod properties;
 mod rate_limits;
 mod stamping;
 mod traces;

@@ -49,15 +49,17 @@ pub use writer::{NonBlocking, NonBlockingBuilder, WriterGuard, non_blocking};
 /// Installs the standard setup as the global default: `EnvFilter` from `RUST_LOG` (default
 /// `info`; the `reqscope::request` span stays enabled unless `RUST_LOG` names `reqscope`), a
 /// [`LogLayer`] in the format named by `LOG_FORMAT` (`json`, the default, or
-/// `pretty`) writing to a non-blocking stdout.
+/// `pretty`) writing to a non-blocking stdout that holds at most `LOG_BUFFER_BYTES` (default
+/// 8 MiB) of lines the output has not taken yet — beyond that, lines are dropped, counted and
+/// reported once output moves again, and requests never wait.
 ///
 /// Keep the returned guard alive until the program ends: dropping it flushes every accepted
 /// line.
 ///
 /// # Errors
 ///
-/// Fails when `LOG_FORMAT` has another value, `RUST_LOG` does not parse, or a global
-/// subscriber is already installed.
+/// Fails when `LOG_FORMAT` has another value, `RUST_LOG` does not parse, `LOG_BUFFER_BYTES`
+/// is not a positive number, or a global subscriber is already installed.
 pub fn init_from_env() -> Result<WriterGuard, InitError> {
     init_from_env_with(tracing_subscriber::layer::Identity::new())
 }
@@ -94,7 +96,14 @@ where
             keep.parse().map_err(|e: tracing_subscriber::filter::ParseError| InitError::Filter(e.to_string()))?,
         );
     }
-    let (writer, guard) = non_blocking(std::io::stdout());
+    let mut writer = NonBlockingBuilder::default();
+    if let Ok(bytes) = std::env::var("LOG_BUFFER_BYTES") {
+        match bytes.parse::<usize>() {
+            Ok(limit) if limit > 0 => writer = writer.buffer_limit(limit),
+            _ => return Err(InitError::BufferLimit(bytes)),
+        }
+    }
+    let (writer, guard) = writer.finish(std::io::stdout());
     tracing_subscriber::registry()
         .with(extra)
         .with(filter)
@@ -110,6 +119,9 @@ pub enum InitError {
     /// `LOG_FORMAT` was neither `json` nor `pretty`.
     #[error("LOG_FORMAT must be `json` or `pretty`, got {0:?}")]
     Format(String),
+    /// `LOG_BUFFER_BYTES` was not a positive number.
+    #[error("LOG_BUFFER_BYTES must be a positive number of bytes, got {0:?}")]
+    BufferLimit(String),
     /// `RUST_LOG` did not parse.
     #[error("RUST_LOG is not a valid filter: {0}")]
     Filter(String),

@@ -183,7 +183,8 @@ pub(crate) fn verify(
     let data =
         jsonwebtoken::decode::<Map<String, Value>>(token, &key.key, validation).map_err(|e| classify(e.kind()))?;
     let claims = data.claims;
-    let user_id = claims.get("sub").and_then(text).map(Arc::from);
+    // A `sub` that names no one (empty, `true`, an object) would authenticate nobody.
+    let user_id = Some(claims.get("sub").and_then(text).map(Arc::from).ok_or(Reason::Malformed)?);
     let org_id = claims.get(&rules.org_claim).and_then(text).map(Arc::from);
     let roles = roles(&claims, &rules.roles_claim).iter().map(|r| Arc::from(r.as_str())).collect();
     let exp = claims.get("exp").and_then(Value::as_u64).unwrap_or(0);
