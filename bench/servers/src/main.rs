@@ -4,6 +4,7 @@
 //! bench-server <stack> [--addr 127.0.0.1:4000] [--log-file PATH]
 //! bench-server token        # prints a bearer token the `full` stack accepts
 //! bench-server redis-latency [N]   # N rate-limit checks against Redis, one after another: p50, p99
+//! bench-server soak ADDR REQUESTS CONNECTIONS PID TOKEN   # bench/soak.sh's load client
 //! ```
 //!
 //! Every stack answers `GET /hello` with the same small JSON, on a tokio runtime with one
@@ -12,6 +13,7 @@
 //! output.
 
 mod handrolled;
+mod soak;
 mod stacks;
 
 use std::net::SocketAddr;
@@ -40,6 +42,20 @@ fn run() -> Result<(), String> {
     if first == "redis-latency" {
         let checks = args.next().map_or(Ok(20_000), |n| n.parse().map_err(|_| format!("bad count {n:?}")))?;
         return redis_latency(checks);
+    }
+    if first == "soak" {
+        let mut arg = |name: &str| args.next().ok_or(format!("soak needs {name}"));
+        let addr: SocketAddr = arg("ADDR")?.parse().map_err(|_| "bad ADDR")?;
+        let requests: u64 = arg("REQUESTS")?.parse().map_err(|_| "bad REQUESTS")?;
+        let connections: usize = arg("CONNECTIONS")?.parse().map_err(|_| "bad CONNECTIONS")?;
+        let pid: u32 = arg("PID")?.parse().map_err(|_| "bad PID")?;
+        let token = arg("TOKEN")?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .map_err(|e| format!("cannot start tokio: {e}"))?;
+        return runtime.block_on(soak::run(addr, requests, connections, pid, token));
     }
     let stack: Stack = first.parse()?;
     let mut addr: SocketAddr = "127.0.0.1:4000".parse().map_err(|_| "bad default address")?;
