@@ -114,3 +114,34 @@ async fn a_head_request_is_completed_not_aborted() {
     assert_eq!(access[0]["message"], "request completed");
     assert!(access[0].get("aborted").is_none(), "{}", access[0]);
 }
+
+#[tokio::test]
+async fn a_slow_client_holds_up_no_one_and_gets_one_complete_line() {
+    let addr = serve(crate::support::example_app().await).await;
+    let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = b"GET /stream HTTP/1.1\r\nhost: test\r\nx-request-id: access-slow-1\r\nconnection: close\r\n\r\n";
+    // The request trickles in a few bytes at a time while others are served in full.
+    for (i, piece) in request.chunks(4).enumerate() {
+        slow.write_all(piece).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        if i % 5 == 0 {
+            assert_eq!(fetch(addr, "/health", &[]).await.status, 200, "served while a client is slow");
+        }
+    }
+    // The answer is read one byte at a time.
+    let mut response = Vec::new();
+    let mut byte = [0u8; 1];
+    while slow.read(&mut byte).await.unwrap() == 1 {
+        response.push(byte[0]);
+        if response.len() % 16 == 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+    let text = String::from_utf8_lossy(&response);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.contains("chunk 2"), "{text}");
+    let access = access_lines_of("access-slow-1").await;
+    assert_eq!(access.len(), 1, "{access:?}");
+    assert!(access[0].get("aborted").is_none(), "{}", access[0]);
+    assert_eq!(access[0]["bytes"], 24);
+}
