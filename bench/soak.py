@@ -14,7 +14,7 @@ for m in re.finditer(r"^expect kind=(\S+) requests=(\d+) unexpected=(\d+) path=(
     kinds[m[1]] = (int(m[2]), int(m[3]), m[4])
     order.append(m[1])
 rss = [(int(m[1]), int(m[2]), int(m[3])) for m in re.finditer(r"^rss requests=(\d+) kib=(\d+) elapsed_s=(\d+)$", client, re.M)]
-done = re.search(r"^done requests=(\d+) elapsed_s=([\d.]+) req_per_s=(\d+)$", client, re.M)
+done = re.search(r"^done requests=(\d+) connections=(\d+) elapsed_s=([\d.]+) req_per_s=(\d+)$", client, re.M)
 exit_status = re.search(r"^server exit status: (\d+)$", client, re.M)
 
 per_id = defaultdict(list)
@@ -77,8 +77,9 @@ written["invalid-id"] = invalid_lines
 
 print("## Soak run\n")
 if done:
-    print(f"{int(done[1]):,} requests over the example server (release build, SQLite in memory, in-process rate limit),"
-          f" {float(done[2]):.0f} s, {int(done[3]):,} req/s; server stopped with SIGTERM, exit status"
+    print(f"{int(done[1]):,} requests on {done[2]} connections over the example server (release build, SQLite in"
+          f" memory, in-process rate limit), {float(done[3]):.0f} s, {int(done[4]):,} req/s; server stopped with"
+          f" SIGTERM, exit status"
           f" {exit_status[1] if exit_status else '?'}.\n")
 print("| kind | path | requests | unexpected answers | lines per request | lines expected | lines written |")
 print("| --- | --- | ---: | ---: | ---: | ---: | ---: |")

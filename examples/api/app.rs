@@ -17,8 +17,9 @@ pub fn app(auth: AuthLayer, limit: RateLimitLayer, pool: AnyPool, next_hop: Chai
         .route("/ready", get(ready::ready))
         .route("/fanout", get(fanout::fanout))
         .route("/stream", get(stream::stream))
-        // Calls the next service; the only route with a state of its own.
-        .merge(Router::new().route("/chain", get(chain::chain)).with_state(next_hop))
+        // Calls the next service (the only route with a state of its own); rate limited, since
+        // one request may cost up to nine.
+        .merge(Router::new().route("/chain", get(chain::chain).route_layer(limit.clone())).with_state(next_hop))
         // Only this route needs a token; the auth layer puts the user into the context.
         // A token is optional here: with one, the panic report names the user.
         .route("/boom", get(boom::boom).route_layer(auth.clone().optional()))

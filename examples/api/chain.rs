@@ -47,11 +47,13 @@ impl Chain {
     }
 }
 
+/// The query string: `hops`, default 1.
 #[derive(Deserialize)]
 pub struct Params {
     hops: Option<u32>,
 }
 
+/// Answers this hop's ids, after the next hop's answer when `hops` is above 0.
 pub async fn chain(
     State(chain): State<Chain>,
     params: Result<Query<Params>, QueryRejection>,

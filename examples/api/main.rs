@@ -16,7 +16,7 @@
 //! client ip on `/users/…`; default 600), `REDIS_URL` (set: the rate-limit budgets live in
 //! Redis, shared by every instance), `DOWNSTREAM_URL` (the next hop of `GET /chain`; default:
 //! this server itself), `SHUTDOWN_GRACE_SECS` (how long SIGTERM / ctrl-c waits for in-flight
-//! requests; default 10).
+//! requests before cutting them off, which takes up to another second; default 10).
 
 mod app;
 mod boom;

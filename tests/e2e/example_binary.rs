@@ -412,7 +412,8 @@ async fn a_request_outlasting_the_grace_period_is_cut_off_and_logged_as_aborted(
     sigterm(&child);
     let exit = wait_for_exit(child).await;
     assert!(exit.success(), "{exit:?}");
-    assert!(signalled.elapsed() < Duration::from_secs(30), "the grace period bounds the shutdown");
+    // Grace (1 s) + cut-off (≤ 1 s) + start-up slack; the stuck call alone would last 10 s.
+    assert!(signalled.elapsed() < Duration::from_secs(8), "the grace period bounds the shutdown");
     assert!(stuck.await.unwrap().is_err(), "the stuck request got no response");
 
     until_stdout_ends(reader).await;
@@ -430,12 +431,16 @@ fn a_bad_grace_period_stops_the_start_with_a_clear_error() {
     assert!(stderr.contains("SHUTDOWN_GRACE_SECS must be a whole number of seconds"), "{stderr}");
 }
 
+#[cfg(target_os = "linux")]
 fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
     line.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
 
+/// Reads RSS from `/proc`, hence Linux only. While stdout is stalled the server writes only
+/// these requests' access lines, so every dropped line is one of them.
+#[cfg(target_os = "linux")]
 #[tokio::test]
 async fn with_stdout_unread_requests_are_served_lines_are_dropped_counted_and_reported() {
     const REQUESTS: usize = 3000;

@@ -212,6 +212,35 @@ proptest! {
     }
 
     #[test]
+    fn correctly_signed_tokens_with_any_claims_json_are_judged_without_panics(claims in json_value(), sub in json_value()) {
+        // Any payload, signed with the right key: claims of every shape reach the claim checks.
+        let exp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 600;
+        let claims = match claims {
+            Value::Object(mut map) => {
+                map.insert("sub".into(), sub);
+                map.entry("exp").or_insert(exp.into());
+                Value::Object(map)
+            }
+            other => other,
+        };
+        let token = reqscope::auth::mint_hs256(SECRET, &claims).unwrap();
+        let value = HeaderValue::from_str(&format!("Bearer {token}")).unwrap();
+        check_auth_outcome(&token, &value)?;
+        let (status, _, lines) = authenticate(&value);
+        if status == StatusCode::OK {
+            // Only a subject that names someone authenticates, and it is what gets logged.
+            let handler: Value = lines.iter().map(|l| serde_json::from_str::<Value>(l).unwrap())
+                .find(|l| l["message"] == "handler ran").expect("the handler line");
+            let logged = handler["user_id"].as_str().expect("an authenticated line has a user").to_owned();
+            let sub = &claims["sub"];
+            prop_assert!(
+                sub.as_str() == Some(logged.as_str()) || sub.as_number().map(|n| n.to_string()) == Some(logged),
+                "{sub}"
+            );
+        }
+    }
+
+    #[test]
     fn correctly_signed_tokens_with_any_claim_content_log_the_subject_verbatim(
         sub in any::<String>(), org in any::<String>(), roles in proptest::collection::vec(any::<String>(), 0..4), extra in json_value()
     ) {

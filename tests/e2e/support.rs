@@ -126,9 +126,11 @@ pub async fn example_app_with_pool() -> (Router, sqlx::AnyPool) {
     (crate::app::app(crate::app::auth_layer(TEST_SECRET), default_limit(), pool.clone(), unused_next_hop()), pool)
 }
 
-/// A `/chain` next hop for apps whose tests do not call it: a port nothing listens on.
+/// A `/chain` next hop for apps whose tests do not call it: a port that was just free, so
+/// that a call is refused at once.
 pub fn unused_next_hop() -> crate::chain::Chain {
-    crate::chain::Chain::new("http://127.0.0.1:9").expect("a valid URL")
+    let free = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port");
+    crate::chain::Chain::new(&format!("http://{free}")).expect("a valid URL")
 }
 
 /// The example's rate limit with its defaults: 600 a minute, in process.

@@ -247,3 +247,33 @@ async fn the_tower_layer_propagates_from_a_hyper_client() {
     let sent = seen.lock().unwrap().pop().unwrap();
     assert!(sent.get("x-request-id").is_none() && sent.get("traceparent").is_none(), "{sent:?}");
 }
+
+/// Inner services see this service's own `traceparent`, never the caller's or a rejected one.
+#[tokio::test]
+async fn handlers_see_this_services_traceparent_in_place_of_the_callers() {
+    let app = Router::new()
+        .route(
+            "/headers",
+            get(|headers: HeaderMap| async move {
+                let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+                axum::Json(serde_json::json!({ "traceparent": get("traceparent"), "tracestate": get("tracestate") }))
+            }),
+        )
+        .layer(reqscope::RequestContextLayer::new());
+    let addr = serve(app).await;
+    for (id, traceparent) in [("trace-inner-valid", VALID), ("trace-inner-bad", "00-ZZZ")] {
+        let reply = fetch(
+            addr,
+            "/headers",
+            &[("x-request-id", id.as_bytes()), ("traceparent", traceparent.as_bytes()), ("tracestate", b"rojo=1")],
+        )
+        .await;
+        let seen = reply.json();
+        let access = access_lines_of(id).await.remove(0);
+        let expected =
+            format!("00-{}-{}-01", access["trace_id"].as_str().unwrap(), access["span_id"].as_str().unwrap());
+        assert_eq!(seen["traceparent"], expected, "{id}");
+        let state = if traceparent == VALID { "rojo=1" } else { "" };
+        assert_eq!(seen["tracestate"], state, "{id}: a tracestate only with its own traceparent");
+    }
+}

@@ -4,8 +4,8 @@
 //! Each request is one of the kinds below, in a fixed cycle of 100; it carries
 //! `x-request-id: soak-<n>` (except the kind that sends an invalid id) so that the script can
 //! check afterwards that every line of request `n` belongs to it. At the end it prints, per
-//! kind, how many requests were sent and how many got an unexpected answer, then one
-//! `expect kind=<kind> requests=<count> id_prefix=…` line per kind for the line count check.
+//! kind, one `expect kind=<kind> requests=<sent> unexpected=<count> path=<path>` line for the
+//! script's line count check.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -101,7 +101,10 @@ pub async fn run(addr: SocketAddr, total: u64, connections: usize, pid: u32, tok
     sampler.await.map_err(|e| e.to_string())?;
 
     let elapsed = started.elapsed().as_secs_f64();
-    println!("done requests={total} elapsed_s={elapsed:.1} req_per_s={:.0}", total as f64 / elapsed);
+    println!(
+        "done requests={total} connections={connections} elapsed_s={elapsed:.1} req_per_s={:.0}",
+        total as f64 / elapsed
+    );
     for (k, kind) in KINDS.iter().enumerate() {
         println!(
             "expect kind={} requests={} unexpected={} path={}",

@@ -302,12 +302,14 @@ impl RequestContext {
     }
 
     /// A copy of this context to scope a sub-task with different values; changes to the copy
-    /// never reach this context (nor the other way round). The id and start time are kept.
+    /// never reach this context (nor the other way round). The id, trace and start time are
+    /// kept (a context without a trace starts one here, so that parent and fork share it).
     pub fn fork(&self) -> RequestContext {
+        let trace = OnceLock::from(self.trace_or_start().clone());
         let extensions = self.extensions.read().map(|e| e.clone()).unwrap_or_default();
         RequestContext {
             id: self.id.clone(),
-            trace: self.trace.clone(),
+            trace,
             method: self.method.clone(),
             path: self.path.clone(),
             client_ip: self.client_ip,

@@ -185,7 +185,8 @@ fn parse_flags(hex: &[u8]) -> Option<u8> {
 
 /// The caller's `tracestate`, carried unchanged to the next service.
 ///
-/// Accepted only next to a valid `traceparent`, only as printable ASCII and only up to
+/// Accepted only next to a valid `traceparent`, only when it lists something, only as
+/// printable ASCII and only up to
 /// [`TraceState::MAX_LEN`] bytes (all `tracestate` headers joined with `,`); otherwise it is
 /// dropped as a whole — the W3C spec allows dropping, and a partial list would misstate what
 /// the vendors in it recorded.
@@ -220,7 +221,10 @@ impl TraceState {
     }
 
     fn check(value: &[u8]) -> bool {
-        value.len() <= Self::MAX_LEN && value.iter().all(|b| (0x20..=0x7e).contains(b))
+        // An empty list says nothing; sending it on would only add an empty header.
+        !value.iter().all(|&b| b == b' ' || b == b',')
+            && value.len() <= Self::MAX_LEN
+            && value.iter().all(|b| (0x20..=0x7e).contains(b))
     }
 
     /// The value, as sent.
@@ -427,6 +431,8 @@ mod tests {
         assert!(TraceState::from_headers(&headers(&[("tracestate", &half), ("tracestate", &half)])).is_none());
         assert!(TraceState::from_headers(&headers(&[("tracestate", "a=1\t")])).is_none());
         assert!(TraceState::from_headers(&headers(&[("tracestate", &half)])).is_some());
+        assert!(TraceState::from_headers(&headers(&[("tracestate", "")])).is_none());
+        assert!(TraceState::from_headers(&headers(&[("tracestate", " , ")])).is_none());
     }
 
     #[test]

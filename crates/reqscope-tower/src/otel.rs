@@ -27,22 +27,24 @@ pub(crate) fn request_trace(span: &Span, incoming: Option<(TraceParent, Option<T
             true,
             state.as_ref().and_then(|s| s.as_str().parse::<OtelTraceState>().ok()).unwrap_or_default(),
         );
-        // Only fails when no OpenTelemetry layer is installed: then the fallback below applies.
-        let _ = span.set_parent(OtelContext::new().with_remote_span_context(remote));
+        if span.set_parent(OtelContext::new().with_remote_span_context(remote)).is_err() {
+            // No OpenTelemetry layer (or the span is already started or disabled): the span
+            // cannot continue the caller's trace, so the plain W3C handling decides.
+            return plain_trace(incoming);
+        }
     }
     let otel = span.context().span().span_context().clone();
-    if otel.is_valid() {
-        let parent_id = match (&incoming, &outer) {
-            (_, Some(outer)) => parse_span_id(outer.span_id()),
-            (Some((parent, _)), None) => Some(parent.parent_id),
-            (None, None) => None,
-        };
-        if let (Ok(trace_id), Some(span_id)) =
+    if otel.is_valid()
+        && let (Ok(trace_id), Some(span_id)) =
             (TraceId::parse(&otel.trace_id().to_string()), parse_span_id(otel.span_id()))
-        {
-            let state = incoming.and_then(|(_, state)| state);
-            return TraceContext::from_parts(trace_id, span_id, parent_id, otel.is_sampled()).with_state(state);
-        }
+    {
+        // The caller's span and tracestate belong to the trace only if the span continued it.
+        let (parent_id, state) = match (&outer, incoming) {
+            (Some(outer), _) => (parse_span_id(outer.span_id()), None),
+            (None, Some((parent, state))) if parent.trace_id == trace_id => (Some(parent.parent_id), state),
+            (None, _) => (None, None),
+        };
+        return TraceContext::from_parts(trace_id, span_id, parent_id, otel.is_sampled()).with_state(state);
     }
     plain_trace(incoming)
 }

@@ -32,7 +32,9 @@
 //! - **`traceparent`**: the same trace, with this service's span id as the parent, so the
 //!   next service's span is a child of this one; **`tracestate`**: the caller's, unchanged.
 //!
-//! Headers the caller set explicitly are left alone. Outside any request context nothing is
+//! An `x-request-id` or a `traceparent` the caller set explicitly is left alone (with whatever
+//! `tracestate` came with it); when the `traceparent` is added here, any `tracestate` on the
+//! request is replaced by the trace's own (or removed). Outside any request context nothing is
 //! added: there is no request to relate the call to. A job that runs in a context built
 //! without a trace (`RequestContext::scope` in a CLI or a worker) starts one at its first
 //! outgoing call, and its later log lines carry it.
@@ -50,8 +52,9 @@ use tower_service::Service;
 
 use crate::request_context::X_REQUEST_ID;
 
-/// Adds the current request's id, `traceparent` and `tracestate` to `headers`, leaving any
-/// that are already set. Returns `false` (and adds nothing) outside a request context.
+/// Adds the current request's id, `traceparent` and `tracestate` to `headers`. An id or a
+/// `traceparent` already set is left alone (a `tracestate` goes with its `traceparent`).
+/// Returns `false` (and adds nothing) outside a request context.
 pub fn inject_headers(headers: &mut HeaderMap, request_id_header: &HeaderName) -> bool {
     RequestContext::with(|ctx| {
         if !headers.contains_key(request_id_header) {

@@ -29,7 +29,9 @@
 //!    when the [`traceparent_policy`](RequestContextLayer::traceparent_policy) trusts the
 //!    peer. Anything else starts a new trace: an invalid header is never an error response,
 //!    and its value is never logged (a DEBUG event on `reqscope::trace` names only the
-//!    reason). Log lines carry `trace_id` and `span_id`; outgoing calls carry a child
+//!    reason). A `traceparent` sent with the request is replaced, for inner services, by
+//!    this service's own (its span as the parent), with the carried `tracestate` or none.
+//!    Log lines carry `trace_id` and `span_id`; outgoing calls carry a child
 //!    `traceparent` (see [`outgoing`](crate::outgoing)). With the `otel` feature and a
 //!    `tracing-opentelemetry` layer installed, the ids are those of the OpenTelemetry span.
 //! 3. **Client ip.** The connection's peer address (axum's `ConnectInfo<SocketAddr>`, or a
@@ -63,6 +65,7 @@ use bytes::Buf;
 use http::{HeaderName, HeaderValue, Request, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
+use reqscope_core::trace::{TRACEPARENT, TRACESTATE};
 use reqscope_core::{
     ForwardedIdPolicy, IdGenerator, REQUEST_SPAN_TARGET, RequestContext, RequestId, TraceParent, TraceState,
     TrustedProxies,
@@ -227,11 +230,25 @@ where
         }
         let ctx = Arc::new(builder.build());
 
+        let sent_traceparent = req.headers().contains_key(TRACEPARENT);
         let (span, future) = RequestContext::scope_sync(Arc::clone(&ctx), || {
             let span = tracing::info_span!(target: REQUEST_SPAN_TARGET, "request");
             // With `otel` the trace comes from the OpenTelemetry span, which needs the context
-            // to exist first; so the trace is set right after, before anything logs.
-            let _ = ctx.set_trace(request_trace(&span, incoming));
+            // to exist first; so the trace is set right after, before anything logs. Nothing
+            // else has seen the context yet, so the slot is still empty.
+            let trace = request_trace(&span, incoming);
+            if sent_traceparent {
+                // Inner services see this service's place in the trace, not the caller's (nor a
+                // rejected value): a handler that copies headers onward sends a proper child.
+                let headers = req.headers_mut();
+                headers.insert(TRACEPARENT, trace.traceparent());
+                match trace.state() {
+                    Some(state) => headers.insert(TRACESTATE, state.header_value().clone()),
+                    None => headers.remove(TRACESTATE),
+                };
+            }
+            let unset = ctx.set_trace(trace);
+            debug_assert!(unset.is_ok(), "the trace of a new request context is set once");
             if let Some(reason) = invalid {
                 // The reason only: the value is untrusted input and never reaches a log line.
                 tracing::debug!(target: "reqscope::trace", %reason, "ignored an invalid traceparent; this request starts a new trace");
