@@ -65,11 +65,11 @@ pub async fn run(addr: SocketAddr, total: u64, connections: usize, pid: u32, tok
         tokio::spawn(async move {
             loop {
                 let done = next.load(Ordering::Relaxed).min(total);
-                if let Some(kib) = rss_kib(pid) {
-                    println!("rss requests={done} kib={kib} elapsed_s={:.0}", started.elapsed().as_secs_f64());
-                }
                 if done >= total {
                     return;
+                }
+                if let Some(kib) = rss_kib(pid) {
+                    println!("rss requests={done} kib={kib} elapsed_s={:.0}", started.elapsed().as_secs_f64());
                 }
                 tokio::time::sleep(Duration::from_secs(5)).await;
             }
@@ -98,9 +98,13 @@ pub async fn run(addr: SocketAddr, total: u64, connections: usize, pid: u32, tok
     for worker in workers {
         worker.await.map_err(|e| e.to_string())?;
     }
-    sampler.await.map_err(|e| e.to_string())?;
-
+    // Timed when the last answer is in, not at the sampler's next tick.
     let elapsed = started.elapsed().as_secs_f64();
+    sampler.abort();
+    if let Some(kib) = rss_kib(pid) {
+        println!("rss requests={total} kib={kib} elapsed_s={elapsed:.0}");
+    }
+
     println!(
         "done requests={total} connections={connections} elapsed_s={elapsed:.1} req_per_s={:.0}",
         total as f64 / elapsed
