@@ -5,23 +5,13 @@
 use libfuzzer_sys::fuzz_target;
 use reqscope::trace::{TraceContext, TraceParent};
 
-fn valid(v: &[u8]) -> bool {
-    let hex = |s: &[u8]| s.iter().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
-    let non_zero = |s: &[u8]| s.iter().any(|&b| b != b'0');
-    v.len() == 55
-        && &v[..3] == b"00-"
-        && v[35] == b'-'
-        && v[52] == b'-'
-        && hex(&v[3..35])
-        && non_zero(&v[3..35])
-        && hex(&v[36..52])
-        && non_zero(&v[36..52])
-        && hex(&v[53..55])
-}
+#[path = "../../tests/e2e/grammar.rs"]
+#[allow(dead_code)]
+mod grammar;
 
 fuzz_target!(|data: &[u8]| {
     let (parent, state) = data.split_at(data.len().min(55));
-    assert_eq!(TraceParent::parse(parent).is_ok(), valid(parent));
+    assert_eq!(TraceParent::parse(parent).is_ok(), grammar::traceparent_is_valid(parent));
     let mut headers = http::HeaderMap::new();
     for (name, value) in [("traceparent", parent), ("tracestate", state)] {
         if let Ok(value) = http::HeaderValue::from_bytes(value) {

@@ -39,6 +39,7 @@ mod deployment;
 mod error_tracking;
 mod example_binary;
 mod forwarded_ids;
+mod grammar;
 mod opentelemetry;
 mod panics;
 mod properties;

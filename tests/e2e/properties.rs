@@ -18,6 +18,8 @@ use serde_json::Value;
 use tower::{ServiceBuilder, ServiceExt, service_fn};
 use tracing_subscriber::prelude::*;
 
+use crate::grammar::{id_is_valid, traceparent_is_valid};
+
 const SECRET: &[u8] = b"a property-test secret of at least 32 bytes";
 
 fn config() -> ProptestConfig {
@@ -30,26 +32,6 @@ fn lines_written(f: impl FnOnce()) -> Vec<String> {
     let subscriber = tracing_subscriber::registry().with(LogLayer::new().with_writer(logs.clone()));
     tracing::subscriber::with_default(subscriber, f);
     logs.lines()
-}
-
-/// The rules of a forwarded id, written out independently of the implementation.
-fn id_is_valid(bytes: &[u8]) -> bool {
-    (1..=128).contains(&bytes.len()) && bytes.iter().all(|b| b.is_ascii_alphanumeric() || b"._:+/=@-".contains(b))
-}
-
-/// The strict `traceparent` grammar, written out independently of the implementation.
-fn traceparent_is_valid(v: &[u8]) -> bool {
-    let hex = |s: &[u8]| s.iter().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
-    let non_zero = |s: &[u8]| s.iter().any(|&b| b != b'0');
-    v.len() == 55
-        && &v[..3] == b"00-"
-        && v[35] == b'-'
-        && v[52] == b'-'
-        && hex(&v[3..35])
-        && non_zero(&v[3..35])
-        && hex(&v[36..52])
-        && non_zero(&v[36..52])
-        && hex(&v[53..55])
 }
 
 fn valid_traceparent() -> impl Strategy<Value = String> {

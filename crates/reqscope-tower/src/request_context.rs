@@ -215,13 +215,14 @@ where
         };
         let head = req.method() == http::Method::HEAD;
 
-        let incoming = match config.trace_policy.trusts(peer) {
-            true => TraceParent::from_headers(req.headers()),
-            false => Ok(None),
-        };
-        let (incoming, invalid) = match incoming {
-            Ok(parent) => (parent.map(|parent| (parent, TraceState::from_headers(req.headers()))), None),
-            Err(reason) => (None, Some(reason)),
+        let (incoming, invalid, sent_traceparent) = if config.trace_policy.trusts(peer) {
+            match TraceParent::from_headers(req.headers()) {
+                Ok(Some(parent)) => (Some((parent, TraceState::from_headers(req.headers()))), None, true),
+                Ok(None) => (None, None, false),
+                Err(reason) => (None, Some(reason), true),
+            }
+        } else {
+            (None, None, req.headers().contains_key(TRACEPARENT))
         };
 
         let mut builder = RequestContext::builder(id).method(req.method().clone()).uri(req.uri());
@@ -230,7 +231,6 @@ where
         }
         let ctx = Arc::new(builder.build());
 
-        let sent_traceparent = req.headers().contains_key(TRACEPARENT);
         let (span, future) = RequestContext::scope_sync(Arc::clone(&ctx), || {
             let span = tracing::info_span!(target: REQUEST_SPAN_TARGET, "request");
             // With `otel` the trace comes from the OpenTelemetry span, which needs the context
