@@ -8,6 +8,7 @@
 //!
 //! Signs with `JWT_SECRET`, or with the development secret the server made when
 //! `JWT_SECRET` was unset. Prints only the token.
+#![forbid(unsafe_code)]
 
 #[path = "api/jwt.rs"]
 mod jwt;

@@ -44,12 +44,13 @@
 //!   (tower clients; `reqwest-middleware` with feature `reqwest`; OpenTelemetry span ids
 //!   with feature `otel`);
 //! - `sentry`: Sentry events with the request and the user (feature `sentry`, off by default).
+#![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub use reqscope_core::{
-    Captured, FieldValue, ForwardedIdPolicy, FutureExt, IdGenerator, InContext, InvalidProxy, InvalidRequestId,
-    NoRequestContext, Patch, REQUEST_SPAN_TARGET, RequestContext, RequestContextBuilder, RequestId, Scoped,
-    TrustedProxies, bind, bind_fn, elapsed, spawn, spawn_blocking,
+    Captured, ClientIpHeader, FieldValue, ForwardedIdPolicy, FutureExt, IdGenerator, InContext, InvalidProxy,
+    InvalidRequestId, NoRequestContext, Patch, REQUEST_SPAN_TARGET, RequestContext, RequestContextBuilder, RequestId,
+    Scoped, TrustedProxies, bind, bind_fn, elapsed, spawn, spawn_blocking,
 };
 
 /// W3C Trace Context: `traceparent` / `tracestate`, parsed strictly; the trace of a request.

@@ -17,6 +17,7 @@
 //! Redis, shared by every instance), `DOWNSTREAM_URL` (the next hop of `GET /chain`; default:
 //! this server itself), `SHUTDOWN_GRACE_SECS` (how long SIGTERM / ctrl-c waits for in-flight
 //! requests before cutting them off, which takes up to another second; default 10).
+#![forbid(unsafe_code)]
 
 mod app;
 mod boom;

@@ -8,6 +8,7 @@ use axum::body::Body;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
+use futures_util::StreamExt;
 use reqscope::RequestContextLayer;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -24,6 +25,16 @@ fn app() -> Router {
             }),
         )
         .route("/empty", get(|| async { StatusCode::NO_CONTENT }))
+        .route(
+            "/download",
+            get(|| async {
+                // A streamed body whose length is declared up front: hyper stops polling once
+                // the declared bytes are out and drops the body without seeing its end.
+                let chunks =
+                    futures_util::stream::iter(["part one, ", "part two, ", "part three"]).map(Ok::<_, Infallible>);
+                ([(http::header::CONTENT_LENGTH, "30")], Body::from_stream(chunks))
+            }),
+        )
         .route(
             "/endless",
             get(|| async {
@@ -60,11 +71,25 @@ async fn the_body_keeps_its_length_and_the_line_its_duration() {
     let access = access_lines_of("access-length-1").await;
     assert_eq!(access[0]["bytes"], 15);
 
-    let reply = fetch(addr, "/slow", &[("x-request-id", b"access-slow-1")]).await;
+    let reply = fetch(addr, "/slow", &[("x-request-id", b"access-sleepy-1")]).await;
     assert_eq!(reply.body, "late");
-    let access = access_lines_of("access-slow-1").await;
+    let access = access_lines_of("access-sleepy-1").await;
     let duration = access[0]["duration_ms"].as_f64().unwrap();
     assert!((50.0..10_000.0).contains(&duration), "the handler slept 50 ms: {duration}");
+}
+
+#[tokio::test]
+async fn a_streamed_download_with_a_content_length_is_completed_not_aborted() {
+    let addr = serve(app()).await;
+    let reply = fetch(addr, "/download", &[("x-request-id", b"access-download-1")]).await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.headers["content-length"], "30");
+    assert_eq!(reply.body, "part one, part two, part three");
+    let access = access_lines_of("access-download-1").await;
+    assert_eq!(access.len(), 1, "{access:?}");
+    assert_eq!(access[0]["message"], "request completed", "{}", access[0]);
+    assert!(access[0].get("aborted").is_none(), "{}", access[0]);
+    assert_eq!(access[0]["bytes"], 30);
 }
 
 #[tokio::test]

@@ -3,7 +3,7 @@
 
 use axum::Router;
 use axum::routing::get;
-use reqscope::{ForwardedIdPolicy, IdGenerator, RequestContext, RequestContextLayer, TrustedProxies};
+use reqscope::{ClientIpHeader, ForwardedIdPolicy, IdGenerator, RequestContext, RequestContextLayer, TrustedProxies};
 
 use crate::support::{access_lines_of, fetch, logs, serve};
 
@@ -99,9 +99,23 @@ async fn forwarded_for_is_believed_only_from_trusted_proxies() {
     assert_eq!(reply.body, "Some(127.0.0.1)", "no trusted proxies: the header is ignored");
 
     let trusted = TrustedProxies::parse(["127.0.0.1"]).unwrap();
-    let addr = serve(echo_app(RequestContextLayer::new().trusted_proxies(trusted))).await;
+    let layer = RequestContextLayer::new().trusted_proxies(trusted.clone(), ClientIpHeader::XForwardedFor);
+    let addr = serve(echo_app(layer)).await;
     let reply = fetch(addr, "/ip", &[("x-forwarded-for", b"198.51.100.1, 203.0.113.9")]).await;
     assert_eq!(reply.body, "Some(203.0.113.9)", "the nearest untrusted hop is the client");
-    let reply = fetch(addr, "/ip", &[("forwarded", b"for=\"[2001:db8::7]:443\"")]).await;
+
+    // Behind a proxy that appends to X-Forwarded-For, a `Forwarded` header reaches the server
+    // exactly as the client wrote it: it must not pick the client ip.
+    let reply =
+        fetch(addr, "/ip", &[("forwarded", b"for=\"[2001:db8::6]\""), ("x-forwarded-for", b"203.0.113.10")]).await;
+    assert_eq!(reply.body, "Some(203.0.113.10)", "the client-sent Forwarded header is ignored");
+    let reply = fetch(addr, "/ip", &[("forwarded", b"for=198.51.100.66")]).await;
+    assert_eq!(reply.body, "Some(127.0.0.1)", "only Forwarded, no XFF: the proxy itself is the client");
+
+    // Proxies that append to `Forwarded` are believed when it is named.
+    let layer = RequestContextLayer::new().trusted_proxies(trusted, ClientIpHeader::Forwarded);
+    let addr = serve(echo_app(layer)).await;
+    let reply =
+        fetch(addr, "/ip", &[("forwarded", b"for=\"[2001:db8::7]:443\""), ("x-forwarded-for", b"9.9.9.9")]).await;
     assert_eq!(reply.body, "Some(2001:db8::7)");
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::routing::get;
 use reqscope::rate_limit::{Quota, RateLimitLayer, RedisStore};
-use reqscope::{RequestContextLayer, TrustedProxies};
+use reqscope::{ClientIpHeader, RequestContextLayer, TrustedProxies};
 use serde_json::Value;
 
 use crate::support::{Reply, TEST_SECRET, access_lines_of, claims, fetch, hs256, lines_of, serve};
@@ -104,7 +104,8 @@ async fn the_budget_refills_with_time_to_the_nanosecond() {
 #[tokio::test]
 async fn anonymous_clients_are_told_apart_by_forwarded_ip_only_behind_a_trusted_proxy() {
     let quota = Quota::per_hour(1).unwrap();
-    let trusted = RequestContextLayer::new().trusted_proxies(TrustedProxies::parse(["127.0.0.1/32"]).unwrap());
+    let trusted = RequestContextLayer::new()
+        .trusted_proxies(TrustedProxies::parse(["127.0.0.1/32"]).unwrap(), ClientIpHeader::XForwardedFor);
     let behind_proxy = serve(limited_app(RateLimitLayer::new(quota), trusted)).await;
     let first = fetch(behind_proxy, "/limited", &[("x-forwarded-for", b"203.0.113.7")]).await;
     let second = fetch(behind_proxy, "/limited", &[("x-forwarded-for", b"203.0.113.8")]).await;
@@ -116,6 +117,60 @@ async fn anonymous_clients_are_told_apart_by_forwarded_ip_only_behind_a_trusted_
     let direct = serve(limited_app(RateLimitLayer::new(quota), RequestContextLayer::new())).await;
     assert_eq!(fetch(direct, "/limited", &[("x-forwarded-for", b"203.0.113.7")]).await.status, 200);
     assert_eq!(fetch(direct, "/limited", &[("x-forwarded-for", b"198.51.100.1")]).await.status, 429);
+}
+
+#[tokio::test]
+async fn ipv6_clients_share_a_budget_per_64_unless_configured() {
+    let quota = Quota::per_hour(1).unwrap();
+    let context = || {
+        RequestContextLayer::new()
+            .trusted_proxies(TrustedProxies::parse(["127.0.0.1/32"]).unwrap(), ClientIpHeader::XForwardedFor)
+    };
+    let from = |ip: &'static str| [("x-forwarded-for", ip.as_bytes())];
+    let addr = serve(limited_app(RateLimitLayer::new(quota), context())).await;
+    assert_eq!(fetch(addr, "/limited", &from("2001:db8:1:2::a")).await.status, 200);
+    assert_eq!(fetch(addr, "/limited", &from("2001:db8:1:2:ffff::b")).await.status, 429, "same /64, same budget");
+    assert_eq!(fetch(addr, "/limited", &from("2001:db8:1:3::a")).await.status, 200, "another /64");
+
+    let addr = serve(limited_app(RateLimitLayer::new(quota).ipv6_prefix(128), context())).await;
+    assert_eq!(fetch(addr, "/limited", &from("2001:db8:1:2::a")).await.status, 200);
+    assert_eq!(fetch(addr, "/limited", &from("2001:db8:1:2::b")).await.status, 200, "per address at /128");
+}
+
+#[tokio::test]
+async fn an_outer_per_ip_limit_counts_refused_tokens() {
+    let per_ip = RateLimitLayer::new(Quota::per_hour(2).unwrap()).per_client_ip();
+    let app = Router::new()
+        .route("/limited", get(handler).route_layer(crate::app::auth_layer(TEST_SECRET)))
+        .layer(per_ip)
+        .layer(RequestContextLayer::new());
+    let addr = serve(app).await;
+    let forged = [("authorization", b"Bearer not.a.token".as_slice())];
+    assert_eq!(fetch(addr, "/limited", &forged).await.status, 401);
+    assert_eq!(fetch(addr, "/limited", &forged).await.status, 401);
+    assert_eq!(fetch(addr, "/limited", &forged).await.status, 429, "bad tokens spend the ip's budget");
+    let good = bearer("ann");
+    assert_eq!(fetch(addr, "/limited", &[("authorization", good.as_bytes())]).await.status, 429, "a user too");
+}
+
+#[tokio::test]
+async fn requests_without_a_client_ip_share_one_budget_and_say_so_once() {
+    let app = limited_app(RateLimitLayer::new(Quota::per_hour(100).unwrap()), RequestContextLayer::new());
+    // Served without connect info: the stack never learns the peer address.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    crate::support::logs();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let first = fetch(addr, "/limited", &[("x-request-id", b"rl-noip-1")]).await;
+    let second = fetch(addr, "/limited", &[("x-request-id", b"rl-noip-2")]).await;
+    assert_eq!(header(&first, "ratelimit"), r#""default";r=99;t=36"#);
+    assert_eq!(header(&second, "ratelimit"), r#""default";r=98;t=72"#, "one shared budget");
+    assert_eq!(access_lines_of("rl-noip-2").await.len(), 1);
+    let warned = |id: &str| {
+        lines_of(id).iter().filter(|l| l["level"] == "WARN" && l["target"] == "reqscope::rate_limit").count()
+    };
+    assert_eq!(warned("rl-noip-1"), 1, "the first request says why: {:?}", lines_of("rl-noip-1"));
+    assert_eq!(warned("rl-noip-2"), 0, "once per layer");
 }
 
 #[tokio::test]

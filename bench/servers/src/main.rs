@@ -11,6 +11,7 @@
 //! worker (the script pins the process to one core). Stacks that log write to `--log-file`
 //! through the same non-blocking writer, so the comparison is about the stacks, not the
 //! output.
+#![forbid(unsafe_code)]
 
 mod handrolled;
 mod soak;

@@ -23,6 +23,7 @@
 //!
 //! This crate knows no HTTP framework and no log format: `reqscope-tower` builds the context
 //! for each request and `reqscope-tracing` stamps it on log lines.
+#![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 mod context;
@@ -45,5 +46,5 @@ pub use error::{ErrorChain, InvalidRequestId, NoRequestContext};
 pub use id::{ForwardedIdPolicy, IdGenerator, RequestId};
 pub use panics::{install_panic_location_hook, panic_message, take_panic_location};
 pub use propagate::{Captured, FutureExt, InContext, bind, bind_fn, elapsed, spawn, spawn_blocking};
-pub use proxy::{InvalidProxy, TrustedProxies};
+pub use proxy::{ClientIpHeader, InvalidProxy, TrustedProxies};
 pub use trace::{InvalidTraceParent, SpanId, TraceContext, TraceId, TraceParent, TraceState};

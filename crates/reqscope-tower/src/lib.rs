@@ -18,6 +18,7 @@
 //!   `trace_id` / `span_id` are those of its OpenTelemetry span.
 //! - [`sentry`] (feature `sentry`): Sentry events, errors and panics carry the request id,
 //!   the user and the route, from spawned tasks and streaming bodies too.
+#![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 #[cfg(feature = "axum")]

@@ -36,7 +36,8 @@
 //!    `tracing-opentelemetry` layer installed, the ids are those of the OpenTelemetry span.
 //! 3. **Client ip.** The connection's peer address (axum's `ConnectInfo<SocketAddr>`, or a
 //!    `SocketAddr` request extension), or — only when the peer is one of the
-//!    [`TrustedProxies`] — the client named by `Forwarded` / `X-Forwarded-For`.
+//!    [`TrustedProxies`] — the client named in the one forwarding header you chose with
+//!    them ([`ClientIpHeader`]: the header your proxies append to; never picked for you).
 //! 4. **Scope.** The context is the task-local for the inner service's future and for every
 //!    `poll_frame` of the response body, so streaming bodies log with the request id. A
 //!    `request` span (target `reqscope::request`) is entered around both; it carries the
@@ -44,8 +45,9 @@
 //! 5. **Echo.** Every response carries the final id in the same header: handler responses,
 //!    404s and error responses built by inner layers alike.
 //! 6. **Access line.** One event (target `reqscope::access`) per request: INFO "request
-//!    completed" when the body ends, INFO with `aborted = true` when it is dropped before its
-//!    end (the client left), WARN with `aborted = true` when the body fails — each with
+//!    completed" when the body ends — or has sent all of its declared length (exact size
+//!    hint or `Content-Length`), after which hyper drops it without polling it to its end —,
+//!    INFO with `aborted = true` when it is dropped before that (the client left), WARN with `aborted = true` when the body fails — each with
 //!    `status`, `duration_ms` and `bytes`. It is written with the context as it is *then*, so
 //!    a user id patched in by an inner layer is on it. If the inner service returns `Err`
 //!    instead of a response (never with axum, whose errors are `Infallible`), there is no
@@ -54,6 +56,7 @@
 //!
 //! [`ForwardedIdPolicy`]: reqscope_core::ForwardedIdPolicy
 //! [`TrustedProxies`]: reqscope_core::TrustedProxies
+//! [`ClientIpHeader`]: reqscope_core::ClientIpHeader
 
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
@@ -67,8 +70,8 @@ use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 use reqscope_core::trace::{TRACEPARENT, TRACESTATE};
 use reqscope_core::{
-    ForwardedIdPolicy, IdGenerator, REQUEST_SPAN_TARGET, RequestContext, RequestId, TraceParent, TraceState,
-    TrustedProxies,
+    ClientIpHeader, ForwardedIdPolicy, IdGenerator, REQUEST_SPAN_TARGET, RequestContext, RequestId, TraceParent,
+    TraceState, TrustedProxies,
 };
 use tower_layer::Layer;
 use tower_service::Service;
@@ -84,6 +87,7 @@ struct Config {
     policy: ForwardedIdPolicy,
     trace_policy: ForwardedIdPolicy,
     proxies: TrustedProxies,
+    client_ip_header: ClientIpHeader,
     access_log: bool,
 }
 
@@ -110,6 +114,8 @@ impl RequestContextLayer {
                 policy: ForwardedIdPolicy::default(),
                 trace_policy: ForwardedIdPolicy::default(),
                 proxies: TrustedProxies::default(),
+                // Read only when proxies are trusted, and then always named by the caller.
+                client_ip_header: ClientIpHeader::XForwardedFor,
                 access_log: true,
             }),
         }
@@ -145,9 +151,15 @@ impl RequestContextLayer {
         self
     }
 
-    /// Believes `Forwarded` / `X-Forwarded-For` from these proxies when finding the client ip.
-    pub fn trusted_proxies(mut self, proxies: TrustedProxies) -> Self {
-        self.config_mut().proxies = proxies;
+    /// Believes `header` when the peer is one of these proxies, to find the client ip.
+    ///
+    /// Name the header your proxies *append* to — `ClientIpHeader::XForwardedFor` behind
+    /// nginx, HAProxy, AWS ALB or Google Cloud load balancers. No other header is read: a
+    /// proxy passes the ones it does not manage through as the client sent them.
+    pub fn trusted_proxies(mut self, proxies: TrustedProxies, header: ClientIpHeader) -> Self {
+        let config = self.config_mut();
+        config.proxies = proxies;
+        config.client_ip_header = header;
         self
     }
 
@@ -226,7 +238,7 @@ where
         };
 
         let mut builder = RequestContext::builder(id).method(req.method().clone()).uri(req.uri());
-        if let Some(ip) = config.proxies.client_ip(peer, req.headers()) {
+        if let Some(ip) = config.proxies.client_ip(peer, req.headers(), &config.client_ip_header) {
             builder = builder.client_ip(ip);
         }
         let ctx = Arc::new(builder.build());
@@ -263,6 +275,7 @@ where
                 span,
                 status: None,
                 bytes: 0,
+                declared: None,
                 empty_body: false,
                 head,
                 log: config.access_log,
@@ -329,6 +342,12 @@ where
                     || status.is_informational()
                     || status == StatusCode::NO_CONTENT
                     || status == StatusCode::NOT_MODIFIED;
+                // hyper stops polling (and drops) a body once its declared length is out,
+                // without asking whether it has ended: reaching that length is completion.
+                state.declared = response.body().size_hint().exact().or_else(|| {
+                    let length = response.headers().get(http::header::CONTENT_LENGTH)?;
+                    length.to_str().ok()?.trim().parse().ok()
+                });
                 Poll::Ready(Ok(response.map(|inner| ContextBody { inner, state: Some(state) })))
             }
             Err(error) => {
@@ -354,6 +373,8 @@ struct RequestState {
     span: Span,
     status: Option<StatusCode>,
     bytes: u64,
+    /// The body's length as declared to the client (exact size hint or `Content-Length`).
+    declared: Option<u64>,
     empty_body: bool,
     head: bool,
     log: bool,
@@ -407,8 +428,10 @@ pin_project! {
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
             if let Some(state) = this.state.as_mut() {
-                // hyper never polls a body that reports its end up front (empty bodies).
-                let outcome = if state.empty_body { Outcome::Completed } else { Outcome::Aborted };
+                // hyper never polls a body that reports its end up front (empty bodies), and
+                // drops one whose declared length has been sent without polling it to its end.
+                let complete = state.empty_body || state.declared.is_some_and(|length| state.bytes >= length);
+                let outcome = if complete { Outcome::Completed } else { Outcome::Aborted };
                 state.finish(outcome);
             }
         }

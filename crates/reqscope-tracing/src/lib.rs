@@ -31,6 +31,7 @@
 //! buffer and handed to the writer in one `write_all`. Use [`non_blocking`] so
 //! that a slow stdout never blocks a request: it buffers up to a byte limit, drops and counts
 //! lines beyond it, and reports the count once output recovers.
+#![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 mod json;

@@ -13,9 +13,39 @@
 //! ```
 //!
 //! Every request it sees is counted against a key: `user:<id>` when the auth layer has put a
-//! user into the context, else `ip:<client ip>` — the context's client ip, which honours
-//! `X-Forwarded-For` / `Forwarded` only from [trusted proxies](reqscope_core::TrustedProxies)
+//! user into the context, else `ip:<client ip>` — the context's client ip, which honours a
+//! forwarding header only from [trusted proxies](reqscope_core::TrustedProxies); IPv6
+//! clients by their /64 network (one subscriber usually holds a whole /64, so per-address
+//! keys would give each of them 2⁶⁴ budgets; see [`ipv6_prefix`](RateLimitLayer::ipv6_prefix))
 //! — else the shared key `anonymous`; or whatever [`RateLimitLayer::key_fn`] returns.
+//!
+//! A request with neither a user nor a client ip means the server does not hand the peer
+//! address to the stack (serve with axum's `into_make_service_with_connect_info`, or put a
+//! `SocketAddr` into the request extensions): all such requests share the one `anonymous`
+//! budget, and the layer says so in one WARN line (target `reqscope::rate_limit`) the first
+//! time it happens.
+//!
+//! # Limiting floods of bad tokens too
+//!
+//! Placed inside the auth layer, a per-user limit never sees a request the auth layer
+//! refused, so a flood of forged tokens is not limited by it. Add an outer limit per client
+//! ip, before authentication:
+//!
+//! ```
+//! use axum::{Router, routing::get};
+//! use reqscope_tower::RequestContextLayer;
+//! use reqscope_tower::auth::AuthLayer;
+//! use reqscope_tower::rate_limit::{Quota, RateLimitLayer};
+//!
+//! let per_user = RateLimitLayer::new(Quota::per_minute(600).expect("a valid quota"));
+//! let per_ip = RateLimitLayer::new(Quota::per_minute(3_000).expect("a valid quota")).per_client_ip();
+//! let app: Router = Router::new()
+//!     .route("/users/{id}", get(|| async { "a user" }))
+//!     .route_layer(per_user) // innermost: sees the verified user
+//!     .route_layer(AuthLayer::hmac(b"a secret of at least 32 bytes, from the environment").audience("my-api"))
+//!     .layer(per_ip) // outside auth: counts refused tokens too
+//!     .layer(RequestContextLayer::new());
+//! ```
 //!
 //! # Algorithm
 //!
@@ -53,9 +83,10 @@ mod redis;
 use std::cell::RefCell;
 use std::fmt::{self, Write as _};
 use std::future::Future;
+use std::net::{IpAddr, Ipv6Addr};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
 use http::header::RETRY_AFTER;
@@ -97,6 +128,12 @@ struct Shared {
     fail_closed: bool,
     failures: Arc<AtomicU64>,
     policy: HeaderValue,
+    /// Key by client ip even when a user is known.
+    client_ip_only: bool,
+    /// Leading bits of an IPv6 client address that make its key.
+    ipv6_prefix: u8,
+    /// Whether the one "no client ip" warning has been written.
+    warned_anonymous: Arc<AtomicBool>,
 }
 
 enum Store {
@@ -137,7 +174,19 @@ impl RateLimitLayer {
         let policy = HeaderValue::from_str(&policy).unwrap_or_else(|_| HeaderValue::from_static("\"default\""));
         let store = Arc::new(store);
         let failures = Arc::new(AtomicU64::new(0));
-        RateLimitLayer { shared: Shared { quota, store, key: None, fail_closed: false, failures, policy } }
+        RateLimitLayer {
+            shared: Shared {
+                quota,
+                store,
+                key: None,
+                fail_closed: false,
+                failures,
+                policy,
+                client_ip_only: false,
+                ipv6_prefix: 64,
+                warned_anonymous: Arc::new(AtomicBool::new(false)),
+            },
+        }
     }
 
     /// At most this many keys in the in-process store (default [`DEFAULT_MAX_KEYS`]); idle
@@ -155,6 +204,22 @@ impl RateLimitLayer {
     /// `None` lets the request through unlimited (and without rate-limit headers).
     pub fn key_fn(mut self, key: impl Fn(&RequestContext) -> Option<String> + Send + Sync + 'static) -> Self {
         self.shared.key = Some(Arc::new(key));
+        self
+    }
+
+    /// Keys every request by its client ip, even an authenticated one: for an outer limit in
+    /// front of the auth layer (see the [module docs](self)).
+    pub fn per_client_ip(mut self) -> Self {
+        self.shared.client_ip_only = true;
+        self
+    }
+
+    /// How many leading bits of an IPv6 client address make its key (default 64, the
+    /// network one subscriber is usually given; 128 keys each address on its own, 48 a
+    /// whole site). Clamped to 1–128. IPv4 clients are keyed by their whole address, and
+    /// IPv4-mapped IPv6 addresses count as IPv4.
+    pub fn ipv6_prefix(mut self, bits: u8) -> Self {
+        self.shared.ipv6_prefix = bits.clamp(1, 128);
         self
     }
 
@@ -210,18 +275,27 @@ impl Shared {
         KEY.with(|key| {
             let mut key = key.borrow_mut();
             key.clear();
-            match ctx {
-                Some(ctx) => match (ctx.user_id(), ctx.client_ip()) {
-                    (Some(user), _) => {
-                        key.push_str("user:");
-                        key.push_str(&user);
+            let user = ctx.filter(|_| !self.client_ip_only).and_then(RequestContext::user_id);
+            match (user, ctx.and_then(RequestContext::client_ip)) {
+                (Some(user), _) => {
+                    key.push_str("user:");
+                    key.push_str(&user);
+                }
+                (None, Some(ip)) => {
+                    let _ = write!(key, "ip:");
+                    write_ip_key(&mut key, ip, self.ipv6_prefix);
+                }
+                (None, None) => {
+                    if !self.warned_anonymous.swap(true, Ordering::Relaxed) {
+                        tracing::warn!(
+                            target: "reqscope::rate_limit",
+                            "a request has no client ip: such requests share one `anonymous` budget; \
+                             give the stack the peer address (axum's into_make_service_with_connect_info, \
+                             or a SocketAddr request extension) or set key_fn"
+                        );
                     }
-                    (None, Some(ip)) => {
-                        let _ = write!(key, "ip:{ip}");
-                    }
-                    (None, None) => key.push_str("anonymous"),
-                },
-                None => key.push_str("anonymous"),
+                    key.push_str("anonymous");
+                }
             }
             Some(f(&key))
         })
@@ -243,6 +317,22 @@ impl Shared {
         response.headers_mut().insert(RETRY_AFTER, HeaderValue::from(retry_after));
         headers.apply(&mut response);
         response
+    }
+}
+
+/// Writes `ip` as a key: IPv4 whole, IPv6 as its network of `prefix` bits (`2001:db8::/64`).
+fn write_ip_key(key: &mut String, ip: IpAddr, prefix: u8) {
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => {
+            let _ = write!(key, "{v4}");
+        }
+        IpAddr::V6(v6) if prefix >= 128 => {
+            let _ = write!(key, "{v6}");
+        }
+        IpAddr::V6(v6) => {
+            let mask = u128::MAX << (128 - u32::from(prefix));
+            let _ = write!(key, "{}/{prefix}", Ipv6Addr::from(u128::from(v6) & mask));
+        }
     }
 }
 
@@ -388,5 +478,28 @@ where
                 None => Poll::Pending,
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::write_ip_key;
+
+    fn key(ip: &str, prefix: u8) -> String {
+        let mut key = String::new();
+        write_ip_key(&mut key, ip.parse().unwrap(), prefix);
+        key
+    }
+
+    #[test]
+    fn ipv6_clients_are_keyed_by_their_network() {
+        assert_eq!(key("2001:db8:1:2:aaaa::1", 64), "2001:db8:1:2::/64");
+        assert_eq!(key("2001:db8:1:2:bbbb::9", 64), "2001:db8:1:2::/64");
+        assert_eq!(key("2001:db8:1:3::1", 64), "2001:db8:1:3::/64");
+        assert_eq!(key("2001:db8:1:2:aaaa::1", 128), "2001:db8:1:2:aaaa::1");
+        assert_eq!(key("2001:db8:1:2:aaaa::1", 48), "2001:db8:1::/48");
+        assert_eq!(key("2001:db8::1", 1), "::/1");
+        assert_eq!(key("203.0.113.7", 64), "203.0.113.7");
+        assert_eq!(key("::ffff:203.0.113.7", 64), "203.0.113.7", "a mapped IPv4 address counts as IPv4");
     }
 }
