@@ -68,6 +68,8 @@ async fn late_patches_reach_later_lines_and_the_access_line_and_forks_stay_apart
 
 #[tokio::test]
 async fn jobs_and_tests_can_open_their_own_scope() {
+    // The capture must be installed before the job logs, whichever test runs first.
+    crate::support::logs();
     let ctx = Arc::new(RequestContext::new(reqscope::RequestId::parse("job-nightly-1").unwrap()));
     RequestContext::scope(ctx, async { tracing::info!("nightly job ran") }).await;
     assert_eq!(lines_of("job-nightly-1").len(), 1);

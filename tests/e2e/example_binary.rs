@@ -90,17 +90,17 @@ async fn the_example_writes_only_stamped_json_lines_and_stops_cleanly() {
     let fanout = fetch(addr, "/fanout", &[]).await;
     let stream = fetch(addr, "/stream", &[]).await;
     let missing = fetch(addr, "/missing", &[]).await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (lines, reader) = watch_lines(stdout);
+    let ids = [&me, &health, &fanout, &stream, &missing].map(|reply| reply.request_id().to_owned());
+    wait_for("every request's access line", || {
+        let lines = lines.lock().unwrap();
+        ids.iter().all(|id| lines.iter().any(|l| l["request_id"] == id.as_str() && l["target"] == "reqscope::access"))
+    })
+    .await;
 
     stop(child).await;
-
-    let lines: Vec<Value> = stdout
-        .lines()
-        .map(|line| {
-            let line = line.unwrap();
-            serde_json::from_str(&line).unwrap_or_else(|e| panic!("stdout line is not JSON ({e}): {line}"))
-        })
-        .collect();
+    until_stdout_ends(reader).await;
+    let lines: Vec<Value> = lines.lock().unwrap().clone();
     let of = |id: &str| lines.iter().filter(|l| l["request_id"] == id).count();
     assert_eq!(of(health.request_id()), 1, "health: its access line");
     assert_eq!(of(fanout.request_id()), 5, "fanout: four tasks and the access line");
@@ -238,11 +238,6 @@ impl Drop for KillOnDrop {
     }
 }
 
-/// Every line a stopped server wrote after its startup, parsed.
-fn remaining_lines(stdout: BufReader<std::process::ChildStdout>) -> Vec<Value> {
-    stdout.lines().map(|line| serde_json::from_str(&line.unwrap()).expect("every line is JSON")).collect()
-}
-
 #[tokio::test]
 async fn two_example_servers_log_one_trace_and_one_request_id_for_a_chained_request() {
     let (second, second_out, second_addr) = start_example(&[]);
@@ -253,14 +248,22 @@ async fn two_example_servers_log_one_trace_and_one_request_id_for_a_chained_requ
     let reply = fetch(first_addr, "/chain?hops=1", &[("traceparent", incoming.as_bytes())]).await;
     assert_eq!(reply.status, 200, "{}", reply.body);
     let id = reply.request_id().to_owned();
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (first_seen, first_reader) = watch_lines(first_out);
+    let (second_seen, second_reader) = watch_lines(second_out);
+    let logged = |seen: &Arc<Mutex<Vec<Value>>>| {
+        seen.lock().unwrap().iter().any(|l| l["request_id"] == id.as_str() && l["target"] == "reqscope::access")
+    };
+    wait_for("both servers' access lines", || logged(&first_seen) && logged(&second_seen)).await;
     stop(first).await;
     stop(second).await;
+    until_stdout_ends(first_reader).await;
+    until_stdout_ends(second_reader).await;
 
-    let of =
-        |lines: Vec<Value>| -> Vec<Value> { lines.into_iter().filter(|l| l["request_id"] == id.as_str()).collect() };
-    let first_lines = of(remaining_lines(first_out));
-    let second_lines = of(remaining_lines(second_out));
+    let of = |seen: Arc<Mutex<Vec<Value>>>| -> Vec<Value> {
+        seen.lock().unwrap().iter().filter(|l| l["request_id"] == id.as_str()).cloned().collect()
+    };
+    let first_lines = of(first_seen);
+    let second_lines = of(second_seen);
     assert_eq!(first_lines.len(), 2, "the outgoing call and the access line: {first_lines:?}");
     assert_eq!(
         second_lines.len(),

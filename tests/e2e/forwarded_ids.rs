@@ -61,6 +61,7 @@ async fn never_trust_always_generates() {
     assert_ne!(reply.request_id(), "policy-never-1");
     assert!(is_uuid_v4(reply.request_id()));
     assert_eq!(reply.body, reply.request_id(), "the handler sees the final id");
+    access_lines_of(reply.request_id()).await;
     assert!(!logs().contents().contains("policy-never-1"));
 }
 
@@ -118,4 +119,17 @@ async fn forwarded_for_is_believed_only_from_trusted_proxies() {
     let reply =
         fetch(addr, "/ip", &[("forwarded", b"for=\"[2001:db8::7]:443\""), ("x-forwarded-for", b"9.9.9.9")]).await;
     assert_eq!(reply.body, "Some(2001:db8::7)");
+}
+
+#[tokio::test]
+async fn an_id_sent_twice_is_replaced_and_neither_copy_is_logged() {
+    let addr = serve(echo_app(RequestContextLayer::new())).await;
+    let reply = fetch(addr, "/id", &[("x-request-id", b"twice-first-1"), ("x-request-id", b"twice-second-1")]).await;
+    let id = reply.request_id().to_owned();
+    assert!(is_uuid_v4(&id), "an ambiguous id is replaced: {id}");
+    assert_eq!(reply.headers.get_all("x-request-id").iter().count(), 1, "one id echoed");
+    assert_eq!(reply.body, id, "the handler sees the one final id");
+    assert_eq!(access_lines_of(&id).await.len(), 1);
+    let written = logs().contents();
+    assert!(!written.contains("twice-first-1") && !written.contains("twice-second-1"));
 }

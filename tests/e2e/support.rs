@@ -1,7 +1,8 @@
 //! Shared test plumbing: one global log capture, servers on 127.0.0.1:0, a raw HTTP client.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -9,15 +10,15 @@ use bytes::Bytes;
 use http::{HeaderMap, Request, StatusCode};
 use http_body_util::BodyExt;
 use hyper_util::rt::TokioIo;
-use reqscope::logging::{LogLayer, MemoryWriter};
+use reqscope::logging::LogLayer;
 use serde_json::Value;
 use tracing_subscriber::prelude::*;
 
 /// Every line written by every test's servers; tests pick theirs by request id.
-pub fn logs() -> &'static MemoryWriter {
-    static LOGS: OnceLock<MemoryWriter> = OnceLock::new();
+pub fn logs() -> &'static Capture {
+    static LOGS: OnceLock<Capture> = OnceLock::new();
     LOGS.get_or_init(|| {
-        let logs = MemoryWriter::new();
+        let logs = Capture::default();
         tracing_subscriber::registry()
             .with(LogLayer::new().with_writer(logs.clone()))
             // Sends nothing until a test binds a Sentry client (error_tracking.rs).
@@ -27,30 +28,112 @@ pub fn logs() -> &'static MemoryWriter {
     })
 }
 
-/// Log lines whose `request_id` satisfies `pick`.
+/// The global log capture. Writers only append bytes; readers parse what arrived since the
+/// last read, once, and index it by request id, so waiting on a line costs what is new, not
+/// everything written so far.
+#[derive(Clone, Default)]
+pub struct Capture {
+    state: Arc<Mutex<CaptureState>>,
+}
+
+#[derive(Default)]
+struct CaptureState {
+    /// Bytes written and not yet parsed (the tail of an unfinished line included).
+    unparsed: Vec<u8>,
+    /// Every complete line, raw and parsed.
+    raw: String,
+    lines: Vec<Value>,
+    by_request: HashMap<String, Vec<usize>>,
+}
+
+impl Capture {
+    fn lock(&self) -> MutexGuard<'_, CaptureState> {
+        let mut state = self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        state.parse_new();
+        state
+    }
+
+    /// Everything written so far, as text.
+    pub fn contents(&self) -> String {
+        self.lock().raw.clone()
+    }
+
+    /// Every line written so far, parsed.
+    pub fn json_lines(&self) -> Vec<Value> {
+        self.lock().lines.clone()
+    }
+
+    fn of_request(&self, request_id: &str) -> Vec<Value> {
+        let state = self.lock();
+        state
+            .by_request
+            .get(request_id)
+            .map_or_else(Vec::new, |at| at.iter().map(|&i| state.lines[i].clone()).collect())
+    }
+}
+
+impl CaptureState {
+    fn parse_new(&mut self) {
+        let Some(end) = self.unparsed.iter().rposition(|&b| b == b'\n') else { return };
+        let complete: Vec<u8> = self.unparsed.drain(..=end).collect();
+        let text = String::from_utf8_lossy(&complete).into_owned();
+        for line in text.lines() {
+            let value: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"));
+            if let Some(id) = value["request_id"].as_str() {
+                self.by_request.entry(id.to_owned()).or_default().push(self.lines.len());
+            }
+            self.lines.push(value);
+        }
+        self.raw.push_str(&text);
+    }
+}
+
+impl std::io::Write for &Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        // No parsing here: this runs on the servers' threads, inside their requests.
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).unparsed.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Capture {
+    type Writer = &'a Capture;
+    fn make_writer(&'a self) -> Self::Writer {
+        self
+    }
+}
+
+/// Log lines that satisfy `pick`.
 pub fn lines_where(pick: impl Fn(&Value) -> bool) -> Vec<Value> {
-    logs().json_lines().into_iter().filter(|line| pick(line)).collect()
+    logs().lock().lines.iter().filter(|line| pick(line)).cloned().collect()
 }
 
 /// Lines of one request.
 pub fn lines_of(request_id: &str) -> Vec<Value> {
-    lines_where(|line| line["request_id"] == request_id)
+    logs().of_request(request_id)
+}
+
+/// Waits until `done` holds, checking every 10 ms, for at most 10 s; then fails naming `what`.
+pub async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 /// The access line(s) of one request, waiting for the first to appear (it is written when the
-/// server finishes the body, which may be just after the client has read it).
+/// server finishes the body, which may be just after the client has read it). A request has
+/// one access line by construction (it is written once, under a flag), so nothing is gained
+/// by waiting longer for a second.
 pub async fn access_lines_of(request_id: &str) -> Vec<Value> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let found: Vec<Value> =
-            lines_of(request_id).into_iter().filter(|l| l["target"] == "reqscope::access").collect();
-        if !found.is_empty() || Instant::now() > deadline {
-            // Give a duplicate a chance to show up before declaring there is none.
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            return lines_of(request_id).into_iter().filter(|l| l["target"] == "reqscope::access").collect();
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let access =
+        || -> Vec<Value> { lines_of(request_id).into_iter().filter(|l| l["target"] == "reqscope::access").collect() };
+    wait_until(&format!("the access line of {request_id}"), || !access().is_empty()).await;
+    access()
 }
 
 /// Serves `app` on a fresh port of 127.0.0.1 with connection info, for the rest of the test.

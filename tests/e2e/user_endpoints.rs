@@ -53,7 +53,9 @@ async fn concurrent_users(addr: std::net::SocketAddr, tag: &str) {
         let (id, user) = request.await.unwrap();
         expected.insert(id, user);
     }
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    for id in expected.keys() {
+        crate::support::access_lines_of(id).await;
+    }
     let mut queries = 0;
     for line in logs().json_lines() {
         if let Some(user) = line["request_id"].as_str().and_then(|id| expected.get(id)) {

@@ -19,9 +19,9 @@
 //!
 //! What the layer does for each request:
 //!
-//! 1. **Id.** A valid `x-request-id` (1–128 bytes of `[A-Za-z0-9._:+/=@-]`) is kept when the
-//!    [`ForwardedIdPolicy`] trusts the peer; otherwise a new id is generated (UUID v4 by
-//!    default). A rejected value is never echoed and never logged. The request's header is
+//! 1. **Id.** A valid `x-request-id` (1–128 bytes of `[A-Za-z0-9._:+/=@-]`), sent once, is
+//!    kept when the [`ForwardedIdPolicy`] trusts the peer; otherwise — invalid, untrusted, or
+//!    sent in several headers — a new id is generated (UUID v4 by default). A rejected value is never echoed and never logged. The request's header is
 //!    set to the final id, so inner services see it too.
 //! 2. **Trace.** A valid W3C `traceparent` (version `00`, lowercase hex, non-zero ids, exactly
 //!    55 bytes, sent once) is continued — same trace id, a new span id for this service, the
@@ -209,17 +209,19 @@ where
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
         let config = &*self.config;
         let peer = peer_ip(&req);
-        let forwarded = match req.headers().get(&config.header) {
-            Some(value) if config.policy.trusts(peer) => {
+        // Sent more than once, the id is ambiguous (which hop's is it?): none is kept.
+        let mut sent = req.headers().get_all(&config.header).iter();
+        let forwarded = match (sent.next(), sent.next()) {
+            (Some(value), None) if config.policy.trusts(peer) => {
                 RequestId::from_bytes(value.as_bytes()).ok().map(|id| (id, value.clone()))
             }
             _ => None,
         };
         let (id, id_header) = match forwarded {
             // Kept as sent: the request already carries it, and its header value is reused.
-            Some((id, value)) if req.headers().get_all(&config.header).iter().count() == 1 => (id, value),
-            kept_or_not => {
-                let id = kept_or_not.map_or_else(|| config.generator.generate(), |(id, _)| id);
+            Some((id, value)) => (id, value),
+            None => {
+                let id = config.generator.generate();
                 let value = id.to_header_value();
                 req.headers_mut().insert(config.header.clone(), value.clone());
                 (id, value)
