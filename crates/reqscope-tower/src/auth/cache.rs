@@ -69,7 +69,10 @@ impl VerifiedCache {
     /// Once per new key-set generation: forgets every token verified by a key that the set no
     /// longer has (a rotated-out or revoked key), so none of them passes again.
     pub(crate) fn forget_removed_keys(&self, keys: &KeySet) {
-        if self.purged_for.swap(keys.generation, Ordering::AcqRel) == keys.generation {
+        // A load first: every request passes here, and a plain read keeps the line shared.
+        if self.purged_for.load(Ordering::Acquire) == keys.generation
+            || self.purged_for.swap(keys.generation, Ordering::AcqRel) == keys.generation
+        {
             return;
         }
         self.entries.retain(|_, entry| entry.generation == keys.generation || keys.holds(&entry.key));

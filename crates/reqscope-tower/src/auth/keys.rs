@@ -190,6 +190,23 @@ pub(crate) enum KeySource {
     Remote(Arc<RemoteJwks>),
 }
 
+/// The key set of [`KeySource::current`]: a fetched set is held (a refetch may replace it
+/// meanwhile), a fixed one borrowed.
+pub(crate) enum CurrentKeys<'a> {
+    Fixed(&'a KeySet),
+    Fetched(Arc<KeySet>),
+}
+
+impl std::ops::Deref for CurrentKeys<'_> {
+    type Target = KeySet;
+    fn deref(&self) -> &KeySet {
+        match self {
+            CurrentKeys::Fixed(keys) => keys,
+            CurrentKeys::Fetched(keys) => keys,
+        }
+    }
+}
+
 /// The result of looking a token's key up.
 pub(crate) enum Lookup {
     /// `keys[i]` for each `i`, in order, are the keys to try. More than one only for tokens
@@ -206,16 +223,17 @@ pub(crate) enum Lookup {
 impl KeySource {
     /// The keys to verify with now. A remote set older than its maximum age is still used
     /// (stale-while-revalidate) while a fetch in the background replaces it.
-    pub(crate) fn current(&self) -> Arc<KeySet> {
+    pub(crate) fn current(&self) -> CurrentKeys<'_> {
         match self {
-            KeySource::Static(keys) => Arc::clone(keys),
+            // Borrowed: no reference count touched by every request on every core.
+            KeySource::Static(keys) => CurrentKeys::Fixed(keys),
             KeySource::Remote(remote) => {
                 let keys = remote.snapshot();
                 if keys.is_stale() {
                     // Nobody waits for it; the next requests see its keys.
                     let _ = remote.start_fetch(false);
                 }
-                keys
+                CurrentKeys::Fetched(keys)
             }
         }
     }
