@@ -230,8 +230,7 @@ impl KeySource {
             KeySource::Remote(remote) => {
                 let keys = remote.snapshot();
                 if keys.is_stale() {
-                    // Nobody waits for it; the next requests see its keys.
-                    let _ = remote.start_fetch(false);
+                    remote.revalidate_in_background();
                 }
                 CurrentKeys::Fetched(keys)
             }
@@ -331,6 +330,10 @@ pub(crate) struct RemoteJwks {
     client: Client<hyper_rustls::HttpsConnector<HttpConnector>, Empty<Bytes>>,
     keys: RwLock<Arc<KeySet>>,
     state: Mutex<FetchState>,
+    /// The last attempt, in milliseconds after `created` (0: none), readable without the
+    /// lock: while a stale set cannot be refetched yet, requests pass without touching it.
+    attempted_ms: AtomicU64,
+    created: Instant,
     min_refresh_ms: AtomicU64,
     max_age_ms: AtomicU64,
     timeout: Duration,
@@ -359,6 +362,8 @@ impl RemoteJwks {
             client: Client::builder(TokioExecutor::new()).build(connector),
             keys: RwLock::new(Arc::new(KeySet::fixed(Vec::new()))),
             state: Mutex::new(FetchState::default()),
+            attempted_ms: AtomicU64::new(0),
+            created: Instant::now(),
             min_refresh_ms: AtomicU64::new(30_000),
             max_age_ms: AtomicU64::new(600_000),
             timeout: Duration::from_secs(10),
@@ -394,6 +399,17 @@ impl RemoteJwks {
         self.state().failed
     }
 
+    /// Starts a fetch of a stale set that nobody waits for (the next requests see its keys),
+    /// unless one was attempted within the minimum interval — checked without the lock.
+    fn revalidate_in_background(self: &Arc<Self>) {
+        let attempted = self.attempted_ms.load(Ordering::Relaxed);
+        let now = millis(self.created.elapsed()).saturating_add(1);
+        if attempted != 0 && now.saturating_sub(attempted) < millis(self.min_refresh_interval()) {
+            return;
+        }
+        let _ = self.start_fetch(false);
+    }
+
     /// Starts a fetch in a task of its own, or joins the one under way. Without `force`, not
     /// within the minimum interval of the last attempt (`None` then): tokens with made-up
     /// `kid`s cannot make the layer hammer the identity provider.
@@ -409,6 +425,7 @@ impl RemoteJwks {
         // Counted before the attempt: a failing endpoint is not hammered either.
         let now = Instant::now();
         state.attempted = Some(now);
+        self.attempted_ms.store(millis(now.duration_since(self.created)).saturating_add(1), Ordering::Relaxed);
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             state.failed = true;
             tracing::warn!(target: "reqscope::auth", error = %JwksError::NoRuntime, "cannot fetch the JWKS");
