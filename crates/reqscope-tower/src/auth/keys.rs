@@ -1,4 +1,8 @@
 //! Verification keys: one secret or public key, a JWKS document, or a JWKS URL with a cache.
+//!
+//! A JWKS URL is fetched in a task of its own (`tokio::spawn`), never in a request's future:
+//! a client that hangs up while its request waits for the keys cannot cancel the fetch, and
+//! every request that needs the keys meanwhile waits for that one fetch (a `watch` channel).
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -6,13 +10,15 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::Uri;
+use http::header::CACHE_CONTROL;
+use http::{HeaderMap, Uri};
 use http_body_util::{BodyExt, Empty, Limited};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, JwkSet, KeyAlgorithm};
 use jsonwebtoken::{Algorithm, DecodingKey};
+use tokio::sync::watch;
 
 use super::AuthConfigError;
 
@@ -29,26 +35,34 @@ pub(crate) struct KeyEntry {
     pub(crate) kid: Option<String>,
     pub(crate) key: DecodingKey,
     pub(crate) algorithms: Vec<Algorithm>,
+    /// Names the key across refetches (its `kid` and public parameters): the verified-token
+    /// cache forgets tokens whose key no longer has a fingerprint in the set.
+    pub(crate) fingerprint: Arc<str>,
 }
 
 impl KeyEntry {
     pub(crate) fn hmac(secret: &[u8]) -> Self {
-        KeyEntry { kid: None, key: DecodingKey::from_secret(secret), algorithms: HMAC.to_vec() }
+        KeyEntry {
+            kid: None,
+            key: DecodingKey::from_secret(secret),
+            algorithms: HMAC.to_vec(),
+            fingerprint: static_key(),
+        }
     }
 
     pub(crate) fn rsa_pem(pem: &[u8]) -> Result<Self, AuthConfigError> {
         let key = DecodingKey::from_rsa_pem(pem).map_err(|e| AuthConfigError::InvalidKey(e.to_string()))?;
-        Ok(KeyEntry { kid: None, key, algorithms: RSA.to_vec() })
+        Ok(KeyEntry { kid: None, key, algorithms: RSA.to_vec(), fingerprint: static_key() })
     }
 
     pub(crate) fn ec_pem(pem: &[u8]) -> Result<Self, AuthConfigError> {
         let key = DecodingKey::from_ec_pem(pem).map_err(|e| AuthConfigError::InvalidKey(e.to_string()))?;
-        Ok(KeyEntry { kid: None, key, algorithms: EC.to_vec() })
+        Ok(KeyEntry { kid: None, key, algorithms: EC.to_vec(), fingerprint: static_key() })
     }
 
     pub(crate) fn ed_pem(pem: &[u8]) -> Result<Self, AuthConfigError> {
         let key = DecodingKey::from_ed_pem(pem).map_err(|e| AuthConfigError::InvalidKey(e.to_string()))?;
-        Ok(KeyEntry { kid: None, key, algorithms: ED.to_vec() })
+        Ok(KeyEntry { kid: None, key, algorithms: ED.to_vec(), fingerprint: static_key() })
     }
 
     fn from_jwk(jwk: &Jwk) -> Result<Self, AuthConfigError> {
@@ -75,8 +89,15 @@ impl KeyEntry {
             None => family,
         };
         let key = DecodingKey::from_jwk(jwk).map_err(|e| AuthConfigError::InvalidJwks(e.to_string()))?;
-        Ok(KeyEntry { kid: jwk.common.key_id.clone(), key, algorithms })
+        let params = serde_json::to_string(&jwk.algorithm).unwrap_or_default();
+        let fingerprint = Arc::from(format!("{:?} {params}", jwk.common.key_id));
+        Ok(KeyEntry { kid: jwk.common.key_id.clone(), key, algorithms, fingerprint })
     }
+}
+
+/// Keys given in code never change, so they share one fingerprint.
+fn static_key() -> Arc<str> {
+    Arc::from("static")
 }
 
 fn signing_algorithm(alg: KeyAlgorithm) -> Option<Algorithm> {
@@ -129,20 +150,70 @@ pub(crate) fn read_jwks_file(path: &Path) -> Result<Vec<KeyEntry>, AuthConfigErr
     parse_jwks(&json)
 }
 
+/// The keys verified with at one moment: a remote set is replaced whole by each fetch.
+pub(crate) struct KeySet {
+    pub(crate) keys: Vec<KeyEntry>,
+    /// Bumped when a fetch brings a different set of keys (not when the same keys come back).
+    pub(crate) generation: u64,
+    /// When a remote set was fetched (`None`: given in code, or never fetched) and how long it
+    /// may be used before it is refetched in the background.
+    fetched: Option<Instant>,
+    max_age: Duration,
+}
+
+impl KeySet {
+    pub(crate) fn fixed(keys: Vec<KeyEntry>) -> Self {
+        KeySet { keys, generation: 0, fetched: None, max_age: Duration::MAX }
+    }
+
+    /// Whether a key with this fingerprint is in the set.
+    pub(crate) fn holds(&self, fingerprint: &str) -> bool {
+        self.keys.iter().any(|k| &*k.fingerprint == fingerprint)
+    }
+
+    fn is_stale(&self) -> bool {
+        self.fetched.is_some_and(|at| at.elapsed() >= self.max_age)
+    }
+
+    #[cfg(test)]
+    pub(crate) fn for_tests(generation: u64, fingerprints: &[&str]) -> Self {
+        let keys =
+            fingerprints.iter().map(|f| KeyEntry { fingerprint: Arc::from(*f), ..KeyEntry::hmac(b"test") }).collect();
+        KeySet { keys, generation, fetched: None, max_age: Duration::MAX }
+    }
+}
+
 /// Where keys come from.
 #[derive(Clone)]
 pub(crate) enum KeySource {
-    Static(Arc<[KeyEntry]>),
+    Static(Arc<KeySet>),
     Remote(Arc<RemoteJwks>),
+}
+
+/// The key set of [`KeySource::current`]: a fetched set is held (a refetch may replace it
+/// meanwhile), a fixed one borrowed.
+pub(crate) enum CurrentKeys<'a> {
+    Fixed(&'a KeySet),
+    Fetched(Arc<KeySet>),
+}
+
+impl std::ops::Deref for CurrentKeys<'_> {
+    type Target = KeySet;
+    fn deref(&self) -> &KeySet {
+        match self {
+            CurrentKeys::Fixed(keys) => keys,
+            CurrentKeys::Fetched(keys) => keys,
+        }
+    }
 }
 
 /// The result of looking a token's key up.
 pub(crate) enum Lookup {
-    /// `keys[i]` for each `i`, in order, are the keys to try (the `Arc` keeps a set that a
-    /// refresh replaces alive meanwhile). More than one only for tokens without a `kid`.
-    Found(Arc<[KeyEntry]>, Vec<usize>),
-    /// No key with that `kid`, or the remote set is due: fetch it first.
-    Refresh,
+    /// `keys[i]` for each `i`, in order, are the keys to try. More than one only for tokens
+    /// without a `kid`.
+    Found(Vec<usize>),
+    /// No key with that `kid` (or no keys yet): a fetch is under way, wait for it.
+    Wait(Pending),
     /// No key can verify this token.
     NoKey,
     /// No key for this token, and the remote set could not be fetched last time.
@@ -150,27 +221,36 @@ pub(crate) enum Lookup {
 }
 
 impl KeySource {
-    pub(crate) fn lookup(&self, kid: Option<&str>, alg: Algorithm) -> Lookup {
+    /// The keys to verify with now. A remote set older than its maximum age is still used
+    /// (stale-while-revalidate) while a fetch in the background replaces it.
+    pub(crate) fn current(&self) -> CurrentKeys<'_> {
         match self {
-            KeySource::Static(keys) => {
-                let found = select(keys, kid, alg);
-                if found.is_empty() { Lookup::NoKey } else { Lookup::Found(Arc::clone(keys), found) }
-            }
+            // Borrowed: no reference count touched by every request on every core.
+            KeySource::Static(keys) => CurrentKeys::Fixed(keys),
             KeySource::Remote(remote) => {
                 let keys = remote.snapshot();
-                let found = select(&keys, kid, alg);
-                let may_refresh = remote.may_refresh();
-                // A set older than its maximum age is fetched again, so that keys the provider
-                // removed (revoked) stop verifying.
-                if may_refresh && (found.is_empty() || remote.is_stale()) {
-                    Lookup::Refresh
-                } else if !found.is_empty() {
-                    Lookup::Found(keys, found)
-                } else if remote.last_fetch_failed() {
-                    Lookup::Unavailable
-                } else {
-                    Lookup::NoKey
+                if keys.is_stale() {
+                    remote.revalidate_in_background();
                 }
+                CurrentKeys::Fetched(keys)
+            }
+        }
+    }
+
+    /// The keys of `keys` for a token with `kid` and `alg`. With `may_wait`, an unknown `kid`
+    /// starts a fetch (unless one ran within the minimum interval) to wait for.
+    pub(crate) fn lookup(&self, keys: &KeySet, kid: Option<&str>, alg: Algorithm, may_wait: bool) -> Lookup {
+        let found = select(&keys.keys, kid, alg);
+        if !found.is_empty() {
+            return Lookup::Found(found);
+        }
+        match self {
+            KeySource::Static(_) => Lookup::NoKey,
+            KeySource::Remote(remote) => {
+                if may_wait && let Some(pending) = remote.start_fetch(false) {
+                    return Lookup::Wait(pending);
+                }
+                if remote.last_fetch_failed() || keys.fetched.is_none() { Lookup::Unavailable } else { Lookup::NoKey }
             }
         }
     }
@@ -190,37 +270,73 @@ fn select(keys: &[KeyEntry], kid: Option<&str>, alg: Algorithm) -> Vec<usize> {
     if of_family.is_empty() { keys.iter().position(by_kid).into_iter().collect() } else { of_family }
 }
 
-/// Why the remote key set could not be fetched.
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum FetchError {
-    #[error("request failed: {0}")]
+/// Why a JWKS URL could not be fetched (from [`AuthLayer::refresh`](super::AuthLayer::refresh)).
+/// The messages never contain the URL's credentials or the response body.
+#[derive(Clone, Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum JwksError {
+    /// The connection or the request failed.
+    #[error("JWKS request failed: {0}")]
     Request(String),
-    #[error("status {0}")]
-    Status(http::StatusCode),
+    /// The server answered with a status other than 2xx.
+    #[error("JWKS request answered with status {0}")]
+    Status(u16),
+    /// The document is not a key set with a usable signing key.
     #[error("{0}")]
-    Parse(AuthConfigError),
-    #[error("timed out")]
+    InvalidJwks(String),
+    /// No answer within 10 s.
+    #[error("JWKS request timed out")]
     Timeout,
+    /// Called outside a tokio runtime, where the fetch task cannot run.
+    #[error("the JWKS is fetched in a tokio task: call this inside a tokio runtime")]
+    NoRuntime,
+    /// The fetch task ended without an answer (its runtime shut down).
+    #[error("the JWKS fetch was abandoned")]
+    Abandoned,
 }
+
+type Outcome = Option<Result<(), JwksError>>;
+
+/// A fetch under way, to wait for. Waiting is cancel-safe: dropping the waiter leaves the
+/// fetch running.
+#[derive(Clone)]
+pub(crate) struct Pending(watch::Receiver<Outcome>);
+
+impl Pending {
+    pub(crate) async fn wait(mut self) -> Result<(), JwksError> {
+        // `wait_for` looks at the current value first, so a fetch that already ended counts.
+        let outcome = self.0.wait_for(Option::is_some).await.map(|outcome| outcome.clone());
+        match outcome {
+            Ok(outcome) => outcome.unwrap_or(Err(JwksError::Abandoned)),
+            Err(_) => self.0.borrow().clone().unwrap_or(Err(JwksError::Abandoned)),
+        }
+    }
+}
+
+/// When the last fetch was attempted, whether it failed, and the one under way.
+#[derive(Default)]
+struct FetchState {
+    attempted: Option<Instant>,
+    failed: bool,
+    in_flight: Option<(Instant, Pending)>,
+}
+
+/// Longest [`RemoteJwks::set_max_age`] accepted: a day.
+const MAX_AGE_LIMIT: Duration = Duration::from_secs(86_400);
 
 /// A JWKS URL, its cached keys and the refresh policy.
 pub(crate) struct RemoteJwks {
     url: Uri,
     client: Client<hyper_rustls::HttpsConnector<HttpConnector>, Empty<Bytes>>,
-    keys: RwLock<Arc<[KeyEntry]>>,
-    /// When the last fetch was attempted, whether it failed, and when one last succeeded.
-    last_fetch: Mutex<FetchState>,
-    fetching: tokio::sync::Mutex<()>,
+    keys: RwLock<Arc<KeySet>>,
+    state: Mutex<FetchState>,
+    /// The last attempt, in milliseconds after `created` (0: none), readable without the
+    /// lock: while a stale set cannot be refetched yet, requests pass without touching it.
+    attempted_ms: AtomicU64,
+    created: Instant,
     min_refresh_ms: AtomicU64,
-    pub(crate) max_age: Duration,
+    max_age_ms: AtomicU64,
     timeout: Duration,
-}
-
-#[derive(Default, Clone, Copy)]
-struct FetchState {
-    attempted: Option<Instant>,
-    failed: bool,
-    succeeded: Option<Instant>,
 }
 
 impl RemoteJwks {
@@ -244,84 +360,148 @@ impl RemoteJwks {
         Ok(RemoteJwks {
             url,
             client: Client::builder(TokioExecutor::new()).build(connector),
-            keys: RwLock::new(Arc::from(Vec::new())),
-            last_fetch: Mutex::new(FetchState::default()),
-            fetching: tokio::sync::Mutex::new(()),
+            keys: RwLock::new(Arc::new(KeySet::fixed(Vec::new()))),
+            state: Mutex::new(FetchState::default()),
+            attempted_ms: AtomicU64::new(0),
+            created: Instant::now(),
             min_refresh_ms: AtomicU64::new(30_000),
-            max_age: Duration::from_secs(600),
+            max_age_ms: AtomicU64::new(600_000),
             timeout: Duration::from_secs(10),
         })
     }
 
-    fn snapshot(&self) -> Arc<[KeyEntry]> {
-        match self.keys.read() {
-            Ok(keys) => Arc::clone(&keys),
-            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
-        }
+    fn snapshot(&self) -> Arc<KeySet> {
+        Arc::clone(&self.keys.read().unwrap_or_else(|p| p.into_inner()))
     }
 
-    fn state(&self) -> FetchState {
-        *self.last_fetch.lock().unwrap_or_else(|p| p.into_inner())
+    fn state(&self) -> std::sync::MutexGuard<'_, FetchState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub(crate) fn set_min_refresh_interval(&self, interval: Duration) {
-        self.min_refresh_ms.store(interval.as_millis().min(u128::from(u64::MAX)) as u64, Ordering::Relaxed);
+        self.min_refresh_ms.store(millis(interval), Ordering::Relaxed);
     }
 
     fn min_refresh_interval(&self) -> Duration {
         Duration::from_millis(self.min_refresh_ms.load(Ordering::Relaxed))
     }
 
-    /// Never fetched, or the last attempt is older than the minimum interval.
-    fn may_refresh(&self) -> bool {
-        self.state().attempted.is_none_or(|at| at.elapsed() >= self.min_refresh_interval())
+    /// The longest a fetched set is used before it is refetched (bounded by a day).
+    pub(crate) fn set_max_age(&self, max_age: Duration) {
+        self.max_age_ms.store(millis(max_age.min(MAX_AGE_LIMIT)), Ordering::Relaxed);
     }
 
-    fn is_stale(&self) -> bool {
-        self.state().succeeded.is_none_or(|at| at.elapsed() >= self.max_age)
+    fn max_age(&self) -> Duration {
+        Duration::from_millis(self.max_age_ms.load(Ordering::Relaxed))
     }
 
     fn last_fetch_failed(&self) -> bool {
         self.state().failed
     }
 
-    /// Fetches the key set unless another fetch ran within the minimum interval (concurrent
-    /// callers wait for the one fetch in flight). `Ok` also when rate-limited: the caller
-    /// then looks the key up again in whatever is cached.
-    pub(crate) async fn refresh(&self) -> Result<(), FetchError> {
-        let _one_at_a_time = self.fetching.lock().await;
-        if !self.may_refresh() {
-            return Ok(());
+    /// Starts a fetch of a stale set that nobody waits for (the next requests see its keys),
+    /// unless one was attempted within the minimum interval — checked without the lock.
+    fn revalidate_in_background(self: &Arc<Self>) {
+        let attempted = self.attempted_ms.load(Ordering::Relaxed);
+        let now = millis(self.created.elapsed()).saturating_add(1);
+        if attempted != 0 && now.saturating_sub(attempted) < millis(self.min_refresh_interval()) {
+            return;
         }
-        // Counted before the attempt: a failing endpoint is not hammered either.
-        self.last_fetch.lock().unwrap_or_else(|p| p.into_inner()).attempted = Some(Instant::now());
-        let fetched = match tokio::time::timeout(self.timeout, self.fetch()).await {
-            Ok(fetched) => fetched,
-            Err(_) => Err(FetchError::Timeout),
-        };
-        let mut state = self.last_fetch.lock().unwrap_or_else(|p| p.into_inner());
-        state.failed = fetched.is_err();
-        let keys = fetched?;
-        state.succeeded = Some(Instant::now());
-        drop(state);
-        *self.keys.write().unwrap_or_else(|p| p.into_inner()) = Arc::from(keys);
-        Ok(())
+        let _ = self.start_fetch(false);
     }
 
-    async fn fetch(&self) -> Result<Vec<KeyEntry>, FetchError> {
-        let response = self.client.get(self.url.clone()).await.map_err(|e| FetchError::Request(e.to_string()))?;
-        if !response.status().is_success() {
-            return Err(FetchError::Status(response.status()));
+    /// Starts a fetch in a task of its own, or joins the one under way. Without `force`, not
+    /// within the minimum interval of the last attempt (`None` then): tokens with made-up
+    /// `kid`s cannot make the layer hammer the identity provider.
+    pub(crate) fn start_fetch(self: &Arc<Self>, force: bool) -> Option<Pending> {
+        let mut state = self.state();
+        if let Some((_, pending)) = &state.in_flight {
+            return Some(pending.clone());
         }
+        let recent = state.attempted.is_some_and(|at| at.elapsed() < self.min_refresh_interval());
+        if recent && !force {
+            return None;
+        }
+        // Counted before the attempt: a failing endpoint is not hammered either.
+        let now = Instant::now();
+        state.attempted = Some(now);
+        self.attempted_ms.store(millis(now.duration_since(self.created)).saturating_add(1), Ordering::Relaxed);
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            state.failed = true;
+            tracing::warn!(target: "reqscope::auth", error = %JwksError::NoRuntime, "cannot fetch the JWKS");
+            let (_, receiver) = watch::channel(Some(Err(JwksError::NoRuntime)));
+            return Some(Pending(receiver));
+        };
+        let (sender, receiver) = watch::channel(None);
+        state.in_flight = Some((now, Pending(receiver.clone())));
+        drop(state);
+        let fetch = FetchTask { remote: Arc::clone(self), sender: Some(sender) };
+        runtime.spawn(fetch.run());
+        Some(Pending(receiver))
+    }
+
+    /// Fetches the set now, whatever the minimum interval: joins a fetch that started after
+    /// this call, else waits for the one under way and starts another, so that keys published
+    /// before the call are seen.
+    pub(crate) async fn refresh_now(self: &Arc<Self>) -> Result<(), JwksError> {
+        let asked = Instant::now();
+        loop {
+            let in_flight = self.state().in_flight.clone();
+            match in_flight {
+                Some((started, pending)) if started >= asked => return pending.wait().await,
+                // Its outcome does not answer this call; the next round starts a new fetch.
+                Some((_, pending)) => {
+                    let _ = pending.wait().await;
+                }
+                None => {
+                    let Some(pending) = self.start_fetch(true) else { return Ok(()) };
+                    return pending.wait().await;
+                }
+            }
+        }
+    }
+
+    /// Installs what a fetch brought: a new set of keys, or the failure.
+    fn complete(&self, fetched: Result<(Vec<KeyEntry>, Option<Duration>), JwksError>) -> Result<(), JwksError> {
+        let outcome = match fetched {
+            Ok((keys, cache_max_age)) => {
+                // `Cache-Control: max-age` may shorten the configured maximum age, never
+                // lengthen it; refetches are at least the minimum interval apart anyway.
+                let configured = self.max_age();
+                let max_age = cache_max_age.map_or(configured, |age| age.min(configured));
+                let mut current = self.keys.write().unwrap_or_else(|p| p.into_inner());
+                let changed = fingerprints(&current.keys) != fingerprints(&keys);
+                let generation = current.generation + u64::from(changed);
+                *current = Arc::new(KeySet { keys, generation, fetched: Some(Instant::now()), max_age });
+                Ok(())
+            }
+            Err(error) => {
+                tracing::warn!(target: "reqscope::auth", url = %self.url_for_logs(), %error, "cannot fetch the JWKS");
+                Err(error)
+            }
+        };
+        let mut state = self.state();
+        state.failed = outcome.is_err();
+        state.in_flight = None;
+        outcome
+    }
+
+    async fn fetch(&self) -> Result<(Vec<KeyEntry>, Option<Duration>), JwksError> {
+        let response = self.client.get(self.url.clone()).await.map_err(|e| JwksError::Request(e.to_string()))?;
+        if !response.status().is_success() {
+            return Err(JwksError::Status(response.status().as_u16()));
+        }
+        let max_age = cache_max_age(response.headers());
         // Key sets are small; a megabyte is generous and keeps a broken endpoint from
         // filling memory.
         let body = Limited::new(response.into_body(), 1024 * 1024)
             .collect()
             .await
-            .map_err(|e| FetchError::Request(e.to_string()))?
+            .map_err(|e| JwksError::Request(e.to_string()))?
             .to_bytes();
-        let text = std::str::from_utf8(&body).map_err(|e| FetchError::Request(e.to_string()))?;
-        parse_jwks(text).map_err(FetchError::Parse)
+        let text = std::str::from_utf8(&body).map_err(|e| JwksError::Request(e.to_string()))?;
+        let keys = parse_jwks(text).map_err(|e| JwksError::InvalidJwks(e.to_string()))?;
+        Ok((keys, max_age))
     }
 
     /// The URL without user info or query string, which may hold credentials: for logs.
@@ -332,5 +512,111 @@ impl RemoteJwks {
             self.url.authority().map_or("", |a| a.as_str().rsplit('@').next().unwrap_or("")),
             self.url.path()
         )
+    }
+}
+
+/// One fetch, run by `tokio::spawn`. If the task is dropped before it ends (its runtime shuts
+/// down), the fetch still counts as ended, failed, so that nobody waits for it forever.
+struct FetchTask {
+    remote: Arc<RemoteJwks>,
+    sender: Option<watch::Sender<Outcome>>,
+}
+
+impl FetchTask {
+    async fn run(mut self) {
+        let fetched = match tokio::time::timeout(self.remote.timeout, self.remote.fetch()).await {
+            Ok(fetched) => fetched,
+            Err(_) => Err(JwksError::Timeout),
+        };
+        self.finish(fetched);
+    }
+
+    fn finish(&mut self, fetched: Result<(Vec<KeyEntry>, Option<Duration>), JwksError>) {
+        if let Some(sender) = self.sender.take() {
+            let outcome = self.remote.complete(fetched);
+            sender.send_replace(Some(outcome));
+        }
+    }
+}
+
+impl Drop for FetchTask {
+    fn drop(&mut self) {
+        self.finish(Err(JwksError::Abandoned));
+    }
+}
+
+fn fingerprints(keys: &[KeyEntry]) -> Vec<&str> {
+    let mut all: Vec<&str> = keys.iter().map(|k| &*k.fingerprint).collect();
+    all.sort_unstable();
+    all
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// The freshness lifetime a JWKS response gives itself: the smallest `max-age` of its
+/// `Cache-Control` headers, zero for `no-cache` / `no-store`; `None` without either.
+fn cache_max_age(headers: &HeaderMap) -> Option<Duration> {
+    let mut age: Option<u64> = None;
+    for value in headers.get_all(CACHE_CONTROL) {
+        let Ok(value) = value.to_str() else { continue };
+        for directive in value.split(',') {
+            let directive = directive.trim();
+            let seconds = if directive.eq_ignore_ascii_case("no-cache") || directive.eq_ignore_ascii_case("no-store") {
+                Some(0)
+            } else {
+                match directive.split_once('=') {
+                    Some((name, seconds)) if name.trim().eq_ignore_ascii_case("max-age") => {
+                        seconds.trim().trim_matches('"').parse::<u64>().ok()
+                    }
+                    _ => None,
+                }
+            };
+            if let Some(seconds) = seconds {
+                age = Some(age.map_or(seconds, |a| a.min(seconds)));
+            }
+        }
+    }
+    age.map(Duration::from_secs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(values: &[&str]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for value in values {
+            headers.append(CACHE_CONTROL, value.parse().unwrap());
+        }
+        headers
+    }
+
+    #[test]
+    fn cache_control_max_age_is_read() {
+        assert_eq!(cache_max_age(&headers(&[])), None);
+        assert_eq!(cache_max_age(&headers(&["public, max-age=300"])), Some(Duration::from_secs(300)));
+        assert_eq!(cache_max_age(&headers(&["Max-Age = \"60\", must-revalidate"])), Some(Duration::from_secs(60)));
+        assert_eq!(cache_max_age(&headers(&["max-age=300", "max-age=120"])), Some(Duration::from_secs(120)));
+        assert_eq!(cache_max_age(&headers(&["no-store"])), Some(Duration::ZERO));
+        assert_eq!(cache_max_age(&headers(&["max-age=soon", "private"])), None);
+        assert_eq!(cache_max_age(&headers(&["s-maxage=5"])), None);
+    }
+
+    #[test]
+    fn max_age_is_bounded_by_the_configuration() {
+        let remote = RemoteJwks::new("http://127.0.0.1:9/jwks.json").unwrap();
+        remote.set_max_age(Duration::from_secs(100));
+        let key = || KeyEntry { kid: Some("a".into()), fingerprint: Arc::from("a"), ..KeyEntry::hmac(b"k") };
+        remote.complete(Ok((vec![key()], Some(Duration::from_secs(5))))).unwrap();
+        assert_eq!(remote.snapshot().max_age, Duration::from_secs(5), "a shorter max-age is honoured");
+        remote.complete(Ok((vec![key()], Some(Duration::from_secs(86_400))))).unwrap();
+        assert_eq!(remote.snapshot().max_age, Duration::from_secs(100), "never longer than configured");
+        remote.complete(Ok((vec![key()], None))).unwrap();
+        assert_eq!(remote.snapshot().max_age, Duration::from_secs(100));
+        assert_eq!(remote.snapshot().generation, 1, "the same keys again: the same generation");
+        remote.set_max_age(Duration::from_secs(10 * 86_400));
+        assert_eq!(remote.max_age(), MAX_AGE_LIMIT);
     }
 }

@@ -16,17 +16,50 @@
 //! ```
 //!
 //! A valid token's `sub` becomes the context's user id, the org claim (default `org_id`) its
-//! org id, the roles claim (default `roles`: an array, or a space-separated string; else
-//! OAuth's `scope`) its roles — so every later log line of the request, and its access line,
-//! carries them. The whole verified claim set is available to handlers as [`Claims`], in the
-//! request's extensions (axum's `Extension<Claims>`) and the context's.
+//! org id, the roles claim (default `roles`: an array, or a space-separated string) its roles
+//! — so every later log line of the request, and its access line, carries them. OAuth's
+//! `scope` is read as roles only when asked to ([`AuthLayer::roles_from_scope`]): a scope
+//! granted to a client is not a role of its user. The whole verified claim set is available to
+//! handlers as [`Claims`], in the request's extensions (axum's `Extension<Claims>`) and the
+//! context's. [`RequireRoleLayer`] decides from those verified [`Claims`], not from the
+//! context's roles, which any code may change for its log lines.
 //!
 //! **Validation.** `exp` is required and checked, `nbf` is checked, both with a leeway of
-//! 30 s by default ([`AuthLayer::leeway`]). `iss` and `aud` are checked — and required — when
-//! configured. The algorithm is pinned to the key's family: an HMAC key verifies only HS256/
-//! 384/512, an RSA key only RS*/PS*, an EC key ES256/ES384, an Ed25519 key EdDSA; so a token
-//! signed with an RSA public key used as an HMAC secret is refused. `alg: none` is never
-//! accepted. Tokens over 8 KiB ([`AuthLayer::max_token_bytes`]) are refused before parsing.
+//! 30 s by default ([`AuthLayer::leeway`]). `sub` is required and must be a non-empty string
+//! (RFC 7519 §4.1.2; a numeric `sub` is refused as `malformed`, since a large JSON number can
+//! lose digits and two users would share an id). `iss` and `aud` are checked — and required —
+//! when configured. The algorithm is pinned to the key's family: an HMAC key verifies only
+//! HS256/384/512, an RSA key only RS*/PS*, an EC key ES256/ES384, an Ed25519 key EdDSA; so a
+//! token signed with an RSA public key used as an HMAC secret is refused. `alg: none` is never
+//! accepted. A header with a `crit` parameter is refused (`unsupported_crit`): it lists
+//! extensions the recipient must understand, and this layer understands none (RFC 7515
+//! §4.1.11). Other header parameters, of any JSON type, are ignored (RFC 7515 §4). Tokens over
+//! 8 KiB ([`AuthLayer::max_token_bytes`]) are refused before parsing.
+//!
+//! **Audience of a remote key set.** Identity providers (Google, Auth0, Entra ID, …) sign the
+//! tokens of every application of every customer with one key set, so a token signed by that
+//! key set proves nothing about *which* application it was meant for. [`AuthLayer::jwks_url`]
+//! therefore returns a [`JwksAuthBuilder`], which becomes an [`AuthLayer`] only through
+//! [`JwksAuthBuilder::audience`] or — explicitly waiving the check —
+//! [`JwksAuthBuilder::allow_any_audience`]: forgetting the audience is a compile error, not a
+//! hole found in production.
+//!
+//! ```
+//! use reqscope_tower::auth::AuthLayer;
+//! # fn main() -> Result<(), reqscope_tower::auth::AuthConfigError> {
+//! let auth: AuthLayer = AuthLayer::jwks_url("https://id.example.com/.well-known/jwks.json")?
+//!     .audience("my-api")
+//!     .issuer("https://id.example.com/");
+//! # Ok(()) }
+//! ```
+//!
+//! ```compile_fail
+//! use reqscope_tower::auth::AuthLayer;
+//! # fn main() -> Result<(), reqscope_tower::auth::AuthConfigError> {
+//! // Does not compile: which application's tokens should this accept?
+//! let auth: AuthLayer = AuthLayer::jwks_url("https://id.example.com/.well-known/jwks.json")?;
+//! # Ok(()) }
+//! ```
 //!
 //! **Rejections.** 401 with `{"error":"unauthorized","message":<reason>,"request_id":…}` and
 //! `WWW-Authenticate: Bearer realm="api", error="invalid_token", error_description=<reason>`
@@ -38,20 +71,34 @@
 //!
 //! **Verified-token cache.** A client usually sends the same token on every request. The
 //! layer remembers verified tokens (the whole token string is the key) for up to 60 s and
-//! 10,000 tokens, re-checking `exp` and `nbf` on each use, so the signature is checked about
-//! once a minute per token; [`AuthLayer::verified_token_cache`] tunes it,
-//! [`AuthLayer::without_verified_token_cache`] turns it off.
+//! about 10,000 tokens, re-checking `exp` and `nbf` on each use, so the signature is checked
+//! about once a minute per token; [`AuthLayer::verified_token_cache`] tunes it,
+//! [`AuthLayer::without_verified_token_cache`] turns it off. The cache is sharded (a hit
+//! takes one shard's read lock) and, when full, evicts the entries least used (S3-FIFO), so a
+//! token in use stays while one-off tokens come and go. When a refetched key set no longer
+//! has a key, every cached token that key verified is forgotten at once.
 //!
 //! **Keys.** An HMAC secret, an RSA / EC / Ed25519 public key in PEM, a JWKS document (string
-//! or file), or a JWKS URL: fetched on first use, cached, fetched again every 10 minutes (so
-//! revoked keys drop out) and when a token names an unknown `kid` — at most once per
-//! [`AuthLayer::min_refresh_interval`] (30 s by default), so tokens with made-up `kid`s cannot
-//! hammer the identity provider. While the provider is down, cached keys keep verifying; a
-//! token no cached key can verify gets 503 JSON, since it cannot be judged. Key sets never
-//! carry shared secrets (`kty: oct` is refused: use [`AuthLayer::hmac`]); keys the layer
-//! cannot use (an unsupported curve) are skipped with a WARN; plain `http://` outside
-//! loopback is accepted with a WARN. Tokens without a `kid` are tried against every key of
-//! their algorithm's family, as during a key rotation.
+//! or file), or a JWKS URL. A JWKS URL is fetched on first use and cached. It is fetched again:
+//! - in the background when the set is older than its maximum age: the response's
+//!   `Cache-Control: max-age` (`no-cache` / `no-store` count as 0), but never more than
+//!   [`AuthLayer::jwks_max_age`] (default 10 minutes, at most a day; also the age used when
+//!   the response has no `max-age`), so keys the provider removed (revoked) drop out.
+//!   Requests meanwhile keep verifying with the set they have (stale-while-revalidate): a
+//!   slow provider delays nobody;
+//! - when a token names an unknown `kid`; that request waits for the fetch (at most 10 s);
+//! - when [`AuthLayer::refresh`] is called (e.g. from a key-rotation webhook).
+//!
+//! Automatic fetches start at most once per [`AuthLayer::min_refresh_interval`] (30 s by
+//! default), so tokens with made-up `kid`s cannot hammer the identity provider, and a
+//! `max-age` shorter than the interval means "every interval". Each fetch runs in a tokio task
+//! of its own, shared by every request waiting for it: a client that hangs up mid-fetch
+//! cancels nothing. While the provider is down, cached keys keep verifying; a token no cached
+//! key can verify gets 503 JSON, since it cannot be judged. Key sets never carry shared
+//! secrets (`kty: oct` is refused: use [`AuthLayer::hmac`]); keys the layer cannot use (an
+//! unsupported curve) are skipped with a WARN; plain `http://` outside loopback is accepted
+//! with a WARN. Tokens without a `kid` are tried against every key of their algorithm's
+//! family, as during a key rotation.
 //!
 //! Crypto comes from `jsonwebtoken` with its `aws_lc_rs` backend, chosen on purpose:
 //! `jsonwebtoken` ≥ 10 panics at the first verification unless exactly one backend is enabled,
@@ -78,7 +125,8 @@ use reqscope_core::RequestContext;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use keys::{KeyEntry, KeySource, Lookup, RemoteJwks};
+pub use keys::JwksError;
+use keys::{KeyEntry, KeySet, KeySource, Lookup, Pending, RemoteJwks};
 pub use reject::Reason;
 pub use role::{RequireRole, RequireRoleLayer};
 pub use verify::Claims;
@@ -107,8 +155,6 @@ struct Config {
     rules: Rules,
     required: bool,
     realm: String,
-    /// Built from `rules` on first use, one per algorithm, instead of per request.
-    validations: verify::Validations,
     cache: Option<Arc<cache::VerifiedCache>>,
 }
 
@@ -129,6 +175,30 @@ impl std::fmt::Debug for AuthLayer {
     }
 }
 
+/// What [`AuthLayer::jwks_url`] returns: an [`AuthLayer`] for a remote key set that still
+/// needs to know which tokens are meant for this service. Call [`audience`](Self::audience),
+/// or — for a key set that signs tokens for this service only — waive the check with
+/// [`allow_any_audience`](Self::allow_any_audience). See the [module docs](self).
+#[derive(Debug)]
+#[must_use = "a JWKS URL needs `.audience(…)` or `.allow_any_audience()` to become an AuthLayer"]
+pub struct JwksAuthBuilder {
+    layer: AuthLayer,
+}
+
+impl JwksAuthBuilder {
+    /// Requires `aud` to contain this audience (call [`AuthLayer::audience`] on the result to
+    /// accept several).
+    pub fn audience(self, audience: impl Into<String>) -> AuthLayer {
+        self.layer.audience(audience)
+    }
+
+    /// Accepts tokens whatever their `aud`: only for a key set that signs tokens for this
+    /// service alone (your own issuer), never for a shared identity provider's.
+    pub fn allow_any_audience(self) -> AuthLayer {
+        self.layer
+    }
+}
+
 impl AuthLayer {
     fn with_keys(keys: KeySource) -> Self {
         AuthLayer {
@@ -141,59 +211,61 @@ impl AuthLayer {
                     max_token_bytes: 8 * 1024,
                     org_claim: "org_id".to_owned(),
                     roles_claim: "roles".to_owned(),
+                    scope_fallback: false,
                 },
                 required: true,
                 realm: "api".to_owned(),
-                validations: verify::Validations::default(),
                 cache: Some(Arc::new(cache::VerifiedCache::new(10_000, Duration::from_secs(60)))),
             }),
         }
     }
 
-    fn single(key: KeyEntry) -> Self {
-        Self::with_keys(KeySource::Static(Arc::from(vec![key])))
+    fn fixed(keys: Vec<KeyEntry>) -> Self {
+        Self::with_keys(KeySource::Static(Arc::new(KeySet::fixed(keys))))
     }
 
     /// HS256 / HS384 / HS512 with a shared secret.
     pub fn hmac(secret: impl AsRef<[u8]>) -> Self {
-        Self::single(KeyEntry::hmac(secret.as_ref()))
+        Self::fixed(vec![KeyEntry::hmac(secret.as_ref())])
     }
 
     /// RS256/384/512 and PS256/384/512 with an RSA public key in PEM.
     pub fn rsa_pem(pem: impl AsRef<[u8]>) -> Result<Self, AuthConfigError> {
-        Ok(Self::single(KeyEntry::rsa_pem(pem.as_ref())?))
+        Ok(Self::fixed(vec![KeyEntry::rsa_pem(pem.as_ref())?]))
     }
 
     /// ES256 / ES384 with an EC public key in PEM.
     pub fn ec_pem(pem: impl AsRef<[u8]>) -> Result<Self, AuthConfigError> {
-        Ok(Self::single(KeyEntry::ec_pem(pem.as_ref())?))
+        Ok(Self::fixed(vec![KeyEntry::ec_pem(pem.as_ref())?]))
     }
 
     /// EdDSA with an Ed25519 public key in PEM.
     pub fn ed_pem(pem: impl AsRef<[u8]>) -> Result<Self, AuthConfigError> {
-        Ok(Self::single(KeyEntry::ed_pem(pem.as_ref())?))
+        Ok(Self::fixed(vec![KeyEntry::ed_pem(pem.as_ref())?]))
     }
 
     /// The signing keys of a JWKS document.
     pub fn jwks_json(json: &str) -> Result<Self, AuthConfigError> {
-        Ok(Self::with_keys(KeySource::Static(Arc::from(keys::parse_jwks(json)?))))
+        Ok(Self::fixed(keys::parse_jwks(json)?))
     }
 
     /// The signing keys of a JWKS file.
     pub fn jwks_file(path: impl AsRef<Path>) -> Result<Self, AuthConfigError> {
-        Ok(Self::with_keys(KeySource::Static(Arc::from(keys::read_jwks_file(path.as_ref())?))))
+        Ok(Self::fixed(keys::read_jwks_file(path.as_ref())?))
     }
 
-    /// The signing keys published at an `https://` (or `http://`) URL, fetched on first use
-    /// and again when a token names an unknown `kid`. Must be used inside a tokio runtime.
-    pub fn jwks_url(url: &str) -> Result<Self, AuthConfigError> {
-        Ok(Self::with_keys(KeySource::Remote(Arc::new(RemoteJwks::new(url)?))))
+    /// The signing keys published at an `https://` (or `http://`) URL, fetched on first use,
+    /// refreshed as the [module docs](self) say. Name the audience next:
+    /// `AuthLayer::jwks_url(url)?.audience("my-api")` (see [`JwksAuthBuilder`]). Fetches run
+    /// in tokio tasks: the layer must serve inside a tokio runtime.
+    pub fn jwks_url(url: &str) -> Result<JwksAuthBuilder, AuthConfigError> {
+        let layer = Self::with_keys(KeySource::Remote(Arc::new(RemoteJwks::new(url)?)));
+        Ok(JwksAuthBuilder { layer })
     }
 
     fn config_mut(&mut self) -> &mut Config {
         let config = Arc::make_mut(&mut self.config);
-        // The rules are about to change: what was built or verified under the old ones is stale.
-        config.validations = verify::Validations::default();
+        // The rules are about to change: what was verified under the old ones is stale.
         if let Some(cache) = &config.cache {
             config.cache = Some(Arc::new(cache.emptied()));
         }
@@ -231,9 +303,17 @@ impl AuthLayer {
         self
     }
 
-    /// The claim holding the roles (default `roles`; `scope` is the fallback).
+    /// The claim holding the roles (default `roles`).
     pub fn roles_claim(mut self, claim: impl Into<String>) -> Self {
         self.config_mut().rules.roles_claim = claim.into();
+        self
+    }
+
+    /// Reads OAuth's space-separated `scope` as the roles when the roles claim gives none.
+    /// Off by default: a scope is what a client application was allowed, not a role of the
+    /// user, and [`RequireRoleLayer`] would otherwise let a token with `scope: "admin"` in.
+    pub fn roles_from_scope(mut self) -> Self {
+        self.config_mut().rules.scope_fallback = true;
         self
     }
 
@@ -249,11 +329,11 @@ impl AuthLayer {
         self
     }
 
-    /// Remembers up to `capacity` verified tokens for at most `ttl` (default: 10,000 tokens,
-    /// 60 s), so a client that sends the same token on every request pays for the signature
-    /// check once a minute instead of every time. `exp` and `nbf` are checked on every use.
-    /// A key removed from a JWKS URL stops verifying when the set is next fetched (at most
-    /// 10 minutes), and tokens it verified leave the cache within `ttl` after that.
+    /// Remembers up to about `capacity` verified tokens for at most `ttl` (default: 10,000
+    /// tokens, 60 s), so a client that sends the same token on every request pays for the
+    /// signature check once a minute instead of every time. `exp` and `nbf` are checked on
+    /// every use; tokens of a key that a refetched key set no longer has are forgotten at
+    /// once. Memory stays below about `capacity` × the token size cap.
     pub fn verified_token_cache(mut self, capacity: usize, ttl: Duration) -> Self {
         self.config_mut().cache = Some(Arc::new(cache::VerifiedCache::new(capacity, ttl)));
         self
@@ -265,12 +345,39 @@ impl AuthLayer {
         self
     }
 
-    /// Minimum time between two fetches of a JWKS URL (default 30 s). No effect on other keys.
+    /// Minimum time between two automatic fetches of a JWKS URL (default 30 s; `ZERO` lets an
+    /// unknown `kid` always trigger one). [`AuthLayer::refresh`] is not limited by it. No
+    /// effect on other keys.
     pub fn min_refresh_interval(self, interval: Duration) -> Self {
         if let KeySource::Remote(remote) = &self.config.keys {
             remote.set_min_refresh_interval(interval);
         }
         self
+    }
+
+    /// The longest a fetched JWKS is used before it is refetched in the background (default
+    /// 10 minutes, at most a day). A shorter `Cache-Control: max-age` on the response wins;
+    /// refetches stay at least [`AuthLayer::min_refresh_interval`] apart. No effect on other
+    /// keys.
+    pub fn jwks_max_age(self, max_age: Duration) -> Self {
+        if let KeySource::Remote(remote) = &self.config.keys {
+            remote.set_max_age(max_age);
+        }
+        self
+    }
+
+    /// Fetches the JWKS URL now, whatever the minimum interval, and resolves once the new
+    /// set is in use (or the fetch failed, the old set staying in use): for a key-rotation
+    /// webhook or an admin endpoint. Tokens of keys the new set no longer has stop passing,
+    /// cached ones included. Every clone of this layer shares the key set, so keep a clone
+    /// to call this on. Does nothing for keys given in code or files. Call it inside a tokio
+    /// runtime ([`JwksError::NoRuntime`] otherwise); dropping the future does not cancel the
+    /// fetch.
+    pub async fn refresh(&self) -> Result<(), JwksError> {
+        match &self.config.keys {
+            KeySource::Remote(remote) => remote.refresh_now().await,
+            KeySource::Static(_) => Ok(()),
+        }
     }
 }
 
@@ -311,42 +418,64 @@ fn admit<B>(request: &mut Request<B>, verified: Verified) {
     request.extensions_mut().insert(claims);
 }
 
+/// What the layer decided about a request, with the keys at hand.
+enum Checked {
+    /// A valid token: the user is in the context.
+    Admitted,
+    /// No token, in optional mode.
+    Anonymous,
+    Refused(Reason),
+    /// The token names a key not fetched yet: wait for the fetch, then check again.
+    Wait(Pending),
+}
+
 impl Config {
-    /// Verifies with the keys at hand: `Ok(Some)` admitted, `Ok(None)` anonymous, `Err(None)`
-    /// when a remote key set must be fetched first.
-    fn check<B>(&self, request: &mut Request<B>) -> Result<bool, Option<Reason>> {
+    /// Verifies with the keys at hand. With `may_wait`, a token naming an unknown key of a
+    /// remote set starts (or joins) a fetch to wait for; without, it is judged on the spot.
+    fn check<B>(&self, request: &mut Request<B>, may_wait: bool) -> Checked {
         let token = match verify::bearer_token(request.headers(), self.rules.max_token_bytes) {
             Ok(Some(token)) => token,
-            Ok(None) if self.required => return Err(Some(Reason::Missing)),
-            Ok(None) => return Ok(false),
-            Err(reason) => return Err(Some(reason)),
+            Ok(None) if self.required => return Checked::Refused(Reason::Missing),
+            Ok(None) => return Checked::Anonymous,
+            Err(reason) => return Checked::Refused(reason),
         };
-        if let Some(verified) = self.cache.as_ref().and_then(|cache| cache.get(token, self.rules.leeway_secs)) {
-            admit(request, verified);
-            return Ok(true);
-        }
-        let header = verify::token_header(token).map_err(Some)?;
-        let verified = match self.keys.lookup(header.kid.as_deref(), header.alg) {
-            Lookup::Found(keys, candidates) => {
-                let mut outcome = Err(Reason::InvalidSignature);
-                for index in candidates {
-                    outcome = verify::verify(token, &header, &keys[index], &self.rules, &self.validations);
-                    // Only a signature mismatch is worth trying the next key of the family for.
-                    if !matches!(outcome, Err(Reason::InvalidSignature)) {
-                        break;
-                    }
-                }
-                outcome.map_err(Some)?
-            }
-            Lookup::NoKey => return Err(Some(no_key(&header))),
-            Lookup::Unavailable => return Err(Some(Reason::Unavailable)),
-            Lookup::Refresh => return Err(None),
-        };
+        let keys = self.keys.current();
         if let Some(cache) = &self.cache {
-            cache.insert(token, verified.clone());
+            cache.forget_removed_keys(&keys);
+            if let Some(verified) = cache.get(token, self.rules.leeway_secs, &keys) {
+                admit(request, verified);
+                return Checked::Admitted;
+            }
         }
-        admit(request, verified);
-        Ok(true)
+        let header = match verify::token_header(token) {
+            Ok(header) => header,
+            Err(reason) => return Checked::Refused(reason),
+        };
+        let candidates = match self.keys.lookup(&keys, header.kid.as_deref(), header.alg, may_wait) {
+            Lookup::Found(candidates) => candidates,
+            Lookup::Wait(pending) => return Checked::Wait(pending),
+            Lookup::NoKey => return Checked::Refused(no_key(&header)),
+            Lookup::Unavailable => return Checked::Refused(Reason::Unavailable),
+        };
+        let mut outcome = Err(Reason::InvalidSignature);
+        for index in candidates {
+            let Some(key) = keys.keys.get(index) else { continue };
+            outcome = verify::verify(token, &header, key, &self.rules).map(|verified| (verified, key));
+            // Only a signature mismatch is worth trying the next key of the family for.
+            if !matches!(outcome, Err(Reason::InvalidSignature)) {
+                break;
+            }
+        }
+        match outcome {
+            Ok((verified, key)) => {
+                if let Some(cache) = &self.cache {
+                    cache.insert(token, verified.clone(), keys.generation, &key.fingerprint);
+                }
+                admit(request, verified);
+                Checked::Admitted
+            }
+            Err(reason) => Checked::Refused(reason),
+        }
     }
 }
 
@@ -375,22 +504,27 @@ where
     }
 
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
-        match self.config.check(&mut request) {
-            Ok(_) => AuthFuture::Inner { future: self.inner.call(request) },
-            Err(Some(reason)) => AuthFuture::Ready { response: Some(reject::refuse(reason, &self.config.realm)) },
-            Err(None) => {
+        match self.config.check(&mut request, true) {
+            Checked::Admitted | Checked::Anonymous => AuthFuture::Inner { future: self.inner.call(request) },
+            Checked::Refused(reason) => {
+                AuthFuture::Ready { response: Some(reject::refuse(reason, &self.config.realm)) }
+            }
+            Checked::Wait(pending) => {
                 // The ready service handles this request; a clone takes its place.
                 let clone = self.inner.clone();
                 let inner = std::mem::replace(&mut self.inner, clone);
                 let config = Arc::clone(&self.config);
-                AuthFuture::Pending { future: Box::pin(refresh_then_call(config, inner, request)) }
+                AuthFuture::Pending { future: Box::pin(wait_then_call(config, pending, inner, request)) }
             }
         }
     }
 }
 
-async fn refresh_then_call<S, ReqBody, ResBody>(
+/// Waits for the key-set fetch (which runs in a task of its own: dropping this future, when
+/// the client hangs up, cancels nothing), then judges the request with what it brought.
+async fn wait_then_call<S, ReqBody, ResBody>(
     config: Arc<Config>,
+    pending: Pending,
     mut inner: S,
     mut request: Request<ReqBody>,
 ) -> Result<Response<ResBody>, S::Error>
@@ -398,21 +532,14 @@ where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
     ResBody: From<String>,
 {
-    let mut fetch_failed = false;
-    if let KeySource::Remote(remote) = &config.keys
-        && let Err(error) = remote.refresh().await
-    {
-        // Stale keys still verify until the provider answers again; tokens for keys we do not
-        // have get 503 below, since we cannot tell whether they are good.
-        tracing::warn!(target: "reqscope::auth", url = %remote.url_for_logs(), %error, "cannot fetch the JWKS");
-        fetch_failed = true;
-    }
-    match config.check(&mut request) {
-        Ok(_) => inner.call(request).await,
-        Err(None) if fetch_failed => Ok(reject::refuse(Reason::Unavailable, &config.realm)),
-        // Still unknown after a refresh (or refreshes are rate-limited).
-        Err(None) => Ok(reject::refuse(Reason::InvalidSignature, &config.realm)),
-        Err(Some(reason)) => Ok(reject::refuse(reason, &config.realm)),
+    // A failure was logged by the fetch; the lookup below answers 503 for it (a token no
+    // cached key can judge), while keys already cached keep verifying.
+    let _ = pending.wait().await;
+    match config.check(&mut request, false) {
+        Checked::Admitted | Checked::Anonymous => inner.call(request).await,
+        Checked::Refused(reason) => Ok(reject::refuse(reason, &config.realm)),
+        // Not returned without `may_wait`; answered as "cannot judge" all the same.
+        Checked::Wait(_) => Ok(reject::refuse(Reason::Unavailable, &config.realm)),
     }
 }
 

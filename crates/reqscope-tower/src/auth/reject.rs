@@ -10,7 +10,8 @@ use http::{HeaderValue, Response, StatusCode};
 pub enum Reason {
     /// No `Authorization: Bearer …` header.
     Missing,
-    /// Not a JWT, not a bearer credential, or a required claim (`exp`) is absent.
+    /// Not a JWT, not a bearer credential, a required claim (`exp`, `sub`) is absent, or a
+    /// claim has the wrong type (a numeric `sub`, a string `exp`).
     Malformed,
     /// `exp` has passed (beyond the leeway).
     Expired,
@@ -24,6 +25,9 @@ pub enum Reason {
     WrongAudience,
     /// `alg` is `none`, unknown, or not of the key's family (an HMAC token against an RSA key).
     UnsupportedAlgorithm,
+    /// The header has a `crit` parameter: it names extensions the recipient must understand,
+    /// and this layer understands none (RFC 7515 §4.1.11).
+    UnsupportedCrit,
     /// The token is longer than the size cap; it was not parsed.
     TooLarge,
     /// The signing keys could not be fetched: 503, not 401, since the token may be fine.
@@ -42,6 +46,7 @@ impl Reason {
             Reason::WrongIssuer => "wrong_issuer",
             Reason::WrongAudience => "wrong_audience",
             Reason::UnsupportedAlgorithm => "unsupported_algorithm",
+            Reason::UnsupportedCrit => "unsupported_crit",
             Reason::TooLarge => "too_large",
             Reason::Unavailable => "keys_unavailable",
         }

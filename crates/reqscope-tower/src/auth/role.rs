@@ -4,17 +4,22 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http::{Request, Response, StatusCode};
-use reqscope_core::RequestContext;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use super::AuthFuture;
 use super::reject::{self, Reason};
+use super::{AuthFuture, Claims};
 
-/// Lets a request through only if the context's user has `role` (from the token's roles or
-/// scope). Without a user: 401 `missing`; with a user lacking the role: 403
+/// Lets a request through only if its verified token grants `role`. Without a verified token:
+/// 401 `missing`; with a token lacking the role: 403
 /// `{"error":"forbidden","message":"requires role <role>","request_id":…}`. Place it inside
 /// [`AuthLayer`](super::AuthLayer), e.g. with axum's `route_layer` on one route.
+///
+/// The decision is made from the [`Claims`] that `AuthLayer` put into the request's
+/// extensions ([`Claims::roles`]: the roles claim, or `scope` when
+/// [`AuthLayer::roles_from_scope`](super::AuthLayer::roles_from_scope) is on) — never from the
+/// request context's roles, which any code may change with `RequestContext::set_roles` for its
+/// log lines.
 #[derive(Clone, Debug)]
 pub struct RequireRoleLayer {
     role: Arc<str>,
@@ -63,12 +68,12 @@ where
     }
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
-        let (has_user, has_role) =
-            RequestContext::with(|ctx| (ctx.user_id().is_some(), ctx.has_role(&self.role))).unwrap_or((false, false));
-        if has_role {
+        // Only AuthLayer can make a `Claims`: its presence means the token was verified.
+        let verified = request.extensions().get::<Claims>().map(|claims| claims.has_role(&self.role));
+        if verified == Some(true) {
             return AuthFuture::Inner { future: self.inner.call(request) };
         }
-        let response = if has_user {
+        let response = if verified.is_some() {
             tracing::warn!(target: "reqscope::auth", role = &*self.role, "required role missing");
             reject::json_error(StatusCode::FORBIDDEN, "forbidden", &format!("requires role {}", self.role))
         } else {

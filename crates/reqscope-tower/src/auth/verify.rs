@@ -1,15 +1,22 @@
 //! From an `Authorization` header to verified claims, or a reason class.
+//!
+//! The header and the claims are read here rather than by `jsonwebtoken::decode`: its
+//! `Header` keeps unknown parameters as strings only (a numeric one made the whole token
+//! `malformed`, against RFC 7515 §4) and does not expose `crit`. `jsonwebtoken` still does
+//! the cryptography ([`jsonwebtoken::crypto::verify`]).
 
-use std::collections::HashSet;
+use std::borrow::Cow;
 use std::str::FromStr;
 use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use http::HeaderMap;
 use http::header::AUTHORIZATION;
+use jsonwebtoken::Algorithm;
 use jsonwebtoken::errors::ErrorKind;
-use jsonwebtoken::{Algorithm, Validation};
+use serde::{Deserialize, Deserializer};
 use serde_json::{Map, Value};
 
 use super::keys::KeyEntry;
@@ -17,28 +24,49 @@ use super::reject::Reason;
 
 /// The verified claim set of the request's token, as a typed extension (in the request's
 /// extensions and the context's) for handlers that need more than user, org and roles.
+///
+/// Only [`AuthLayer`](super::AuthLayer) makes one (there is no public constructor), so a
+/// `Claims` in the request's extensions is proof that the token was verified; this is what
+/// [`RequireRoleLayer`](super::RequireRoleLayer) decides from.
 #[derive(Clone, Debug, PartialEq)]
-pub struct Claims(Arc<Map<String, Value>>);
+pub struct Claims {
+    claims: Arc<Map<String, Value>>,
+    roles: Arc<[Arc<str>]>,
+}
 
 impl Claims {
     /// One claim.
     pub fn get(&self, name: &str) -> Option<&Value> {
-        self.0.get(name)
+        self.claims.get(name)
     }
 
-    /// The `sub` claim as text (a numeric `sub` is written in decimal).
+    /// The `sub` claim. Always a non-empty string in an admitted token: RFC 7519 §4.1.2 makes
+    /// `sub` a string, and a numeric one is refused as `malformed` (large numbers lose digits
+    /// as JSON numbers, so two users could share one id).
     pub fn subject(&self) -> Option<String> {
-        self.get("sub").and_then(text)
+        self.get("sub").and_then(Value::as_str).map(str::to_owned)
+    }
+
+    /// The roles the layer read from the token: the roles claim
+    /// ([`AuthLayer::roles_claim`](super::AuthLayer::roles_claim)), or OAuth's `scope` when
+    /// [`AuthLayer::roles_from_scope`](super::AuthLayer::roles_from_scope) is on.
+    pub fn roles(&self) -> &[Arc<str>] {
+        &self.roles
+    }
+
+    /// Whether [`Claims::roles`] contains `role`.
+    pub fn has_role(&self, role: &str) -> bool {
+        self.roles.iter().any(|r| &**r == role)
     }
 
     /// Every claim.
     pub fn as_map(&self) -> &Map<String, Value> {
-        &self.0
+        &self.claims
     }
 
     #[cfg(test)]
     pub(crate) fn for_tests() -> Self {
-        Claims(Arc::new(Map::new()))
+        Claims { claims: Arc::new(Map::new()), roles: Arc::from(Vec::new()) }
     }
 }
 
@@ -51,60 +79,11 @@ pub(crate) struct Rules {
     pub(crate) max_token_bytes: usize,
     pub(crate) org_claim: String,
     pub(crate) roles_claim: String,
+    /// Read roles from OAuth's `scope` when the roles claim gives none.
+    pub(crate) scope_fallback: bool,
 }
 
-/// `Validation`s built once per algorithm from the rules.
-#[derive(Clone, Default)]
-pub(crate) struct Validations(std::sync::Arc<std::sync::OnceLock<Vec<(Algorithm, Validation)>>>);
-
-const ALGORITHMS: [Algorithm; 12] = [
-    Algorithm::HS256,
-    Algorithm::HS384,
-    Algorithm::HS512,
-    Algorithm::RS256,
-    Algorithm::RS384,
-    Algorithm::RS512,
-    Algorithm::PS256,
-    Algorithm::PS384,
-    Algorithm::PS512,
-    Algorithm::ES256,
-    Algorithm::ES384,
-    Algorithm::EdDSA,
-];
-
-impl Validations {
-    fn get(&self, alg: Algorithm, rules: &Rules) -> &Validation {
-        let all = self.0.get_or_init(|| ALGORITHMS.iter().map(|&alg| (alg, validation(alg, rules))).collect());
-        // Every `Algorithm` is in ALGORITHMS; index 0 is never used for another algorithm.
-        all.iter().find(|(a, _)| *a == alg).map_or(&all[0].1, |(_, v)| v)
-    }
-}
-
-fn validation(alg: Algorithm, rules: &Rules) -> Validation {
-    let mut validation = Validation::new(alg);
-    validation.leeway = rules.leeway_secs;
-    validation.validate_exp = true;
-    validation.validate_nbf = true;
-    // `sub` is who is asking: a token without one cannot put a user in the context.
-    let mut required: HashSet<String> = HashSet::from(["exp".to_owned(), "sub".to_owned()]);
-    match &rules.issuers {
-        Some(issuers) => {
-            validation.set_issuer(issuers);
-            required.insert("iss".to_owned());
-        }
-        None => validation.iss = None,
-    }
-    match &rules.audiences {
-        Some(audiences) => {
-            validation.set_audience(audiences);
-            required.insert("aud".to_owned());
-        }
-        None => validation.validate_aud = false,
-    }
-    validation.required_spec_claims = required;
-    validation
-}
-
+/// The parts of a token's header the layer acts on.
 pub(crate) struct TokenHeader {
     pub(crate) alg: Algorithm,
     pub(crate) kid: Option<String>,
@@ -148,58 +127,143 @@ pub(crate) fn bearer_token(headers: &HeaderMap, max_bytes: usize) -> Result<Opti
     Ok(Some(token))
 }
 
-/// Reads `alg` and `kid` from the token's header. `alg: none` and unknown algorithms are
-/// refused here, before any key is looked at.
+/// Whether a header parameter is there at all, whatever its value (`null` included).
+#[derive(Default)]
+struct Present(bool);
+
+impl<'de> Deserialize<'de> for Present {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        serde::de::IgnoredAny::deserialize(deserializer)?;
+        Ok(Present(true))
+    }
+}
+
+/// Reads `alg` and `kid` from the token's header. `alg: none`, unknown algorithms and any
+/// `crit` are refused here, before any key is looked at; other parameters, of any JSON type,
+/// are ignored (RFC 7515 §4).
 pub(crate) fn token_header(token: &str) -> Result<TokenHeader, Reason> {
-    #[derive(serde::Deserialize)]
-    struct Raw {
-        alg: Option<String>,
-        kid: Option<String>,
+    #[derive(Deserialize)]
+    struct Raw<'a> {
+        #[serde(borrow, default)]
+        alg: Option<Cow<'a, str>>,
+        #[serde(borrow, default)]
+        kid: Option<Cow<'a, str>>,
+        #[serde(default)]
+        crit: Present,
     }
     let mut parts = token.split('.');
     let (Some(header), Some(_), Some(_), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
         return Err(Reason::Malformed);
     };
     let bytes = URL_SAFE_NO_PAD.decode(header).map_err(|_| Reason::Malformed)?;
-    let raw: Raw = serde_json::from_slice(&bytes).map_err(|_| Reason::Malformed)?;
+    // serde would also read a struct from a JSON array; a header is an object.
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(Reason::Malformed);
+    }
+    // Duplicate parameter names are refused by serde (RFC 7515 §4 allows refusing them).
+    let raw: Raw<'_> = serde_json::from_slice(&bytes).map_err(|_| Reason::Malformed)?;
+    // RFC 7515 §4.1.11: extensions listed in `crit` must be understood, and this layer
+    // understands none; an empty or non-array `crit` is invalid anyway.
+    if raw.crit.0 {
+        return Err(Reason::UnsupportedCrit);
+    }
     let alg = raw.alg.ok_or(Reason::Malformed)?;
     let alg = Algorithm::from_str(&alg).map_err(|_| Reason::UnsupportedAlgorithm)?;
-    Ok(TokenHeader { alg, kid: raw.kid })
+    Ok(TokenHeader { alg, kid: raw.kid.map(Cow::into_owned) })
 }
 
 /// Checks the signature with `key` (whose family must include the token's algorithm), then
-/// `exp` (required), `nbf`, `iss` and `aud`.
-pub(crate) fn verify(
-    token: &str,
-    header: &TokenHeader,
-    key: &KeyEntry,
-    rules: &Rules,
-    validations: &Validations,
-) -> Result<Verified, Reason> {
+/// the claims: `exp` and `sub` (required), `nbf`, `iss` and `aud`.
+pub(crate) fn verify(token: &str, header: &TokenHeader, key: &KeyEntry, rules: &Rules) -> Result<Verified, Reason> {
     if !key.algorithms.contains(&header.alg) {
         return Err(Reason::UnsupportedAlgorithm);
     }
-    let validation = validations.get(header.alg, rules);
-    let data =
-        jsonwebtoken::decode::<Map<String, Value>>(token, &key.key, validation).map_err(|e| classify(e.kind()))?;
-    let claims = data.claims;
-    // A `sub` that names no one (empty, `true`, an object) would authenticate nobody.
-    let user_id = Some(claims.get("sub").and_then(text).map(Arc::from).ok_or(Reason::Malformed)?);
+    let (message, signature) = token.rsplit_once('.').ok_or(Reason::Malformed)?;
+    let payload = message.split_once('.').map(|(_, payload)| payload).ok_or(Reason::Malformed)?;
+    match jsonwebtoken::crypto::verify(signature, message.as_bytes(), &key.key, header.alg) {
+        Ok(true) => {}
+        Ok(false) => return Err(Reason::InvalidSignature),
+        Err(error) => return Err(classify(error.kind())),
+    }
+    // Only signed bytes are parsed from here on.
+    let bytes = URL_SAFE_NO_PAD.decode(payload).map_err(|_| Reason::Malformed)?;
+    let claims: Map<String, Value> = serde_json::from_slice(&bytes).map_err(|_| Reason::Malformed)?;
+    let (exp, nbf) = check_claims(&claims, rules, unix_now())?;
+    let user_id = claims.get("sub").and_then(Value::as_str).map(Arc::from);
     let org_id = claims.get(&rules.org_claim).and_then(text).map(Arc::from);
-    let roles = roles(&claims, &rules.roles_claim).iter().map(|r| Arc::from(r.as_str())).collect();
-    let exp = claims.get("exp").and_then(Value::as_u64).unwrap_or(0);
-    let nbf = claims.get("nbf").and_then(Value::as_u64);
-    Ok(Verified { claims: Claims(Arc::new(claims)), user_id, org_id, roles, exp, nbf })
+    let roles: Arc<[Arc<str>]> = roles(&claims, &rules.roles_claim, rules.scope_fallback).into();
+    Ok(Verified {
+        claims: Claims { claims: Arc::new(claims), roles: Arc::clone(&roles) },
+        user_id,
+        org_id,
+        roles,
+        exp,
+        nbf,
+    })
+}
+
+/// The registered claims (RFC 7519 §4.1): `exp` and `sub` are required, `iss` and `aud`
+/// when configured; then `exp` and `nbf` against `now` with the leeway. `(exp, nbf)` if good.
+fn check_claims(claims: &Map<String, Value>, rules: &Rules, now: u64) -> Result<(u64, Option<u64>), Reason> {
+    let exp = claims.get("exp").ok_or(Reason::Malformed)?;
+    // A `sub` that names no one (empty, `true`, an object) would authenticate nobody; a
+    // numeric one is not a StringOrURI (RFC 7519 §4.1.2) and may have lost digits.
+    if claims.get("sub").and_then(Value::as_str).is_none_or(str::is_empty) {
+        return Err(Reason::Malformed);
+    }
+    if rules.issuers.is_some() && !claims.contains_key("iss") {
+        return Err(Reason::WrongIssuer);
+    }
+    if rules.audiences.is_some() && !claims.contains_key("aud") {
+        return Err(Reason::WrongAudience);
+    }
+    let exp = numeric_date(exp).ok_or(Reason::Malformed)?;
+    let nbf = claims.get("nbf").map(|nbf| numeric_date(nbf).ok_or(Reason::Malformed)).transpose()?;
+    if exp.saturating_add(rules.leeway_secs) < now {
+        return Err(Reason::Expired);
+    }
+    if nbf.is_some_and(|nbf| nbf > now.saturating_add(rules.leeway_secs)) {
+        return Err(Reason::NotYetValid);
+    }
+    if let Some(issuers) = &rules.issuers {
+        let iss = claims.get("iss").and_then(Value::as_str).ok_or(Reason::WrongIssuer)?;
+        if !issuers.iter().any(|want| want == iss) {
+            return Err(Reason::WrongIssuer);
+        }
+    }
+    if let Some(audiences) = &rules.audiences {
+        // RFC 7519 §4.1.3: one string, or an array of strings of which one must be ours.
+        let ours = |aud: &str| audiences.iter().any(|want| want == aud);
+        let matched = match claims.get("aud") {
+            Some(Value::String(aud)) => ours(aud),
+            Some(Value::Array(auds)) => auds.iter().filter_map(Value::as_str).any(ours),
+            _ => false,
+        };
+        if !matched {
+            return Err(Reason::WrongAudience);
+        }
+    }
+    Ok((exp, nbf))
+}
+
+/// A NumericDate (RFC 7519 §2): seconds since the epoch, fractions dropped; negative,
+/// non-finite and non-numbers are not dates.
+fn numeric_date(value: &Value) -> Option<u64> {
+    let number = value.as_number()?;
+    if let Some(secs) = number.as_u64() {
+        return Some(secs);
+    }
+    let secs = number.as_f64()?;
+    // `as` saturates; the bound check keeps a huge float from meaning "never expires" wrongly.
+    (secs.is_finite() && secs >= 0.0 && secs < u64::MAX as f64).then_some(secs as u64)
+}
+
+pub(crate) fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 fn classify(kind: &ErrorKind) -> Reason {
     match kind {
-        ErrorKind::ExpiredSignature => Reason::Expired,
-        ErrorKind::ImmatureSignature => Reason::NotYetValid,
-        ErrorKind::InvalidIssuer => Reason::WrongIssuer,
-        ErrorKind::InvalidAudience => Reason::WrongAudience,
-        ErrorKind::MissingRequiredClaim(claim) if claim == "iss" => Reason::WrongIssuer,
-        ErrorKind::MissingRequiredClaim(claim) if claim == "aud" => Reason::WrongAudience,
         ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName | ErrorKind::MissingAlgorithm => {
             Reason::UnsupportedAlgorithm
         }
@@ -223,15 +287,91 @@ fn text(value: &Value) -> Option<String> {
 }
 
 /// Roles from the configured claim (an array of strings, or a space-separated string), else
-/// from OAuth's space-separated `scope`.
-fn roles(claims: &Map<String, Value>, claim: &str) -> Vec<String> {
-    let from = |value: &Value| -> Vec<String> {
+/// — when `scope_fallback` is on — from OAuth's space-separated `scope`.
+fn roles(claims: &Map<String, Value>, claim: &str, scope_fallback: bool) -> Vec<Arc<str>> {
+    let from = |value: &Value| -> Vec<Arc<str>> {
         match value {
-            Value::Array(items) => items.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect(),
-            Value::String(s) => s.split_whitespace().map(str::to_owned).collect(),
+            Value::Array(items) => items.iter().filter_map(Value::as_str).map(Arc::from).collect(),
+            Value::String(s) => s.split_whitespace().map(Arc::from).collect(),
             _ => Vec::new(),
         }
     };
     let roles = claims.get(claim).map(from).unwrap_or_default();
-    if roles.is_empty() { claims.get("scope").map(from).unwrap_or_default() } else { roles }
+    if roles.is_empty() && scope_fallback { claims.get("scope").map(from).unwrap_or_default() } else { roles }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn rules() -> Rules {
+        Rules {
+            leeway_secs: 30,
+            issuers: None,
+            audiences: Some(vec!["api".into()]),
+            max_token_bytes: 8192,
+            org_claim: "org_id".into(),
+            roles_claim: "roles".into(),
+            scope_fallback: false,
+        }
+    }
+
+    fn header(json: &str) -> String {
+        format!("{}.e30.sig", URL_SAFE_NO_PAD.encode(json))
+    }
+
+    #[test]
+    fn unknown_header_parameters_of_any_type_are_ignored() {
+        for extra in [r#"1"#, r#"1.5"#, r#"true"#, r#"null"#, r#"[1,"a"]"#, r#"{"n":1}"#, r#""s""#] {
+            let parsed = token_header(&header(&format!(r#"{{"alg":"HS256","x-extra":{extra},"kid":"k"}}"#)));
+            let parsed = parsed.unwrap_or_else(|r| panic!("{extra}: {r}"));
+            assert_eq!(parsed.alg, Algorithm::HS256);
+            assert_eq!(parsed.kid.as_deref(), Some("k"));
+        }
+    }
+
+    #[test]
+    fn any_crit_is_refused() {
+        for crit in [r#"["exp"]"#, r#"["b64"]"#, r#"[]"#, r#""b64""#, r#"null"#] {
+            let parsed = token_header(&header(&format!(r#"{{"alg":"HS256","crit":{crit}}}"#)));
+            assert_eq!(parsed.err(), Some(Reason::UnsupportedCrit), "{crit}");
+        }
+    }
+
+    #[test]
+    fn headers_that_are_not_objects_or_repeat_a_name_are_malformed() {
+        for bad in [r#"["HS256","k"]"#, r#"{"alg":"HS256","alg":"HS512"}"#, r#"{"alg":5}"#, r#"{"kid":"k"}"#] {
+            assert_eq!(token_header(&header(bad)).err(), Some(Reason::Malformed), "{bad}");
+        }
+        assert_eq!(token_header(&header(r#"{"alg":"none"}"#)).err(), Some(Reason::UnsupportedAlgorithm));
+    }
+
+    #[test]
+    fn claims_are_checked_as_rfc_7519_says() {
+        let now = 1_000_000;
+        let check = |claims: Value| check_claims(claims.as_object().unwrap(), &rules(), now);
+        assert_eq!(check(json!({"sub": "1", "exp": now, "aud": "api"})), Ok((now, None)));
+        assert!(check(json!({"sub": "1", "exp": now as f64 + 0.5, "aud": ["other", "api"]})).is_ok());
+        assert_eq!(check(json!({"sub": 1, "exp": now, "aud": "api"})), Err(Reason::Malformed), "numeric sub");
+        assert_eq!(check(json!({"sub": "", "exp": now, "aud": "api"})), Err(Reason::Malformed));
+        assert_eq!(check(json!({"sub": "1", "aud": "api"})), Err(Reason::Malformed), "no exp");
+        assert_eq!(check(json!({"sub": "1", "exp": "soon", "aud": "api"})), Err(Reason::Malformed));
+        assert_eq!(check(json!({"sub": "1", "exp": -5, "aud": "api"})), Err(Reason::Malformed));
+        assert_eq!(check(json!({"sub": "1", "exp": now - 31, "aud": "api"})), Err(Reason::Expired));
+        assert!(check(json!({"sub": "1", "exp": now - 30, "aud": "api"})).is_ok(), "inside the leeway");
+        assert_eq!(check(json!({"sub": "1", "exp": now, "nbf": now + 31, "aud": "api"})), Err(Reason::NotYetValid));
+        assert_eq!(check(json!({"sub": "1", "exp": now, "nbf": "x", "aud": "api"})), Err(Reason::Malformed));
+        assert_eq!(check(json!({"sub": "1", "exp": now})), Err(Reason::WrongAudience));
+        assert_eq!(check(json!({"sub": "1", "exp": now, "aud": ["other"]})), Err(Reason::WrongAudience));
+        assert_eq!(check(json!({"sub": "1", "exp": now, "aud": 7})), Err(Reason::WrongAudience));
+    }
+
+    #[test]
+    fn scope_gives_roles_only_when_asked_to() {
+        let claims = json!({"scope": "read admin", "roles": []});
+        let claims = claims.as_object().unwrap();
+        assert!(roles(claims, "roles", false).is_empty());
+        assert_eq!(roles(claims, "roles", true), vec![Arc::from("read"), Arc::from("admin")]);
+    }
 }
