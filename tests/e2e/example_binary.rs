@@ -261,7 +261,7 @@ async fn two_example_servers_log_one_trace_and_one_request_id_for_a_chained_requ
         |lines: Vec<Value>| -> Vec<Value> { lines.into_iter().filter(|l| l["request_id"] == id.as_str()).collect() };
     let first_lines = of(remaining_lines(first_out));
     let second_lines = of(remaining_lines(second_out));
-    assert_eq!(first_lines.len(), 2, "the outgoing call and the access line: {first_lines:?}");
+    assert_eq!(first_lines.len(), 3, "the handler's line, the outgoing call's and the access line: {first_lines:?}");
     assert_eq!(
         second_lines.len(),
         1,
@@ -270,7 +270,13 @@ async fn two_example_servers_log_one_trace_and_one_request_id_for_a_chained_requ
     let all: Vec<&Value> = first_lines.iter().chain(&second_lines).collect();
     assert!(all.iter().all(|l| l["trace_id"] == "0af7651916cd43dd8448eb211c80319c"), "{all:?}");
     let first_span = &first_lines[0]["span_id"];
-    assert!(first_lines.iter().all(|l| l["span_id"] == *first_span));
+    let (outgoing, request): (Vec<&Value>, Vec<&Value>) =
+        first_lines.iter().partition(|l| l["target"] == "reqscope::outgoing");
+    assert!(request.iter().all(|l| l["span_id"] == *first_span));
+    // The call is a client span of its own, child of the request's span.
+    assert_eq!(outgoing.len(), 1, "{first_lines:?}");
+    assert_eq!(outgoing[0]["parent_span_id"], *first_span);
+    assert_ne!(outgoing[0]["span_id"], *first_span);
     assert_ne!(second_lines[0]["span_id"], *first_span, "each service logs its own span");
     assert_eq!(reply.json()["downstream"]["span_id"], second_lines[0]["span_id"]);
 }
