@@ -321,11 +321,8 @@ async fn a_higher_version_traceparent_is_continued_and_sent_on_as_version_00() {
     let addr = example_with_next_hop(Some(downstream)).await;
     for (id, version) in [("trace-v-cc", "cc"), ("trace-v-01-future", "01")] {
         let traceparent = format!("{version}-{TRACE}-{PARENT}-01-what-the-future-will-be-like");
-        let raw: Vec<(&str, &[u8])> = vec![
-            ("x-request-id", id.as_bytes()),
-            ("traceparent", traceparent.as_bytes()),
-            ("tracestate", b"rojo=1"),
-        ];
+        let raw: Vec<(&str, &[u8])> =
+            vec![("x-request-id", id.as_bytes()), ("traceparent", traceparent.as_bytes()), ("tracestate", b"rojo=1")];
         assert_eq!(fetch(addr, "/chain?hops=1", &raw).await.status, 200);
         access_lines_of(id).await;
         let lines = lines_of(id);
@@ -477,7 +474,9 @@ async fn a_service_puts_its_own_tracestate_entry_first() {
 async fn new_root_traces_can_be_sent_on_unsampled() {
     let (downstream, seen) = recording_downstream().await;
     let addr = service_calling(downstream, reqscope::RequestContextLayer::new().sample_new_traces(false)).await;
-    for (id, incoming, flags) in [("trace-unsampled-root", None, "-00"), ("trace-unsampled-continued", Some(VALID), "-01")] {
+    for (id, incoming, flags) in
+        [("trace-unsampled-root", None, "-00"), ("trace-unsampled-continued", Some(VALID), "-01")]
+    {
         let mut raw: Vec<(&str, &[u8])> = vec![("x-request-id", id.as_bytes())];
         if let Some(traceparent) = incoming {
             raw.push(("traceparent", traceparent.as_bytes()));
