@@ -386,7 +386,9 @@ async fn sigterm_lets_in_flight_requests_finish_and_flushes_every_line() {
     for i in 0..IN_FLIGHT {
         let id = format!("shutdown-{i}");
         let mine: Vec<&Value> = lines.iter().filter(|l| l["request_id"] == id.as_str()).collect();
-        assert_eq!(mine.len(), 2, "the outgoing call and the access line of {id}: {mine:?}");
+        assert_eq!(mine.len(), 3, "the handler's line, the outgoing call's and the access line of {id}: {mine:?}");
+        let call = mine.iter().find(|l| l["target"] == "reqscope::outgoing").unwrap();
+        assert_eq!(call["status"], 200, "the call finished too: {call}");
         let access = mine.iter().find(|l| l["target"] == "reqscope::access").unwrap();
         assert_eq!(access["status"], 200);
         assert!(access.get("aborted").is_none(), "{access}");
