@@ -25,7 +25,8 @@
 //!
 //! A service can put an entry of its own at the front of the list with
 //! [`TraceContext::with_entry`] (`RequestContextLayer::tracestate_entry` does it for every
-//! request).
+//! request). Traces a service starts are marked sampled unless it asks otherwise
+//! ([`TraceContext::new_root_sampled`]; `RequestContextLayer::sample_new_traces`).
 
 use std::fmt;
 
