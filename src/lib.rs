@@ -40,9 +40,10 @@
 //! - [`rate_limit`]: per-user / per-ip limits with the IETF headers (feature `rate-limit`,
 //!   default; Redis with feature `redis`);
 //! - [`trace`]: the W3C trace of each request (`trace_id` and `span_id` on every line), and
-//!   [`outgoing`]: calls to other services carry the request id and a child `traceparent`
-//!   (tower clients; `reqwest-middleware` with feature `reqwest`; OpenTelemetry span ids
-//!   with feature `otel`);
+//!   [`outgoing`]: calls to other services carry the request id and a `traceparent` naming a
+//!   client span of each call's own, with one `reqscope::outgoing` line per call (tower
+//!   clients; `reqwest-middleware` with feature `reqwest`; OpenTelemetry spans with feature
+//!   `otel`);
 //! - `sentry`: Sentry events with the request and the user (feature `sentry`, off by default).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -53,14 +54,15 @@ pub use reqscope_core::{
     Scoped, TrustedProxies, bind, bind_fn, elapsed, spawn, spawn_blocking,
 };
 
-/// W3C Trace Context: `traceparent` / `tracestate`, parsed strictly; the trace of a request.
+/// W3C Trace Context: `traceparent` / `tracestate`, validated; the trace of a request.
 pub mod trace {
     pub use reqscope_core::trace::*;
 }
 pub use reqscope_core::TraceContext;
 
-/// Outgoing calls carry the request id and a child `traceparent` (feature `tower`; the
-/// `reqwest-middleware` middleware with feature `reqwest`).
+/// Outgoing calls carry the request id and a `traceparent`, each call a client span with a
+/// line of its own (feature `tower`; the `reqwest-middleware` middleware with feature
+/// `reqwest`).
 #[cfg(feature = "tower")]
 pub mod outgoing {
     pub use reqscope_tower::outgoing::*;

@@ -264,7 +264,7 @@ async fn two_example_servers_log_one_trace_and_one_request_id_for_a_chained_requ
     };
     let first_lines = of(first_seen);
     let second_lines = of(second_seen);
-    assert_eq!(first_lines.len(), 2, "the outgoing call and the access line: {first_lines:?}");
+    assert_eq!(first_lines.len(), 3, "the handler's line, the outgoing call's and the access line: {first_lines:?}");
     assert_eq!(
         second_lines.len(),
         1,
@@ -273,7 +273,13 @@ async fn two_example_servers_log_one_trace_and_one_request_id_for_a_chained_requ
     let all: Vec<&Value> = first_lines.iter().chain(&second_lines).collect();
     assert!(all.iter().all(|l| l["trace_id"] == "0af7651916cd43dd8448eb211c80319c"), "{all:?}");
     let first_span = &first_lines[0]["span_id"];
-    assert!(first_lines.iter().all(|l| l["span_id"] == *first_span));
+    let (outgoing, request): (Vec<&Value>, Vec<&Value>) =
+        first_lines.iter().partition(|l| l["target"] == "reqscope::outgoing");
+    assert!(request.iter().all(|l| l["span_id"] == *first_span));
+    // The call is a client span of its own, child of the request's span.
+    assert_eq!(outgoing.len(), 1, "{first_lines:?}");
+    assert_eq!(outgoing[0]["parent_span_id"], *first_span);
+    assert_ne!(outgoing[0]["span_id"], *first_span);
     assert_ne!(second_lines[0]["span_id"], *first_span, "each service logs its own span");
     assert_eq!(reply.json()["downstream"]["span_id"], second_lines[0]["span_id"]);
 }
@@ -383,7 +389,9 @@ async fn sigterm_lets_in_flight_requests_finish_and_flushes_every_line() {
     for i in 0..IN_FLIGHT {
         let id = format!("shutdown-{i}");
         let mine: Vec<&Value> = lines.iter().filter(|l| l["request_id"] == id.as_str()).collect();
-        assert_eq!(mine.len(), 2, "the outgoing call and the access line of {id}: {mine:?}");
+        assert_eq!(mine.len(), 3, "the handler's line, the outgoing call's and the access line of {id}: {mine:?}");
+        let call = mine.iter().find(|l| l["target"] == "reqscope::outgoing").unwrap();
+        assert_eq!(call["status"], 200, "the call finished too: {call}");
         let access = mine.iter().find(|l| l["target"] == "reqscope::access").unwrap();
         assert_eq!(access["status"], 200);
         assert!(access.get("aborted").is_none(), "{access}");

@@ -77,3 +77,84 @@ async fn without_a_traceparent_the_new_trace_is_the_exported_one() {
     assert_eq!(access["trace_id"], request.span_context.trace_id().to_string());
     assert_eq!(access["span_id"], request.span_context.span_id().to_string());
 }
+
+/// With `otel`, an outgoing call is an exported OpenTelemetry client span whose parent is the
+/// current OpenTelemetry span (here the handler's), and that span is the parent sent onward.
+#[tokio::test(flavor = "current_thread")]
+async fn an_outgoing_call_is_an_exported_client_span_under_the_current_span() {
+    use std::sync::{Arc, Mutex};
+
+    use http_body_util::Empty;
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::TokioExecutor;
+    use opentelemetry::trace::SpanKind;
+    use tower::{ServiceBuilder, ServiceExt};
+    use tracing::Instrument;
+
+    let exporter = InMemorySpanExporter::default();
+    let provider = SdkTracerProvider::builder().with_simple_exporter(exporter.clone()).build();
+    let logs = MemoryWriter::new();
+    let subscriber = tracing_subscriber::registry()
+        .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("reqscope-test")))
+        .with(LogLayer::new().with_writer(logs.clone()));
+    let _default = tracing::subscriber::set_default(subscriber);
+
+    // The next hop: records what it was sent.
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let record = seen.clone();
+    let downstream = Router::new().route(
+        "/next",
+        get(move |headers: http::HeaderMap| {
+            record.lock().unwrap().push(headers);
+            async { "next" }
+        }),
+    );
+    let next = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let next_addr = next.local_addr().unwrap();
+    let next_server = tokio::spawn(async move { axum::serve(next, downstream).await.unwrap() });
+
+    let client = ServiceBuilder::new()
+        .layer(reqscope::outgoing::PropagateContextLayer::new())
+        .service(Client::builder(TokioExecutor::new()).build_http::<Empty<bytes::Bytes>>());
+    let app = Router::new()
+        .route(
+            "/call",
+            get(move || {
+                async move {
+                    let request = http::Request::get(format!("http://{next_addr}/next")).body(Empty::new()).unwrap();
+                    client.oneshot(request).await.unwrap().status().as_u16().to_string()
+                }
+                .instrument(tracing::info_span!("handler"))
+            }),
+        )
+        .layer(RequestContextLayer::new());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).await.unwrap();
+    });
+    let incoming = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let reply = fetch(addr, "/call", &[("traceparent", incoming.as_bytes())]).await;
+    assert_eq!(reply.body, "200");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while exporter.get_finished_spans().unwrap().len() < 3 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    server.abort();
+    next_server.abort();
+
+    let spans = exporter.get_finished_spans().unwrap();
+    let handler = spans.iter().find(|s| s.name == "handler").expect("the handler span is exported");
+    let client_span = spans.iter().find(|s| s.span_kind == SpanKind::Client).expect("a client span is exported");
+    assert_eq!(client_span.span_context.trace_id().to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
+    assert_eq!(client_span.parent_span_id, handler.span_context.span_id(), "the current span is the parent");
+    assert_eq!(client_span.name, "GET");
+
+    let sent = seen.lock().unwrap().pop().expect("the next hop was called");
+    let client_id = client_span.span_context.span_id().to_string();
+    assert_eq!(sent["traceparent"], format!("00-4bf92f3577b34da6a3ce929d0e0e4736-{client_id}-01"));
+    let lines = logs.json_lines();
+    let call = lines.iter().find(|l| l["target"] == "reqscope::outgoing").expect("the call's line");
+    assert_eq!(call["span_id"], client_id);
+    assert_eq!(call["parent_span_id"], handler.span_context.span_id().to_string());
+}

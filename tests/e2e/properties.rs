@@ -40,8 +40,31 @@ fn valid_traceparent() -> impl Strategy<Value = String> {
         .prop_map(|(t, p, flags)| format!("00-{t}-{p}-{flags:02x}"))
 }
 
+/// A `traceparent` of any version (`ff` included), with or without fields after a `-` or
+/// another byte.
+fn any_version_traceparent() -> impl Strategy<Value = String> {
+    (valid_traceparent(), "[0-9a-f]{2}", proptest::option::of("[-.][ -~]{0,12}"))
+        .prop_map(|(value, version, rest)| format!("{version}{}{}", &value[2..], rest.unwrap_or_default()))
+}
+
 proptest! {
     #![proptest_config(config())]
+
+    #[test]
+    fn any_version_is_judged_by_the_grammar_and_sent_on_as_version_00(
+        value in any_version_traceparent(), at in 0usize..70, byte in any::<u8>()
+    ) {
+        let mut bytes = value.into_bytes();
+        prop_assert_eq!(TraceParent::parse(&bytes).is_ok(), traceparent_is_valid(&bytes));
+        if let Ok(parent) = TraceParent::parse(&bytes) {
+            let sent = TraceContext::child_of(parent, None).traceparent();
+            prop_assert!(sent.as_bytes().starts_with(b"00-") && sent.len() == 55);
+        }
+        if let Some(b) = bytes.get_mut(at) {
+            *b = byte;
+        }
+        prop_assert_eq!(TraceParent::parse(&bytes).is_ok(), traceparent_is_valid(&bytes));
+    }
 
     #[test]
     fn a_forwarded_id_is_kept_exactly_when_it_follows_the_rules(bytes in proptest::collection::vec(any::<u8>(), 0..160)) {

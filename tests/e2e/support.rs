@@ -58,6 +58,11 @@ impl Capture {
         self.lock().raw.clone()
     }
 
+    /// Every line written so far, as written.
+    pub fn lines(&self) -> Vec<String> {
+        self.lock().raw.lines().map(str::to_owned).collect()
+    }
+
     /// Every line written so far, parsed.
     pub fn json_lines(&self) -> Vec<Value> {
         self.lock().lines.clone()

@@ -47,4 +47,6 @@ pub use id::{ForwardedIdPolicy, IdGenerator, RequestId};
 pub use panics::{install_panic_location_hook, panic_message, take_panic_location};
 pub use propagate::{Captured, FutureExt, InContext, bind, bind_fn, elapsed, spawn, spawn_blocking};
 pub use proxy::{ClientIpHeader, InvalidProxy, TrustedProxies};
-pub use trace::{InvalidTraceParent, SpanId, TraceContext, TraceId, TraceParent, TraceState};
+pub use trace::{
+    InvalidTraceParent, InvalidTraceState, SpanId, TraceContext, TraceId, TraceParent, TraceState, TraceStateEntry,
+};

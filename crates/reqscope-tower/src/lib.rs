@@ -13,7 +13,8 @@
 //!   requests per user or client ip and puts the remaining budget into the context.
 //! - [`outgoing`]: [`outgoing::PropagateContextLayer`] for tower/hyper clients and (feature
 //!   `reqwest`) `PropagateContextMiddleware` for `reqwest-middleware` send the request id and
-//!   a child W3C `traceparent` on outgoing calls.
+//!   a W3C `traceparent` naming a client span of each call's own, and write one
+//!   `reqscope::outgoing` line per call.
 //! - feature `otel`: with a `tracing-opentelemetry` layer installed, the request's
 //!   `trace_id` / `span_id` are those of its OpenTelemetry span.
 //! - [`sentry`] (feature `sentry`): Sentry events, errors and panics carry the request id,

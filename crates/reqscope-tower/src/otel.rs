@@ -1,5 +1,6 @@
 //! OpenTelemetry interop (feature `otel`): the request's trace is the trace of its
-//! OpenTelemetry span, so OTLP-exported spans and reqscope's log lines agree.
+//! OpenTelemetry span, and each outgoing call's client span is an OpenTelemetry span of kind
+//! `client`, so OTLP-exported spans and reqscope's log lines agree.
 
 use opentelemetry::Context as OtelContext;
 use opentelemetry::trace::{SpanContext, TraceContextExt, TraceFlags, TraceState as OtelTraceState};
@@ -13,10 +14,14 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 /// continues an OpenTelemetry context that is already active (an outer layer extracted it),
 /// else the incoming `traceparent`, else it starts a trace — and its ids are the ones logged.
 /// Without such a layer, the incoming `traceparent` is continued as usual.
-pub(crate) fn request_trace(span: &Span, incoming: Option<(TraceParent, Option<TraceState>)>) -> TraceContext {
+pub(crate) fn request_trace(
+    span: &Span,
+    incoming: Option<(TraceParent, Option<TraceState>)>,
+    root_sampled: bool,
+) -> TraceContext {
     if span.is_disabled() {
         // No subscriber wants the span, so no OpenTelemetry span exists for it.
-        return plain_trace(incoming);
+        return plain_trace(incoming, root_sampled);
     }
     let outer = active_span_context();
     if let (None, Some((parent, state))) = (&outer, &incoming) {
@@ -30,7 +35,7 @@ pub(crate) fn request_trace(span: &Span, incoming: Option<(TraceParent, Option<T
         if span.set_parent(OtelContext::new().with_remote_span_context(remote)).is_err() {
             // No OpenTelemetry layer (or the span is already started or disabled): the span
             // cannot continue the caller's trace, so the plain W3C handling decides.
-            return plain_trace(incoming);
+            return plain_trace(incoming, root_sampled);
         }
     }
     let otel = span.context().span().span_context().clone();
@@ -46,14 +51,52 @@ pub(crate) fn request_trace(span: &Span, incoming: Option<(TraceParent, Option<T
         };
         return TraceContext::from_parts(trace_id, span_id, parent_id, otel.is_sampled()).with_state(state);
     }
-    plain_trace(incoming)
+    plain_trace(incoming, root_sampled)
 }
 
-fn plain_trace(incoming: Option<(TraceParent, Option<TraceState>)>) -> TraceContext {
+fn plain_trace(incoming: Option<(TraceParent, Option<TraceState>)>, root_sampled: bool) -> TraceContext {
     match incoming {
         Some((parent, state)) => TraceContext::child_of(parent, state),
-        None => TraceContext::new_root(),
+        None => TraceContext::new_root_sampled(root_sampled),
     }
+}
+
+/// The client span of an outgoing call made in the request whose trace is `request`.
+///
+/// With a `tracing-opentelemetry` layer, an OpenTelemetry span of kind `client` whose parent is
+/// the current OpenTelemetry span (a handler's span, else the request's); its ids are the ones
+/// sent and logged, and it is exported when the call ends. Otherwise (no such layer, the span
+/// filtered out, or a span in another trace) a child of the request's span in ids only.
+pub(crate) fn client_span(request: &TraceContext, method: &http::Method, url: &str) -> (Span, TraceContext) {
+    let parent = Span::current().context().span().span_context().clone();
+    let span = tracing::info_span!(
+        target: "reqscope::outgoing",
+        "outgoing",
+        otel.kind = "client",
+        otel.name = method.as_str(),
+        http.request.method = method.as_str(),
+        url.full = url,
+        http.response.status_code = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+    );
+    if span.is_disabled() {
+        return (Span::none(), request.child());
+    }
+    let otel = span.context().span().span_context().clone();
+    if otel.is_valid()
+        && let (Ok(trace_id), Some(span_id)) =
+            (TraceId::parse(&otel.trace_id().to_string()), parse_span_id(otel.span_id()))
+        && trace_id == *request.trace_id()
+    {
+        let parent_id = match parent.is_valid() && parent.trace_id() == otel.trace_id() {
+            true => parse_span_id(parent.span_id()),
+            false => Some(*request.span_id()),
+        };
+        let trace = TraceContext::from_parts(trace_id, span_id, parent_id, otel.is_sampled())
+            .with_state(request.state().cloned());
+        return (span, trace);
+    }
+    (Span::none(), request.child())
 }
 
 /// The OpenTelemetry span context active around the request layer, if any: attached by an

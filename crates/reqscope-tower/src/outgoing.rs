@@ -1,4 +1,4 @@
-//! Carry the request id and the trace onto outgoing HTTP calls.
+//! Carry the request id and the trace onto outgoing HTTP calls, each call a span of its own.
 //!
 //! ```
 //! use http::{Request, Response};
@@ -29,52 +29,279 @@
 //!   it (its `RequestContextLayer` trusts valid forwarded ids by default), so one id finds
 //!   the lines of every hop; a service at a public edge can refuse it with
 //!   `ForwardedIdPolicy` and mint its own — the shared `trace_id` still joins the hops.
-//! - **`traceparent`**: the same trace, with this service's span id as the parent, so the
-//!   next service's span is a child of this one; **`tracestate`**: the caller's, unchanged.
+//! - **`traceparent`**: the same trace, with the id of a **client span** of this call's own
+//!   as the parent: a new span id for every call, whose parent is the request's span (so two
+//!   calls made by one request are told apart downstream). With the `otel` feature and a
+//!   `tracing-opentelemetry` layer, the client span is an OpenTelemetry span (kind `client`),
+//!   exported like any other, and its parent is the current OpenTelemetry span (a handler's
+//!   `#[instrument]` span, else the request's). **`tracestate`**: the request's (the caller's,
+//!   validated, with this service's entry in front if it adds one).
+//!
+//! Each call made through [`PropagateContextLayer`] or [`PropagateContextMiddleware`] (or
+//! timed with [`OutgoingCall`]) writes **one line**, target `reqscope::outgoing`, when its
+//! response head arrives:
+//!
+//! ```json
+//! {"level":"INFO","target":"reqscope::outgoing","message":"outgoing call","request_id":"…",
+//!  "trace_id":"…","span_id":"<the client span>","method":"GET","path":"/users/7",…,
+//!  "url":"http://users.internal:8080/users/7","status":200,"duration_ms":3.1,
+//!  "parent_span_id":"<the request's span>"}
+//! ```
+//!
+//! It is stamped like any line of the request (id, user, route, custom fields), except that
+//! `span_id` is the client span's, and `method` and `path` are the call's — the URL without
+//! its query, fragment or user info, which may carry secrets. A trace is rebuilt from lines
+//! alone: the call's `span_id` is the parent the next service logs, its `parent_span_id` the
+//! `span_id` of this request's lines. A call that fails without a response logs a WARN with
+//! `error` (the kind of failure, never the error text, which can hold the full URL); a call
+//! dropped before its response logs `aborted: true`.
 //!
 //! An `x-request-id` or a `traceparent` the caller set explicitly is left alone (with whatever
-//! `tracestate` came with it); when the `traceparent` is added here, any `tracestate` on the
-//! request is replaced by the trace's own (or removed). Outside any request context nothing is
-//! added: there is no request to relate the call to. A job that runs in a context built
-//! without a trace (`RequestContext::scope` in a CLI or a worker) starts one at its first
-//! outgoing call, and its later log lines carry it.
-//!
-//! With the `reqwest` feature, [`PropagateContextMiddleware`] does the same for
-//! `reqwest-middleware` clients.
+//! `tracestate` came with it; the line then names the span of that `traceparent`); when the
+//! `traceparent` is added here, any `tracestate` on the request is replaced by the trace's own
+//! (or removed). Outside any request context nothing is added and nothing is logged: there
+//! is no request to relate the call to. A job that runs in a context built without a trace
+//! (`RequestContext::scope` in a CLI or a worker) starts one at its first outgoing call, and
+//! its later log lines carry it.
 
-use std::task::{Context, Poll};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use std::time::Instant;
 
-use http::{HeaderMap, HeaderName, Request};
-use reqscope_core::RequestContext;
+use http::{HeaderMap, HeaderName, Method, Request, Response, StatusCode, Uri};
+use pin_project_lite::pin_project;
 use reqscope_core::trace::{TRACEPARENT, TRACESTATE};
+use reqscope_core::{RequestContext, SpanId, TraceContext, TraceParent};
 use tower_layer::Layer;
 use tower_service::Service;
+use tracing::Span;
 
 use crate::request_context::X_REQUEST_ID;
 
-/// Adds the current request's id, `traceparent` and `tracestate` to `headers`. An id or a
-/// `traceparent` already set is left alone (a `tracestate` goes with its `traceparent`).
-/// Returns `false` (and adds nothing) outside a request context.
+/// The target of the line each outgoing call writes.
+pub const OUTGOING_TARGET: &str = "reqscope::outgoing";
+
+/// Adds the current request's id, `traceparent` and `tracestate` to `headers`, for a client
+/// that none of the layers here fit. The `traceparent` names a new client span (a new span id
+/// each call, whose parent is the request's span), but **no line is written** for it: use
+/// [`OutgoingCall::start`] and [`OutgoingCall::finish`] to have the call's line (and, with
+/// `otel`, its exported span). An id or a `traceparent` already set is left alone (a
+/// `tracestate` goes with its `traceparent`). Returns `false` (and adds nothing) outside a
+/// request context.
 pub fn inject_headers(headers: &mut HeaderMap, request_id_header: &HeaderName) -> bool {
     RequestContext::with(|ctx| {
-        if !headers.contains_key(request_id_header) {
-            headers.insert(request_id_header.clone(), ctx.id().to_header_value());
-        }
-        if !headers.contains_key(TRACEPARENT) {
-            let trace = ctx.trace_or_start();
-            headers.insert(TRACEPARENT, trace.traceparent());
-            // A tracestate belongs to the traceparent it came with.
-            match trace.state() {
-                Some(state) => headers.insert(TRACESTATE, state.header_value().clone()),
-                None => headers.remove(TRACESTATE),
-            };
-        }
+        let request = ctx.trace_or_start();
+        inject(ctx, headers, request_id_header, || request.child());
     })
     .is_some()
 }
 
-/// Adds the request id and the trace to every request a tower client sends; see the
-/// [module docs](self).
+/// Adds the headers for a call whose client span `client` makes; returns the call's span as
+/// sent (the explicit `traceparent`'s, if one was set).
+fn inject(
+    ctx: &RequestContext,
+    headers: &mut HeaderMap,
+    request_id_header: &HeaderName,
+    client: impl FnOnce() -> TraceContext,
+) -> Option<TraceContext> {
+    if !headers.contains_key(request_id_header) {
+        headers.insert(request_id_header.clone(), ctx.id().to_header_value());
+    }
+    if headers.contains_key(TRACEPARENT) {
+        // The caller chose the parent: the line names that span, in the trace it names.
+        let explicit = TraceParent::from_headers(headers).ok().flatten()?;
+        let request = ctx.trace_or_start();
+        let parent = (explicit.trace_id == *request.trace_id()).then_some(*request.span_id());
+        return Some(TraceContext::from_parts(explicit.trace_id, explicit.parent_id, parent, explicit.flags & 1 != 0));
+    }
+    let trace = client();
+    headers.insert(TRACEPARENT, trace.traceparent());
+    // A tracestate belongs to the traceparent it came with.
+    match trace.state() {
+        Some(state) => headers.insert(TRACESTATE, state.header_value().clone()),
+        None => headers.remove(TRACESTATE),
+    };
+    Some(trace)
+}
+
+/// One outgoing call made on behalf of the current request: its client span, its headers and
+/// its log line (see the [module docs](self)). The layers here use it; use it directly for
+/// other clients:
+///
+/// ```
+/// use http::{HeaderMap, Method, StatusCode, Uri};
+/// use reqscope_core::{RequestContext, RequestId};
+/// use reqscope_tower::outgoing::OutgoingCall;
+///
+/// let ctx = RequestContext::new(RequestId::parse("req-1").unwrap());
+/// RequestContext::scope_sync(ctx, || {
+///     let mut headers = HeaderMap::new();
+///     let uri: Uri = "http://users.internal/users/7?token=secret".parse().unwrap();
+///     let call = OutgoingCall::start(&Method::GET, &uri, &mut headers).expect("inside a request");
+///     assert_eq!(call.url(), "http://users.internal/users/7");
+///     // … send the request with `headers`, then:
+///     call.finish(StatusCode::OK);
+/// });
+/// ```
+///
+/// Dropped without [`finish`](Self::finish) or [`fail`](Self::fail), it logs the call as
+/// aborted.
+#[derive(Debug)]
+pub struct OutgoingCall {
+    ctx: Arc<RequestContext>,
+    trace: Option<TraceContext>,
+    method: Method,
+    url: String,
+    path: Box<str>,
+    started: Instant,
+    span: Span,
+    done: bool,
+}
+
+impl OutgoingCall {
+    /// Starts a call of `method` to `uri` on behalf of the current request: adds the
+    /// `x-request-id`, `traceparent` and `tracestate` headers to `headers` and starts its clock.
+    /// `None` (and nothing added) outside a request context.
+    pub fn start(method: &Method, uri: &Uri, headers: &mut HeaderMap) -> Option<Self> {
+        Self::start_with_header(method, uri, headers, &X_REQUEST_ID)
+    }
+
+    /// Like [`OutgoingCall::start`], sending the id in `request_id_header`.
+    pub fn start_with_header(
+        method: &Method,
+        uri: &Uri,
+        headers: &mut HeaderMap,
+        request_id_header: &HeaderName,
+    ) -> Option<Self> {
+        let (url, path) = uri_without_secrets(uri);
+        Self::begin(method, url, path, headers, request_id_header)
+    }
+
+    pub(crate) fn begin(
+        method: &Method,
+        url: String,
+        path: Box<str>,
+        headers: &mut HeaderMap,
+        request_id_header: &HeaderName,
+    ) -> Option<Self> {
+        let ctx = RequestContext::current()?;
+        let mut span = Span::none();
+        let trace = inject(&ctx, headers, request_id_header, || {
+            let (client_span, trace) = client_span(ctx.trace_or_start(), method, &url);
+            span = client_span;
+            trace
+        });
+        Some(OutgoingCall { ctx, trace, method: method.clone(), url, path, started: Instant::now(), span, done: false })
+    }
+
+    /// The call's span (its id is the parent sent in `traceparent`); `None` when an explicit
+    /// `traceparent` on the request could not be read.
+    pub fn trace(&self) -> Option<&TraceContext> {
+        self.trace.as_ref()
+    }
+
+    /// The URL logged: without query, fragment or user info.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The `tracing` span of the call (with `otel`, the exported client span; else disabled):
+    /// enter it while the call runs so that the client's own events nest under it.
+    pub fn span(&self) -> &Span {
+        &self.span
+    }
+
+    /// The response head arrived with `status`: writes the call's line.
+    pub fn finish(mut self, status: StatusCode) {
+        self.span.record("http.response.status_code", status.as_u16());
+        self.log(Outcome::Status(status));
+    }
+
+    /// The call failed without a response; `kind` names how (`"timeout"`, `"connect"`, …),
+    /// never with the error's text. Writes the call's line, as a WARN.
+    pub fn fail(mut self, kind: Option<&'static str>) {
+        self.span.record("otel.status_code", "ERROR");
+        self.log(Outcome::Failed(kind));
+    }
+
+    fn log(&mut self, outcome: Outcome) {
+        if std::mem::replace(&mut self.done, true) {
+            return;
+        }
+        let duration_ms = self.started.elapsed().as_micros() as f64 / 1000.0;
+        let parent_span_id = self.trace.as_ref().and_then(TraceContext::parent_id).map(SpanId::as_str);
+        // The line is stamped from a context of its own: the request's, with the client span
+        // as its span and the call's method and path, so that every key says one thing.
+        let mut line = RequestContext::builder(self.ctx.id().clone()).method(self.method.clone()).path(&*self.path);
+        if let Some(trace) = &self.trace {
+            line = line.trace(trace.clone());
+        }
+        if let Some(ip) = self.ctx.client_ip() {
+            line = line.client_ip(ip);
+        }
+        let line = line.build();
+        let patch = self.ctx.patch();
+        line.update(|p| p.clone_from(&patch));
+        let url = self.url.as_str();
+        RequestContext::scope_sync(line, || match outcome {
+            Outcome::Status(status) => tracing::info!(
+                target: OUTGOING_TARGET, url, status = status.as_u16(), duration_ms, parent_span_id, "outgoing call"
+            ),
+            Outcome::Failed(kind) => tracing::warn!(
+                target: OUTGOING_TARGET, url, duration_ms, parent_span_id, error = kind.unwrap_or("error"),
+                "outgoing call failed without a response"
+            ),
+            Outcome::Aborted => tracing::info!(
+                target: OUTGOING_TARGET, url, duration_ms, parent_span_id, aborted = true,
+                "outgoing call dropped before its response"
+            ),
+        });
+    }
+}
+
+impl Drop for OutgoingCall {
+    fn drop(&mut self) {
+        self.log(Outcome::Aborted);
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Outcome {
+    Status(StatusCode),
+    Failed(Option<&'static str>),
+    Aborted,
+}
+
+/// `scheme://host[:port]/path` and the path: no user info, query or fragment.
+fn uri_without_secrets(uri: &Uri) -> (String, Box<str>) {
+    let path = uri.path();
+    let url = match (uri.scheme_str(), uri.host()) {
+        (Some(scheme), Some(host)) => match uri.port_u16() {
+            Some(port) => format!("{scheme}://{host}:{port}{path}"),
+            None => format!("{scheme}://{host}{path}"),
+        },
+        (None, Some(host)) => match uri.port_u16() {
+            Some(port) => format!("{host}:{port}{path}"),
+            None => format!("{host}{path}"),
+        },
+        _ => path.to_owned(),
+    };
+    (url, path.into())
+}
+
+#[cfg(feature = "otel")]
+use crate::otel::client_span;
+
+/// Without `otel`, the client span is a child in ids only.
+#[cfg(not(feature = "otel"))]
+fn client_span(request: &TraceContext, _method: &Method, _url: &str) -> (Span, TraceContext) {
+    (Span::none(), request.child())
+}
+
+/// Adds the request id and the trace to every request a tower client sends, with a client
+/// span and a line per call; see the [module docs](self).
 #[derive(Clone, Debug)]
 pub struct PropagateContextLayer {
     header: HeaderName,
@@ -114,13 +341,13 @@ pub struct PropagateContext<S> {
     header: HeaderName,
 }
 
-impl<S, B> Service<Request<B>> for PropagateContext<S>
+impl<S, B, ResBody> Service<Request<B>> for PropagateContext<S>
 where
-    S: Service<Request<B>>,
+    S: Service<Request<B>, Response = Response<ResBody>>,
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = S::Future;
+    type Future = OutgoingFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -128,8 +355,49 @@ where
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         // `call` runs in the caller's task, where the request context is.
-        inject_headers(req.headers_mut(), &self.header);
-        self.inner.call(req)
+        let (method, uri) = (req.method().clone(), req.uri().clone());
+        let call = OutgoingCall::start_with_header(&method, &uri, req.headers_mut(), &self.header);
+        let inner = match &call {
+            Some(call) => call.span.in_scope(|| self.inner.call(req)),
+            None => self.inner.call(req),
+        };
+        OutgoingFuture { inner, call }
+    }
+}
+
+pin_project! {
+    /// The response future of [`PropagateContext`]: writes the call's line when the response
+    /// head (or an error) arrives, or when it is dropped first.
+    pub struct OutgoingFuture<F> {
+        #[pin]
+        inner: F,
+        call: Option<OutgoingCall>,
+    }
+}
+
+impl<F, ResBody, E> Future for OutgoingFuture<F>
+where
+    F: Future<Output = Result<Response<ResBody>, E>>,
+{
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let result = match this.call.as_ref() {
+            Some(call) => {
+                let _entered = call.span.enter();
+                ready!(this.inner.poll(cx))
+            }
+            None => ready!(this.inner.poll(cx)),
+        };
+        if let Some(call) = this.call.take() {
+            match &result {
+                Ok(response) => call.finish(response.status()),
+                // A tower client's error type says nothing we could name; the WARN says it failed.
+                Err(_) => call.fail(None),
+            }
+        }
+        Poll::Ready(result)
     }
 }
 
@@ -139,14 +407,16 @@ pub use self::reqwest::PropagateContextMiddleware;
 #[cfg(feature = "reqwest")]
 mod reqwest {
     use http::{Extensions, HeaderName};
-    use reqwest_middleware::reqwest::{Request, Response};
-    use reqwest_middleware::{Middleware, Next, Result};
+    use reqwest_middleware::reqwest::{Request, Response, Url};
+    use reqwest_middleware::{Error, Middleware, Next, Result};
+    use tracing::Instrument;
 
-    use super::inject_headers;
+    use super::OutgoingCall;
     use crate::request_context::X_REQUEST_ID;
 
     /// A `reqwest-middleware` middleware that adds the request id and the trace to every
-    /// request the client sends; see the [module docs](super).
+    /// request the client sends, with a client span and a line per call; see the
+    /// [module docs](super).
     ///
     /// ```
     /// use reqscope_tower::outgoing::PropagateContextMiddleware;
@@ -180,12 +450,44 @@ mod reqwest {
         }
     }
 
+    /// `scheme://host[:port]/path` and the path: no user info, query or fragment.
+    fn url_without_secrets(url: &Url) -> (String, Box<str>) {
+        let path = url.path();
+        let logged = match (url.host_str(), url.port()) {
+            (Some(host), Some(port)) => format!("{}://{host}:{port}{path}", url.scheme()),
+            (Some(host), None) => format!("{}://{host}{path}", url.scheme()),
+            (None, _) => format!("{}:{path}", url.scheme()),
+        };
+        (logged, path.into())
+    }
+
+    /// How a call failed, in a word (the error's text can hold the full URL).
+    fn failure_kind(error: &Error) -> &'static str {
+        match error {
+            Error::Middleware(_) => "middleware",
+            Error::Reqwest(e) if e.is_timeout() => "timeout",
+            Error::Reqwest(e) if e.is_connect() => "connect",
+            Error::Reqwest(e) if e.is_redirect() => "redirect",
+            Error::Reqwest(e) if e.is_body() || e.is_decode() => "body",
+            Error::Reqwest(_) => "request",
+        }
+    }
+
     #[async_trait::async_trait]
     impl Middleware for PropagateContextMiddleware {
         async fn handle(&self, mut req: Request, extensions: &mut Extensions, next: Next<'_>) -> Result<Response> {
             // The middleware future is polled by the caller, inside its request context.
-            inject_headers(req.headers_mut(), &self.header);
-            next.run(req, extensions).await
+            let method = req.method().clone();
+            let (url, path) = url_without_secrets(req.url());
+            let Some(call) = OutgoingCall::begin(&method, url, path, req.headers_mut(), &self.header) else {
+                return next.run(req, extensions).await;
+            };
+            let result = next.run(req, extensions).instrument(call.span().clone()).await;
+            match &result {
+                Ok(response) => call.finish(response.status()),
+                Err(error) => call.fail(Some(failure_kind(error))),
+            }
+            result
         }
     }
 }
@@ -194,6 +496,19 @@ mod reqwest {
 mod tests {
     use super::*;
     use reqscope_core::{RequestId, TraceContext, TraceParent};
+
+    #[test]
+    fn the_logged_url_has_no_query_fragment_or_user_info() {
+        for (uri, url) in [
+            ("http://user:pw@example.com:8080/a/b?token=x#frag", "http://example.com:8080/a/b"),
+            ("https://example.com/?q=1", "https://example.com/"),
+            ("http://[::1]:3000/x", "http://[::1]:3000/x"),
+            ("/relative?secret=1", "/relative"),
+        ] {
+            let (logged, _) = uri_without_secrets(&uri.parse().unwrap());
+            assert_eq!(logged, url, "{uri}");
+        }
+    }
 
     #[test]
     fn adds_nothing_outside_a_request() {
@@ -216,8 +531,11 @@ mod tests {
             assert_eq!(headers["x-request-id"], "r-9");
             let sent = TraceParent::parse(headers[TRACEPARENT].as_bytes()).unwrap();
             assert_eq!(sent.trace_id, parent.trace_id);
-            assert_eq!(&sent.parent_id, trace.span_id());
+            assert_ne!(&sent.parent_id, trace.span_id(), "a client span of its own");
             assert_eq!(headers[TRACESTATE], "rojo=1");
+            let mut again = HeaderMap::new();
+            inject_headers(&mut again, &X_REQUEST_ID);
+            assert_ne!(again[TRACEPARENT], headers[TRACEPARENT], "every call its own span");
 
             let mut explicit = HeaderMap::new();
             explicit.insert("x-request-id", "chosen".parse().unwrap());
@@ -237,7 +555,9 @@ mod tests {
             let mut second = HeaderMap::new();
             inject_headers(&mut first, &X_REQUEST_ID);
             inject_headers(&mut second, &X_REQUEST_ID);
-            assert_eq!(first[TRACEPARENT], second[TRACEPARENT]);
+            let first = TraceParent::parse(first[TRACEPARENT].as_bytes()).unwrap();
+            let second = TraceParent::parse(second[TRACEPARENT].as_bytes()).unwrap();
+            assert_eq!(first.trace_id, second.trace_id, "one trace for the job");
         });
         assert!(ctx.trace().is_some());
     }

@@ -71,7 +71,7 @@ use pin_project_lite::pin_project;
 use reqscope_core::trace::{TRACEPARENT, TRACESTATE};
 use reqscope_core::{
     ClientIpHeader, ForwardedIdPolicy, IdGenerator, REQUEST_SPAN_TARGET, RequestContext, RequestId, TraceParent,
-    TraceState, TrustedProxies,
+    TraceState, TraceStateEntry, TrustedProxies,
 };
 use tower_layer::Layer;
 use tower_service::Service;
@@ -89,6 +89,8 @@ struct Config {
     proxies: TrustedProxies,
     client_ip_header: ClientIpHeader,
     access_log: bool,
+    root_sampled: bool,
+    tracestate_entry: Option<TraceStateEntry>,
 }
 
 /// Gives every request a [`RequestContext`]; see the [module docs](self).
@@ -117,6 +119,8 @@ impl RequestContextLayer {
                 // Read only when proxies are trusted, and then always named by the caller.
                 client_ip_header: ClientIpHeader::XForwardedFor,
                 access_log: true,
+                root_sampled: true,
+                tracestate_entry: None,
             }),
         }
     }
@@ -166,6 +170,24 @@ impl RequestContextLayer {
     /// Turns the access-log event off (or back on).
     pub fn access_log(mut self, enabled: bool) -> Self {
         self.config_mut().access_log = enabled;
+        self
+    }
+
+    /// Whether the traces this service starts (no usable incoming `traceparent`) are marked
+    /// sampled in the `traceparent` sent onward — default `true`, so that the next services
+    /// record them. `false` tells them this trace is not recorded. A continued trace keeps the
+    /// caller's flag; with `otel` and a `tracing-opentelemetry` layer, the OpenTelemetry
+    /// sampler decides instead.
+    pub fn sample_new_traces(mut self, sampled: bool) -> Self {
+        self.config_mut().root_sampled = sampled;
+        self
+    }
+
+    /// Puts this service's own `tracestate` entry at the front of every request's
+    /// `tracestate` (replacing an entry with the same key), as W3C asks of a vendor that adds
+    /// its entry: inner services and outgoing calls carry it.
+    pub fn tracestate_entry(mut self, entry: TraceStateEntry) -> Self {
+        self.config_mut().tracestate_entry = Some(entry);
         self
     }
 }
@@ -250,7 +272,11 @@ where
             // With `otel` the trace comes from the OpenTelemetry span, which needs the context
             // to exist first; so the trace is set right after, before anything logs. Nothing
             // else has seen the context yet, so the slot is still empty.
-            let trace = request_trace(&span, incoming);
+            let trace = request_trace(&span, incoming, config.root_sampled);
+            let trace = match &config.tracestate_entry {
+                Some(entry) => trace.with_entry(entry),
+                None => trace,
+            };
             if sent_traceparent {
                 // Inner services see this service's place in the trace, not the caller's (nor a
                 // rejected value): a handler that copies headers onward sends a proper child.
@@ -293,10 +319,14 @@ where
 use crate::otel::request_trace;
 
 #[cfg(not(feature = "otel"))]
-fn request_trace(_span: &Span, incoming: Option<(TraceParent, Option<TraceState>)>) -> reqscope_core::TraceContext {
+fn request_trace(
+    _span: &Span,
+    incoming: Option<(TraceParent, Option<TraceState>)>,
+    root_sampled: bool,
+) -> reqscope_core::TraceContext {
     match incoming {
         Some((parent, state)) => reqscope_core::TraceContext::child_of(parent, state),
-        None => reqscope_core::TraceContext::new_root(),
+        None => reqscope_core::TraceContext::new_root_sampled(root_sampled),
     }
 }
 
