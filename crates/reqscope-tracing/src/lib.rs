@@ -34,10 +34,12 @@
 #![warn(missing_docs)]
 
 mod json;
+mod keys;
 mod layer;
 mod memory;
 mod names;
 mod pretty;
+mod spans;
 mod time;
 mod writer;
 
@@ -113,8 +115,9 @@ where
 /// where [`LogLayer`] writes them like any event: stamped with the request, under the
 /// record's own target (its module path), at its level. [`init_from_env`] calls it; call it
 /// yourself when you install the subscriber by hand (or call `tracing_log::LogTracer::init()`,
-/// which is the same). `log` records below the subscriber's most verbose level at the time
-/// of the call are skipped cheaply, in the `log` crate.
+/// which does the same without the level hint). Called after the global subscriber is set,
+/// `log` records below its most verbose level are skipped cheaply, in the `log` crate; called
+/// before, every record reaches the subscriber's filter.
 ///
 /// # Errors
 ///
@@ -122,8 +125,15 @@ where
 /// one): `log` accepts one logger per process.
 pub fn install_log_bridge() -> Result<(), InitError> {
     use tracing_log::AsLog;
+    // Before a global subscriber exists its level is unknown (tracing says OFF): pass every
+    // record on and let the subscriber's filter decide, rather than lose them all.
+    let max = if tracing::dispatcher::has_been_set() {
+        tracing_core::LevelFilter::current()
+    } else {
+        tracing_core::LevelFilter::TRACE
+    };
     tracing_log::LogTracer::builder()
-        .with_max_level(tracing_core::LevelFilter::current().as_log())
+        .with_max_level(max.as_log())
         .init()
         .map_err(|e| InitError::LogBridge(e.to_string()))
 }
