@@ -1,6 +1,7 @@
 use std::cell::RefCell;
 use std::io::Write;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 
 use reqscope_core::{REQUEST_SPAN_TARGET, RequestContext};
@@ -17,7 +18,7 @@ use crate::json::{self, JsonKeys, JsonStyle, json_line};
 use crate::keys::{Reserved, Seen, write_span_fields};
 use crate::names::FieldNames;
 use crate::pretty::{self, PrettyStyle, pretty_line};
-use crate::spans::{EMPTY, Fragment, SpanFields};
+use crate::spans::{EMPTY, Fragment, LIVE_JSON, LIVE_PRETTY, SpanFields};
 use crate::time::rfc3339_now;
 
 /// How lines are written.
@@ -145,6 +146,14 @@ impl<W> LogLayer<W> {
         }
     }
 
+    /// How many spans have fields rendered in this layer's format, in any subscriber.
+    fn live(&self) -> &'static AtomicUsize {
+        match self.format {
+            Format::Json => &LIVE_JSON,
+            Format::Pretty => &LIVE_PRETTY,
+        }
+    }
+
     /// Renders span field values in this layer's format.
     fn render(&self, values: &impl RecordFields) -> Fragment {
         let mut fragment = Fragment::default();
@@ -165,8 +174,14 @@ impl<W> LogLayer<W> {
         if spans.is_empty() {
             return;
         }
-        let guards: [_; MAX_SPANS] =
-            std::array::from_fn(|i| spans.get(i).and_then(Option::as_ref).map(|span| span.extensions()));
+        // The request span has no fields of its own: no lock to take for it.
+        let guards: [_; MAX_SPANS] = std::array::from_fn(|i| {
+            spans
+                .get(i)
+                .and_then(Option::as_ref)
+                .filter(|span| span.metadata().target() != REQUEST_SPAN_TARGET)
+                .map(|span| span.extensions())
+        });
         let mut fragments: [&Fragment; MAX_SPANS] = [&EMPTY; MAX_SPANS];
         let mut count = 0;
         for guard in guards.iter().rev().flatten() {
@@ -268,14 +283,14 @@ where
             return;
         }
         let mut extensions = span.extensions_mut();
-        match extensions.get_mut::<SpanFields>() {
-            Some(fields) => {
-                self.fragment_mut(fields).get_or_insert(fragment);
-            }
-            None => {
-                let mut fields = SpanFields::default();
-                *self.fragment_mut(&mut fields) = Some(fragment);
-                extensions.insert(fields);
+        if extensions.get_mut::<SpanFields>().is_none() {
+            extensions.insert(SpanFields::default());
+        }
+        if let Some(fields) = extensions.get_mut::<SpanFields>() {
+            let slot = self.fragment_mut(fields);
+            if slot.is_none() {
+                *slot = Some(fragment);
+                self.live().fetch_add(1, Ordering::Relaxed);
             }
         }
     }
@@ -298,8 +313,27 @@ where
         if let Some(fields) = extensions.get_mut::<SpanFields>() {
             match self.fragment_mut(fields) {
                 Some(fragment) => fragment.update(newer),
-                slot @ None => *slot = Some(newer),
+                slot @ None => {
+                    *slot = Some(newer);
+                    self.live().fetch_add(1, Ordering::Relaxed);
+                }
             }
+        }
+    }
+
+    fn on_close(&self, id: Id, ctx: Context<'_, S>) {
+        let Some(span) = ctx.span(&id) else {
+            return;
+        };
+        if span.extensions().get::<SpanFields>().is_none() {
+            return;
+        }
+        // Taken, not just counted: another `LogLayer` of this format sees it gone and does not
+        // count it twice.
+        if let Some(fields) = span.extensions_mut().get_mut::<SpanFields>()
+            && self.fragment_mut(fields).take().is_some()
+        {
+            self.live().fetch_sub(1, Ordering::Relaxed);
         }
     }
 
@@ -309,14 +343,25 @@ where
         let meta = normalized.as_ref().unwrap_or_else(|| event.metadata());
         let mut scope: [Option<SpanRef<'_, S>>; MAX_SPANS] = std::array::from_fn(|_| None);
         let mut depth = 0;
-        if let Some(spans) = ctx.event_scope(event) {
+        // The spans are looked up only when one of them may have fields to write, or to find
+        // the context: with the task-local and no span fields anywhere, an event costs what
+        // it did before span fields were written.
+        let in_request = RequestContext::with(|_| ()).is_some();
+        let span_fields = self.live().load(Ordering::Relaxed) > 0;
+        if (span_fields || !in_request)
+            && let Some(spans) = ctx.event_scope(event)
+        {
             for (slot, span) in scope.iter_mut().zip(spans) {
                 *slot = Some(span);
                 depth += 1;
             }
         }
         let spans = &scope[..depth];
-        let mut write_spans = |buf: &mut Vec<u8>, seen: &mut Seen| self.write_spans(spans, event, buf, seen);
+        let mut write_spans = |buf: &mut Vec<u8>, seen: &mut Seen| {
+            if span_fields {
+                self.write_spans(spans, event, buf, seen);
+            }
+        };
         let written = RequestContext::with(|request| self.write_line(event, meta, Some(request), &mut write_spans));
         if written.is_some() {
             return;

@@ -1,5 +1,12 @@
 //! The fields of a span, rendered once when they are recorded and copied into each line.
 
+use std::sync::atomic::AtomicUsize;
+
+/// Live spans with a JSON [`Fragment`]: while there are none, events skip the span lookup.
+pub(crate) static LIVE_JSON: AtomicUsize = AtomicUsize::new(0);
+/// Live spans with a pretty [`Fragment`].
+pub(crate) static LIVE_PRETTY: AtomicUsize = AtomicUsize::new(0);
+
 /// The rendered fields of one span, kept in its extensions: a value per format that a
 /// [`LogLayer`](crate::LogLayer) of the subscriber writes (two layers of one format share one).
 #[derive(Debug, Default)]
