@@ -18,19 +18,40 @@
 //! contract: `timestamp`, `level`, `target`, `message`, `request_id`, `trace_id`, `span_id`,
 //! `user_id`, `org_id`,
 //! `method`, `path`, `route`, `client_ip`, `roles`, `rate_limit_remaining`,
-//! `rate_limit_reset`, the custom context fields, then the event's own fields. Key names are
-//! configurable with [`FieldNames`]. Values are escaped by `serde_json`, so no field content
-//! can break a line or forge another.
+//! `rate_limit_reset`, the custom context fields, the fields of the spans in scope (root
+//! first, as last recorded: `#[instrument(fields(order_id = 7))]` puts `"order_id":7` on every
+//! line inside), then the event's own fields. Key names are configurable with [`FieldNames`].
+//! Values are escaped by `serde_json`, so no field content can break a line or forge another.
+//!
+//! **Every key appears once, in every format.** A key that is taken gets its source's prefix,
+//! `fields.` (custom context and event fields) or `span.` (span fields), repeated until it is
+//! unique. Taken are: the stamped keys, always (so `info!(request_id = %x)` is written
+//! `"fields.request_id"`, and no event field can pass for a stamped one even outside a
+//! request); a key already on the line (an event field named like a custom context field
+//! becomes `fields.<name>`; the context field keeps its name); and, for a span field, a name
+//! the event or a nearer span uses (the field nearest the event wins). Pretty lines follow the
+//! same rule and read like logfmt: bare keys only of `[A-Za-z0-9_.:@/-]`, strings quoted, and
+//! a message or `%display` value with `=` or `"` in it quoted, so no content looks like a
+//! pair of its own.
+//!
+//! Records of crates that use the `log` facade are written like events — stamped, under the
+//! record's own target — once the bridge is installed: [`init_from_env`] does it, or call
+//! [`install_log_bridge`] after installing your own subscriber.
 //!
 //! The context is found through the task-local first and, failing that, through the span
-//! scope: the layer stores the context in the request span (target `reqscope::request`) that
+//! scope: the layer keeps the context in the request span (target `reqscope::request`) that
 //! `RequestContextLayer` opens, so an event on a foreign thread that only entered that span or
-//! a child of it (sqlx-sqlite's worker, a callback on a pool thread) is stamped too.
+//! a child of it (sqlx-sqlite's worker, a callback on a pool thread) is stamped too — while
+//! the request lasts. The span holds the context weakly, and stops stamping once the request
+//! is finished ([`RequestContext::mark_finished`](reqscope_core::RequestContext::mark_finished),
+//! set before the access line): a long-lived span created during a request (a pool's
+//! connection task) neither stamps that request forever nor keeps its context alive.
 //!
 //! The JSON path allocates nothing per event once warm: lines are built in a thread-local
-//! buffer and handed to the writer in one `write_all`. Use [`non_blocking`] so
-//! that a slow stdout never blocks a request: it buffers up to a byte limit, drops and counts
-//! lines beyond it, and reports the count once output recovers.
+//! buffer and handed to the writer in one `write_all`; span fields are rendered once, when
+//! they are recorded, and copied into each line. Use [`non_blocking`] so that a slow stdout
+//! never blocks a request: it buffers up to a byte limit, drops and counts lines beyond it,
+//! and reports the count once output recovers.
 #![warn(missing_docs)]
 
 mod json;
