@@ -808,11 +808,19 @@ mod tests {
 
     #[test]
     fn log_records_are_bridged_and_stamped() {
-        // Once per process; another test of this binary may not install a `log` logger.
-        let _ = crate::install_log_bridge();
+        // What the installed bridge does with each record (`LogTracer::log`), without installing
+        // a process-wide `log` logger in a binary whose other tests use scoped subscribers.
         let ctx = request("log-1");
         let lines = json(|| {
-            RequestContext::scope_sync(ctx, || tracing_log::log::warn!(target: "legacy::db", "slow query {}", 1))
+            RequestContext::scope_sync(ctx, || {
+                let record = tracing_log::log::Record::builder()
+                    .args(format_args!("slow query {}", 1))
+                    .level(tracing_log::log::Level::Warn)
+                    .target("legacy::db")
+                    .module_path(Some("legacy::db::pool"))
+                    .build();
+                tracing_log::format_trace(&record).unwrap();
+            })
         });
         let line = lines.iter().find(|l| l["message"] == "slow query 1").expect("the log record");
         assert_eq!(line["target"], "legacy::db");
