@@ -813,13 +813,15 @@ mod tests {
         let ctx = request("log-1");
         let lines = json(|| {
             RequestContext::scope_sync(ctx, || {
-                let record = tracing_log::log::Record::builder()
-                    .args(format_args!("slow query {}", 1))
-                    .level(tracing_log::log::Level::Warn)
-                    .target("legacy::db")
-                    .module_path(Some("legacy::db::pool"))
-                    .build();
-                tracing_log::format_trace(&record).unwrap();
+                tracing_log::format_trace(
+                    &tracing_log::log::Record::builder()
+                        .args(format_args!("slow query {}", 1))
+                        .level(tracing_log::log::Level::Warn)
+                        .target("legacy::db")
+                        .module_path(Some("legacy::db::pool"))
+                        .build(),
+                )
+                .unwrap();
             })
         });
         let line = lines.iter().find(|l| l["message"] == "slow query 1").expect("the log record");
