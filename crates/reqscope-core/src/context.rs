@@ -1,6 +1,7 @@
 use std::fmt;
 use std::future::Future;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock, OnceLock, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -39,6 +40,8 @@ pub struct RequestContext {
     started_at: Option<SystemTime>,
     patch: PatchCell,
     extensions: RwLock<Extensions>,
+    /// Set when the request is over; see [`RequestContext::mark_finished`].
+    finished: AtomicBool,
 }
 
 /// Where the path comes from: the request's own URI (shared, no copy) or a string.
@@ -247,6 +250,7 @@ impl RequestContextBuilder {
             started_at,
             patch: PatchCell::new(empty_patch()),
             extensions: RwLock::new(Extensions::new()),
+            finished: AtomicBool::new(false),
         }
     }
 }
@@ -317,7 +321,22 @@ impl RequestContext {
             started_at: self.started_at,
             patch: PatchCell::new(self.patch.load_full()),
             extensions: RwLock::new(extensions),
+            finished: AtomicBool::new(false),
         }
+    }
+
+    /// Marks the request as over (`RequestContextLayer` does it when the response ends, just
+    /// before the access line). From then on, the log layer no longer stamps this request on
+    /// events it finds only through a span — a connection or pool span created during the
+    /// request that lives on; code that still runs *in* the context (a spawned task) still is.
+    pub fn mark_finished(&self) {
+        self.finished.store(true, Ordering::Release);
+    }
+
+    /// Whether [`RequestContext::mark_finished`] was called.
+    #[inline]
+    pub fn is_finished(&self) -> bool {
+        self.finished.load(Ordering::Acquire)
     }
 
     /// The request id.

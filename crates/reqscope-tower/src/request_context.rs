@@ -415,7 +415,12 @@ struct RequestState {
 
 impl RequestState {
     fn finish(&mut self, outcome: Outcome) {
-        if std::mem::replace(&mut self.finished, true) || !self.log {
+        if std::mem::replace(&mut self.finished, true) {
+            return;
+        }
+        // Spans that outlive the request stop stamping it; the access line still is (task-local).
+        self.ctx.mark_finished();
+        if !self.log {
             return;
         }
         let _entered = self.span.enter();

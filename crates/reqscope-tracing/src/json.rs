@@ -10,15 +10,17 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use reqscope_core::{ErrorChain, FieldValue, RequestContext};
-use tracing::Event;
 use tracing::field::{Field, Visit};
+use tracing::{Event, Metadata};
 
+use crate::keys::{FIELD_PREFIX, KeyStyle, Reserved, Seen, write_key};
 use crate::names::FieldNames;
+use crate::spans::Fragment;
 
 /// The keys of a line, pre-escaped as `,"name":`.
 #[derive(Debug, Clone)]
 pub(crate) struct JsonKeys {
-    names: FieldNames,
+    reserved: Reserved,
     timestamp: Box<[u8]>,
     level: Box<[u8]>,
     target: Box<[u8]>,
@@ -35,9 +37,6 @@ pub(crate) struct JsonKeys {
     roles: Box<[u8]>,
     rate_limit_remaining: Box<[u8]>,
     rate_limit_reset: Box<[u8]>,
-    /// Bit `n` is set when a stamped key is `n` bytes long: most field names are rejected as
-    /// collisions by one bit test.
-    reserved_lengths: u128,
 }
 
 fn key(name: &str) -> Box<[u8]> {
@@ -49,8 +48,6 @@ fn key(name: &str) -> Box<[u8]> {
 
 impl JsonKeys {
     pub(crate) fn new(names: &FieldNames) -> Self {
-        let reserved_lengths =
-            names.all().iter().fold(0u128, |mask, name| mask | 1u128.checked_shl(name.len() as u32).unwrap_or(0));
         JsonKeys {
             timestamp: key(names.timestamp),
             level: key(names.level),
@@ -68,36 +65,48 @@ impl JsonKeys {
             roles: key(names.roles),
             rate_limit_remaining: key(names.rate_limit_remaining),
             rate_limit_reset: key(names.rate_limit_reset),
-            reserved_lengths,
-            names: names.clone(),
+            reserved: Reserved::new::<JsonStyle>(names),
         }
     }
 
-    /// Writes `,"name":` for an event or custom field, renaming it `fields.<name>` when it
-    /// collides with a stamped key.
-    fn field(&self, buf: &mut Vec<u8>, name: &str) {
-        buf.push(b',');
-        let may_collide = name.len() < 128 && self.reserved_lengths & (1u128 << name.len()) != 0;
-        if may_collide && self.names.all().contains(&name) {
-            buf.extend_from_slice(b"\"fields.");
-            write_str_contents(buf, name);
-            buf.push(b'"');
-        } else {
-            write_str(buf, name);
-        }
-        buf.push(b':');
+    pub(crate) fn reserved(&self) -> &Reserved {
+        &self.reserved
+    }
+
+    /// Writes the key of a context or event field (see [`crate::keys`]).
+    fn field(&self, buf: &mut Vec<u8>, seen: &mut Seen, name: &str) {
+        write_key::<JsonStyle>(buf, seen, name, FIELD_PREFIX, |key| self.reserved.contains(key));
     }
 }
 
-/// Writes one JSON object and a newline into `buf`.
+/// JSON keys: `,"escaped":`.
+pub(crate) struct JsonStyle;
+
+impl KeyStyle for JsonStyle {
+    const OPEN: &'static [u8] = b",\"";
+    const CLOSE: &'static [u8] = b"\":";
+    fn render(buf: &mut Vec<u8>, name: &str) {
+        write_str_contents(buf, name);
+    }
+    fn is_plain(name: &str) -> bool {
+        !needs_escape(name)
+    }
+}
+
+/// Writes one JSON object and a newline into `buf`. `meta` is the event's metadata, or that of
+/// the `log` record it stands for.
+#[allow(clippy::too_many_arguments)] // one call site, in the hot path: no struct to build
 pub(crate) fn json_line(
     buf: &mut Vec<u8>,
+    seen: &mut Seen,
     keys: &JsonKeys,
     timestamp: &[u8],
     event: &Event<'_>,
+    meta: &Metadata<'_>,
     ctx: Option<&RequestContext>,
+    spans: &mut dyn FnMut(&mut Vec<u8>, &mut Seen),
 ) {
-    let meta = event.metadata();
+    seen.clear();
     buf.push(b'{');
     buf.extend_from_slice(&keys.timestamp[1..]);
     buf.push(b'"');
@@ -110,15 +119,16 @@ pub(crate) fn json_line(
     buf.push(b'"');
     buf.extend_from_slice(&keys.target);
     write_str(buf, meta.target());
-    event.record(&mut Fields { buf, keys, message_pass: true });
+    event.record(&mut Values(EventFields { buf, seen, keys, message_pass: true }));
     if let Some(ctx) = ctx {
-        write_context(buf, keys, ctx);
+        write_context(buf, seen, keys, ctx);
     }
-    event.record(&mut Fields { buf, keys, message_pass: false });
+    spans(buf, seen);
+    event.record(&mut Values(EventFields { buf, seen, keys, message_pass: false }));
     buf.extend_from_slice(b"}\n");
 }
 
-fn write_context(buf: &mut Vec<u8>, keys: &JsonKeys, ctx: &RequestContext) {
+fn write_context(buf: &mut Vec<u8>, seen: &mut Seen, keys: &JsonKeys, ctx: &RequestContext) {
     buf.extend_from_slice(&keys.request_id);
     write_str(buf, ctx.id().as_str());
     if let Some(trace) = ctx.trace() {
@@ -170,7 +180,7 @@ fn write_context(buf: &mut Vec<u8>, keys: &JsonKeys, ctx: &RequestContext) {
             write_u64(buf, reset);
         }
         for (name, value) in &patch.fields {
-            keys.field(buf, name);
+            keys.field(buf, seen, name);
             match value {
                 FieldValue::Str(v) => write_str(buf, v),
                 FieldValue::I64(v) => buf.extend_from_slice(itoa::Buffer::new().format(*v).as_bytes()),
@@ -256,17 +266,30 @@ impl fmt::Write for Escaper<'_> {
     }
 }
 
+/// Where a visitor puts the values it renders.
+trait Target {
+    /// Whether `field` is written; if so, writes what precedes its value.
+    fn start(&mut self, field: &Field) -> bool;
+    /// The buffer the value goes into.
+    fn buf(&mut self) -> &mut Vec<u8>;
+    /// Called after the value of `field` is written.
+    fn finish(&mut self, _field: &Field) {}
+}
+
+/// Renders each field's value as JSON into its target.
+struct Values<T>(T);
+
 /// Visits an event's fields twice: first for `message` only (its key comes before the
 /// context), then for the rest.
-struct Fields<'a> {
+struct EventFields<'a> {
     buf: &'a mut Vec<u8>,
+    seen: &'a mut Seen,
     keys: &'a JsonKeys,
     message_pass: bool,
 }
 
-impl Fields<'_> {
-    /// Writes the key of `field` if this pass takes it.
-    fn key(&mut self, field: &Field) -> bool {
+impl Target for EventFields<'_> {
+    fn start(&mut self, field: &Field) -> bool {
         let name = field.name();
         let is_message = name == "message";
         if is_message != self.message_pass || name.starts_with("log.") {
@@ -275,66 +298,105 @@ impl Fields<'_> {
         if is_message {
             self.buf.extend_from_slice(&self.keys.message);
         } else {
-            self.keys.field(self.buf, name);
+            self.keys.field(self.buf, self.seen, name);
         }
         true
     }
+    fn buf(&mut self) -> &mut Vec<u8> {
+        self.buf
+    }
 }
 
-impl Visit for Fields<'_> {
+/// Renders a span's fields into its [`Fragment`].
+pub(crate) struct SpanValues<'a> {
+    fragment: &'a mut Fragment,
+    start: usize,
+}
+
+impl Target for SpanValues<'_> {
+    fn start(&mut self, field: &Field) -> bool {
+        self.start = self.fragment.bytes_len();
+        !field.name().starts_with("log.")
+    }
+    fn buf(&mut self) -> &mut Vec<u8> {
+        self.fragment.bytes_mut()
+    }
+    fn finish(&mut self, field: &Field) {
+        self.fragment.commit(field.name(), self.start);
+    }
+}
+
+/// A visitor that renders span fields as JSON values into `fragment`.
+pub(crate) fn span_values(fragment: &mut Fragment) -> impl Visit + '_ {
+    Values(SpanValues { fragment, start: 0 })
+}
+
+impl<T: Target> Visit for Values<T> {
     fn record_f64(&mut self, field: &Field, value: f64) {
-        if self.key(field) {
-            write_f64(self.buf, value);
+        if self.0.start(field) {
+            write_f64(self.0.buf(), value);
+            self.0.finish(field);
         }
     }
     fn record_i64(&mut self, field: &Field, value: i64) {
-        if self.key(field) {
-            self.buf.extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
+        if self.0.start(field) {
+            self.0.buf().extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
+            self.0.finish(field);
         }
     }
     fn record_u64(&mut self, field: &Field, value: u64) {
-        if self.key(field) {
-            write_u64(self.buf, value);
+        if self.0.start(field) {
+            write_u64(self.0.buf(), value);
+            self.0.finish(field);
         }
     }
     fn record_i128(&mut self, field: &Field, value: i128) {
-        if self.key(field) {
-            self.buf.extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
+        if self.0.start(field) {
+            self.0.buf().extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
+            self.0.finish(field);
         }
     }
     fn record_u128(&mut self, field: &Field, value: u128) {
-        if self.key(field) {
-            self.buf.extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
+        if self.0.start(field) {
+            self.0.buf().extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
+            self.0.finish(field);
         }
     }
     fn record_bool(&mut self, field: &Field, value: bool) {
-        if self.key(field) {
-            write_bool(self.buf, value);
+        if self.0.start(field) {
+            write_bool(self.0.buf(), value);
+            self.0.finish(field);
         }
     }
     fn record_str(&mut self, field: &Field, value: &str) {
-        if self.key(field) {
-            write_str(self.buf, value);
+        if self.0.start(field) {
+            write_str(self.0.buf(), value);
+            self.0.finish(field);
         }
     }
     fn record_bytes(&mut self, field: &Field, value: &[u8]) {
         // Bytes are not text; a lossless JSON form is an array of numbers.
-        if self.key(field) {
-            let _ = serde_json::to_writer(&mut *self.buf, value);
+        if self.0.start(field) {
+            let _ = serde_json::to_writer(&mut *self.0.buf(), value);
+            self.0.finish(field);
         }
     }
     fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
-        if self.key(field) {
-            self.buf.push(b'"');
-            let _ = write!(Escaper(self.buf), "{}", ErrorChain(value));
-            self.buf.push(b'"');
+        if self.0.start(field) {
+            let buf = self.0.buf();
+            buf.push(b'"');
+            let _ = write!(Escaper(buf), "{}", ErrorChain(value));
+            buf.push(b'"');
+            self.0.finish(field);
         }
     }
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        if self.key(field) {
-            self.buf.push(b'"');
-            let _ = write!(Escaper(self.buf), "{value:?}");
-            self.buf.push(b'"');
+        if self.0.start(field) {
+            let buf = self.0.buf();
+            buf.push(b'"');
+            let _ = write!(Escaper(buf), "{value:?}");
+            buf.push(b'"');
+            self.0.finish(field);
         }
     }
 }
@@ -372,14 +434,17 @@ mod tests {
     #[test]
     fn collision_check_covers_every_key_length() {
         let keys = JsonKeys::new(&FieldNames::default());
+        let mut seen = Seen::default();
         let mut buf = Vec::new();
-        keys.field(&mut buf, "rate_limit_remaining");
+        keys.field(&mut buf, &mut seen, "rate_limit_remaining");
         assert_eq!(buf, b",\"fields.rate_limit_remaining\":");
         buf.clear();
-        keys.field(&mut buf, "rows");
+        seen.clear();
+        keys.field(&mut buf, &mut seen, "rows");
         assert_eq!(buf, b",\"rows\":");
         buf.clear();
-        keys.field(&mut buf, &"x".repeat(300));
+        seen.clear();
+        keys.field(&mut buf, &mut seen, &"x".repeat(300));
         assert!(buf.starts_with(b",\"xxx"));
     }
 }

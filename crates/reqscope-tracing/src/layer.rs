@@ -1,20 +1,24 @@
 use std::cell::RefCell;
 use std::io::Write;
 use std::str::FromStr;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
 
 use reqscope_core::{REQUEST_SPAN_TARGET, RequestContext};
-use tracing::span::{Attributes, Id};
-use tracing::{Event, Subscriber};
+use tracing::span::{Attributes, Id, Record};
+use tracing::{Event, Metadata, Subscriber};
+use tracing_log::NormalizeEvent;
 use tracing_subscriber::Layer;
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::Context;
-use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::registry::{LookupSpan, SpanRef};
 
 use crate::InitError;
-use crate::json::{JsonKeys, json_line};
+use crate::json::{self, JsonKeys, JsonStyle, json_line};
+use crate::keys::{Reserved, Seen, write_span_fields};
 use crate::names::FieldNames;
-use crate::pretty::pretty_line;
+use crate::pretty::{self, PrettyStyle, pretty_line};
+use crate::spans::{EMPTY, Fragment, LIVE_JSON, LIVE_PRETTY, SpanFields};
 use crate::time::rfc3339_now;
 
 /// How lines are written.
@@ -39,9 +43,16 @@ impl FromStr for Format {
     }
 }
 
-/// The request context a span was created in, kept so that events on threads without the
-/// task-local still find it.
-struct SpanContext(Arc<RequestContext>);
+/// The request context of a request span, for events on threads without the task-local.
+///
+/// Weak: a span created during the request that lives on (a pool's connection task) keeps
+/// its parent, the request span, and so this, alive — but not the context, which is freed
+/// with the request; and a finished context is not stamped even while something else still
+/// holds it.
+struct SpanContext(Weak<RequestContext>);
+
+/// The spans in scope whose fields are written: the innermost ones, when there are more.
+const MAX_SPANS: usize = 16;
 
 /// A `tracing_subscriber::Layer` that writes each event as one line stamped with the current
 /// request context. See the [crate docs](crate) for the line format.
@@ -51,6 +62,7 @@ struct SpanContext(Arc<RequestContext>);
 pub struct LogLayer<W = fn() -> std::io::Stdout> {
     names: FieldNames,
     keys: JsonKeys,
+    pretty_reserved: Reserved,
     format: Format,
     writer: W,
 }
@@ -60,7 +72,13 @@ impl LogLayer {
     /// [`non_blocking`](crate::non_blocking) writer in production).
     pub fn new() -> Self {
         let names = FieldNames::default();
-        LogLayer { keys: JsonKeys::new(&names), names, format: Format::Json, writer: std::io::stdout }
+        LogLayer {
+            keys: JsonKeys::new(&names),
+            pretty_reserved: Reserved::new::<PrettyStyle>(&names),
+            names,
+            format: Format::Json,
+            writer: std::io::stdout,
+        }
     }
 }
 
@@ -68,6 +86,13 @@ impl Default for LogLayer {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// What a line is built in, reused by each thread.
+#[derive(Default)]
+struct Scratch {
+    buf: Vec<u8>,
+    seen: Seen,
 }
 
 impl<W> LogLayer<W> {
@@ -78,12 +103,19 @@ impl<W> LogLayer<W> {
     where
         W2: for<'w> MakeWriter<'w> + 'static,
     {
-        LogLayer { names: self.names, keys: self.keys, format: self.format, writer }
+        LogLayer {
+            names: self.names,
+            keys: self.keys,
+            pretty_reserved: self.pretty_reserved,
+            format: self.format,
+            writer,
+        }
     }
 
     /// Uses other key names.
     pub fn with_field_names(mut self, names: FieldNames) -> Self {
         self.keys = JsonKeys::new(&names);
+        self.pretty_reserved = Reserved::new::<PrettyStyle>(&names);
         self.names = names;
         self
     }
@@ -99,21 +131,98 @@ impl<W> LogLayer<W> {
         self.with_format(Format::Pretty)
     }
 
-    fn write_line(&self, event: &Event<'_>, ctx: Option<&RequestContext>)
+    /// This layer's rendering of a span's fields.
+    fn fragment<'a>(&self, fields: &'a SpanFields) -> Option<&'a Fragment> {
+        match self.format {
+            Format::Json => fields.json.as_ref(),
+            Format::Pretty => fields.pretty.as_ref(),
+        }
+    }
+
+    fn fragment_mut<'a>(&self, fields: &'a mut SpanFields) -> &'a mut Option<Fragment> {
+        match self.format {
+            Format::Json => &mut fields.json,
+            Format::Pretty => &mut fields.pretty,
+        }
+    }
+
+    /// How many spans have fields rendered in this layer's format, in any subscriber.
+    fn live(&self) -> &'static AtomicUsize {
+        match self.format {
+            Format::Json => &LIVE_JSON,
+            Format::Pretty => &LIVE_PRETTY,
+        }
+    }
+
+    /// Renders span field values in this layer's format.
+    fn render(&self, values: &impl RecordFields) -> Fragment {
+        let mut fragment = Fragment::default();
+        match self.format {
+            Format::Json => values.record_into(&mut json::span_values(&mut fragment)),
+            Format::Pretty => values.record_into(&mut pretty::SpanValues(&mut fragment)),
+        }
+        fragment
+    }
+
+    /// Writes the fields of `spans` (innermost first, as a scope lists them) root first. The
+    /// extensions are read only here, while no user code runs (a `Debug` impl that logs
+    /// cannot meet its own span's lock).
+    fn write_spans<S>(&self, spans: &[Option<SpanRef<'_, S>>], event: &Event<'_>, buf: &mut Vec<u8>, seen: &mut Seen)
     where
+        S: for<'a> LookupSpan<'a>,
+    {
+        if spans.is_empty() {
+            return;
+        }
+        // The request span has no fields of its own: no lock to take for it.
+        let guards: [_; MAX_SPANS] = std::array::from_fn(|i| {
+            spans
+                .get(i)
+                .and_then(Option::as_ref)
+                .filter(|span| span.metadata().target() != REQUEST_SPAN_TARGET)
+                .map(|span| span.extensions())
+        });
+        let mut fragments: [&Fragment; MAX_SPANS] = [&EMPTY; MAX_SPANS];
+        let mut count = 0;
+        for guard in guards.iter().rev().flatten() {
+            if let Some(fragment) = guard.get::<SpanFields>().and_then(|f| self.fragment(f))
+                && !fragment.is_empty()
+            {
+                fragments[count] = fragment;
+                count += 1;
+            }
+        }
+        match self.format {
+            Format::Json => write_span_fields::<JsonStyle>(buf, seen, self.keys.reserved(), event, &fragments[..count]),
+            Format::Pretty => {
+                write_span_fields::<PrettyStyle>(buf, seen, &self.pretty_reserved, event, &fragments[..count])
+            }
+        }
+    }
+
+    fn write_line(
+        &self,
+        event: &Event<'_>,
+        meta: &Metadata<'_>,
+        ctx: Option<&RequestContext>,
+        spans: &mut dyn FnMut(&mut Vec<u8>, &mut Seen),
+    ) where
         W: for<'w> MakeWriter<'w>,
     {
         thread_local! {
-            static BUF: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+            static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
         }
         let timestamp = rfc3339_now();
-        let emit = |buf: &mut Vec<u8>| {
+        let mut emit = |scratch: &mut Scratch| {
+            let Scratch { buf, seen } = scratch;
             buf.clear();
             match self.format {
-                Format::Json => json_line(buf, &self.keys, &timestamp, event, ctx),
-                Format::Pretty => pretty_line(buf, &self.names, &timestamp, event, ctx),
+                Format::Json => json_line(buf, seen, &self.keys, &timestamp, event, meta, ctx, spans),
+                Format::Pretty => {
+                    pretty_line(buf, seen, &self.names, &self.pretty_reserved, &timestamp, event, meta, ctx, spans)
+                }
             }
-            let _ = self.writer.make_writer_for(event.metadata()).write_all(buf);
+            let _ = self.writer.make_writer_for(meta).write_all(buf);
             // Keep a burst's big line from pinning memory in every thread forever.
             if buf.capacity() > 64 * 1024 {
                 *buf = Vec::new();
@@ -121,10 +230,27 @@ impl<W> LogLayer<W> {
         };
         // An event raised while formatting (by a Debug impl) finds the buffer borrowed and
         // gets a fresh one instead of panicking.
-        BUF.with(|cell| match cell.try_borrow_mut() {
-            Ok(mut buf) => emit(&mut buf),
-            Err(_) => emit(&mut Vec::new()),
+        SCRATCH.with(|cell| match cell.try_borrow_mut() {
+            Ok(mut scratch) => emit(&mut scratch),
+            Err(_) => emit(&mut Scratch::default()),
         });
+    }
+}
+
+/// Span field values as `on_new_span` and `on_record` get them.
+trait RecordFields {
+    fn record_into(&self, visitor: &mut dyn tracing::field::Visit);
+}
+
+impl RecordFields for Attributes<'_> {
+    fn record_into(&self, visitor: &mut dyn tracing::field::Visit) {
+        self.record(visitor);
+    }
+}
+
+impl RecordFields for Record<'_> {
+    fn record_into(&self, visitor: &mut dyn tracing::field::Visit) {
+        self.record(visitor);
     }
 }
 
@@ -134,25 +260,120 @@ where
     W: for<'w> MakeWriter<'w> + 'static,
 {
     fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
-        // Only the request span itself: a long-lived span that happens to be created during
-        // a request (a pool's connection task) must not carry that request's context on.
-        if attrs.metadata().target() == REQUEST_SPAN_TARGET
-            && let Some(request) = RequestContext::current()
-            && let Some(span) = ctx.span(id)
+        let Some(span) = ctx.span(id) else {
+            return;
+        };
+        if attrs.metadata().target() == REQUEST_SPAN_TARGET {
+            // Only the request span itself carries the context: a long-lived span created
+            // during a request (a pool's connection task) finds it through its parent, for as
+            // long as the request lasts (see `SpanContext`).
+            if let Some(request) = RequestContext::current() {
+                let mut extensions = span.extensions_mut();
+                // Another `LogLayer` of this subscriber may have stored it already.
+                if extensions.get_mut::<SpanContext>().is_none() {
+                    extensions.insert(SpanContext(Arc::downgrade(&request)));
+                }
+            }
+            // Its fields (it has none) are not written: the context is.
+            return;
+        }
+        // Rendered before the lock is taken: `Debug` impls may log.
+        let fragment = self.render(attrs);
+        if fragment.is_empty() {
+            return;
+        }
+        let mut extensions = span.extensions_mut();
+        if extensions.get_mut::<SpanFields>().is_none() {
+            extensions.insert(SpanFields::default());
+        }
+        if let Some(fields) = extensions.get_mut::<SpanFields>() {
+            let slot = self.fragment_mut(fields);
+            if slot.is_none() {
+                *slot = Some(fragment);
+                self.live().fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn on_record(&self, id: &Id, values: &Record<'_>, ctx: Context<'_, S>) {
+        let Some(span) = ctx.span(id) else {
+            return;
+        };
+        if span.metadata().target() == REQUEST_SPAN_TARGET {
+            return;
+        }
+        let newer = self.render(values);
+        if newer.is_empty() {
+            return;
+        }
+        let mut extensions = span.extensions_mut();
+        if extensions.get_mut::<SpanFields>().is_none() {
+            extensions.insert(SpanFields::default());
+        }
+        if let Some(fields) = extensions.get_mut::<SpanFields>() {
+            match self.fragment_mut(fields) {
+                Some(fragment) => fragment.update(newer),
+                slot @ None => {
+                    *slot = Some(newer);
+                    self.live().fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
+    fn on_close(&self, id: Id, ctx: Context<'_, S>) {
+        let Some(span) = ctx.span(&id) else {
+            return;
+        };
+        if span.extensions().get::<SpanFields>().is_none() {
+            return;
+        }
+        // Taken, not just counted: another `LogLayer` of this format sees it gone and does not
+        // count it twice.
+        if let Some(fields) = span.extensions_mut().get_mut::<SpanFields>()
+            && self.fragment_mut(fields).take().is_some()
         {
-            span.extensions_mut().insert(SpanContext(request));
+            self.live().fetch_sub(1, Ordering::Relaxed);
         }
     }
 
     fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
-        let written = RequestContext::with(|request| self.write_line(event, Some(request)));
+        // A `log` record bridged by `tracing-log`: its own target and module, not "log".
+        let normalized = event.normalized_metadata();
+        let meta = normalized.as_ref().unwrap_or_else(|| event.metadata());
+        let mut scope: [Option<SpanRef<'_, S>>; MAX_SPANS] = std::array::from_fn(|_| None);
+        let mut depth = 0;
+        // The spans are looked up only when one of them may have fields to write, or to find
+        // the context: with the task-local and no span fields anywhere, an event costs what
+        // it did before span fields were written.
+        let in_request = RequestContext::with(|_| ()).is_some();
+        let span_fields = self.live().load(Ordering::Relaxed) > 0;
+        if (span_fields || !in_request)
+            && let Some(spans) = ctx.event_scope(event)
+        {
+            for (slot, span) in scope.iter_mut().zip(spans) {
+                *slot = Some(span);
+                depth += 1;
+            }
+        }
+        let spans = &scope[..depth];
+        let mut write_spans = |buf: &mut Vec<u8>, seen: &mut Seen| {
+            if span_fields {
+                self.write_spans(spans, event, buf, seen);
+            }
+        };
+        let written = RequestContext::with(|request| self.write_line(event, meta, Some(request), &mut write_spans));
         if written.is_some() {
             return;
         }
-        let from_span = ctx.event_scope(event).and_then(|scope| {
-            scope.into_iter().find_map(|span| span.extensions().get::<SpanContext>().map(|c| Arc::clone(&c.0)))
-        });
-        self.write_line(event, from_span.as_deref());
+        // No task-local: the nearest request span decides, if its request is still on.
+        let from_span = spans
+            .iter()
+            .flatten()
+            .find_map(|span| span.extensions().get::<SpanContext>().map(|c| c.0.upgrade()))
+            .flatten()
+            .filter(|request| !request.is_finished());
+        self.write_line(event, meta, from_span.as_deref(), &mut write_spans);
     }
 }
 
@@ -259,9 +480,13 @@ mod tests {
 
     #[test]
     fn foreign_thread_inside_the_request_span_is_stamped() {
+        // The request's own state holds the context for as long as the request runs.
         let ctx = request("span-only");
         let lines = json(|| {
-            let span = RequestContext::scope_sync(ctx, || tracing::info_span!(target: REQUEST_SPAN_TARGET, "request"));
+            let span = RequestContext::scope_sync(
+                Arc::clone(&ctx),
+                || tracing::info_span!(target: REQUEST_SPAN_TARGET, "request"),
+            );
             let dispatch = tracing::dispatcher::get_default(|d| d.clone());
             std::thread::scope(|s| {
                 s.spawn(|| {
@@ -380,5 +605,229 @@ mod tests {
             tracing::info!("pool work later");
         });
         assert!(lines[0].get("request_id").is_none(), "{}", lines[0]);
+    }
+
+    /// The `key=value` pairs of a pretty line, read like logfmt: tokens split at spaces
+    /// outside quotes; a token with `=` outside quotes starts a pair, any other continues the
+    /// value before it.
+    fn pretty_pairs(line: &str) -> Vec<(String, String)> {
+        let mut tokens = Vec::new();
+        let (mut token, mut quoted, mut escaped) = (String::new(), false, false);
+        for c in line.chars() {
+            match c {
+                _ if escaped => escaped = false,
+                '\\' if quoted => escaped = true,
+                '"' => quoted = !quoted,
+                ' ' if !quoted => {
+                    tokens.push(std::mem::take(&mut token));
+                    continue;
+                }
+                _ => {}
+            }
+            token.push(c);
+        }
+        tokens.push(token);
+        let mut pairs: Vec<(String, String)> = Vec::new();
+        for token in tokens.into_iter().filter(|t| !t.is_empty()) {
+            let mut quoted = false;
+            let eq = token.char_indices().find_map(|(i, c)| match c {
+                '"' => {
+                    quoted = !quoted;
+                    None
+                }
+                '=' if !quoted => Some(i),
+                _ => None,
+            });
+            match (eq, pairs.last_mut()) {
+                (Some(i), _) => pairs.push((token[..i].to_owned(), token[i + 1..].to_owned())),
+                (None, Some(last)) => {
+                    last.1.push(' ');
+                    last.1.push_str(&token);
+                }
+                (None, None) => {}
+            }
+        }
+        pairs
+    }
+
+    #[test]
+    fn no_field_repeats_or_forges_a_key_in_json() {
+        let ctx = request("real-json");
+        ctx.set_field("tenant", "eu");
+        // The patch's field list is public: a duplicate can get in.
+        ctx.update(|p| p.fields.push(("tenant".into(), "again".into())));
+        let logs = capture(
+            |w| LogLayer::new().with_writer(w),
+            || {
+                RequestContext::scope_sync(ctx, || {
+                    let span = tracing::info_span!("op", tenant = "span", request_id = "span-forged");
+                    let _entered = span.enter();
+                    tracing::info!(tenant = "event", request_id = "forged", fields.tenant = "literal", "hi")
+                })
+            },
+        );
+        // Panics on a duplicate key.
+        let line = &logs.json_lines()[0];
+        assert_eq!(line["request_id"], "real-json");
+        assert_eq!(line["tenant"], "eu");
+        assert_eq!(line["fields.tenant"], "again");
+        assert_eq!(line["span.tenant"], "span");
+        assert_eq!(line["span.request_id"], "span-forged");
+        assert_eq!(line["fields.request_id"], "forged");
+        assert_eq!(line["fields.fields.tenant"], "event");
+        assert_eq!(line["fields.fields.fields.tenant"], "literal");
+        assert_eq!(logs.lines()[0].matches("\"request_id\":").count(), 1);
+    }
+
+    #[test]
+    fn no_field_repeats_or_forges_a_key_in_pretty_lines() {
+        let ctx = request("real-pretty");
+        ctx.set_field("tenant", "eu");
+        let logs = capture(
+            |w| LogLayer::new().pretty().with_writer(w),
+            || {
+                RequestContext::scope_sync(ctx, || {
+                    let span = tracing::info_span!("op", request_id = "span-forged", order_id = 7);
+                    let _entered = span.enter();
+                    let input = "a request_id=\"evil\" b";
+                    tracing::info!(
+                        request_id = "forged",
+                        tenant = "x",
+                        shown = %input,
+                        debugged = ?input,
+                        "said {input}"
+                    )
+                })
+            },
+        );
+        let line = &logs.lines()[0];
+        let pairs = pretty_pairs(line);
+        let ids: Vec<&(String, String)> = pairs.iter().filter(|(k, _)| k == "request_id").collect();
+        assert_eq!(ids, [&("request_id".to_owned(), "\"real-pretty\"".to_owned())], "{line}");
+        let mut keys: Vec<&str> = pairs.iter().map(|(k, _)| k.as_str()).collect();
+        let count = keys.len();
+        keys.sort_unstable();
+        keys.dedup();
+        assert_eq!(keys.len(), count, "a key twice: {line}");
+        for key in ["fields.request_id", "span.request_id", "tenant", "fields.tenant", "order_id", "shown", "debugged"]
+        {
+            assert!(keys.contains(&key), "{key} missing: {line}");
+        }
+        assert!(line.contains(" order_id=7"), "{line}");
+    }
+
+    #[test]
+    fn span_fields_are_written_root_to_leaf_and_the_nearer_wins() {
+        let logs = capture(
+            |w| LogLayer::new().with_writer(w),
+            || {
+                let outer =
+                    tracing::info_span!("outer", order_id = 7u64, shared = "outer", late = tracing::field::Empty);
+                let _outer = outer.enter();
+                let inner = tracing::info_span!("inner", shared = "inner", step = "pay");
+                let _inner = inner.enter();
+                outer.record("late", 3);
+                outer.record("order_id", 8u64);
+                tracing::info!(step = "event", "x");
+            },
+        );
+        let line = &logs.lines()[0];
+        let v = &logs.json_lines()[0];
+        assert_eq!(v["order_id"], 8, "{line}");
+        assert_eq!(v["late"], 3, "{line}");
+        assert_eq!(v["shared"], "inner", "{line}");
+        assert_eq!(v["span.shared"], "outer", "{line}");
+        assert_eq!(v["step"], "event", "{line}");
+        assert_eq!(v["span.step"], "pay", "{line}");
+        let order = ["\"order_id\":", "\"span.shared\":", "\"late\":", "\"shared\":", "\"span.step\":", "\"step\":"];
+        let positions: Vec<usize> = order.iter().map(|k| line.find(k).unwrap()).collect();
+        assert!(positions.is_sorted(), "root to leaf, then the event: {line}");
+    }
+
+    #[test]
+    fn span_fields_come_after_the_context() {
+        let ctx = request("spans-ctx");
+        ctx.set_field("tenant", "eu");
+        let lines = json(|| {
+            RequestContext::scope_sync(ctx, || {
+                let span = tracing::info_span!("checkout", order_id = 7);
+                span.in_scope(|| tracing::info!(rows = 1, "x"));
+            })
+        });
+        assert_eq!(lines[0]["order_id"], 7);
+        assert_eq!(lines[0]["request_id"], "spans-ctx");
+    }
+
+    #[test]
+    fn two_layers_share_a_span_without_panicking() {
+        let json_logs = MemoryWriter::new();
+        let pretty_logs = MemoryWriter::new();
+        let subscriber = tracing_subscriber::registry()
+            .with(LogLayer::new().with_writer(json_logs.clone()))
+            .with(LogLayer::new().pretty().with_writer(pretty_logs.clone()))
+            .with(LogLayer::new().with_writer(json_logs.clone()));
+        let ctx = request("two-layers");
+        tracing::subscriber::with_default(subscriber, || {
+            let request = RequestContext::scope_sync(
+                Arc::clone(&ctx),
+                || tracing::info_span!(target: REQUEST_SPAN_TARGET, "request"),
+            );
+            let span = request.in_scope(|| tracing::info_span!("op", order_id = 7));
+            span.record("order_id", 8);
+            span.in_scope(|| tracing::info!("x"));
+        });
+        let lines = json_logs.json_lines();
+        assert_eq!(lines.len(), 2);
+        assert!(lines.iter().all(|l| l["order_id"] == 8 && l["request_id"] == "two-layers"));
+        assert!(pretty_logs.contents().contains(" order_id=8"), "{}", pretty_logs.contents());
+    }
+
+    #[test]
+    fn a_span_that_outlives_its_request_stops_stamping_it_and_lets_it_go() {
+        let ctx = request("finished-1");
+        let weak = Arc::downgrade(&ctx);
+        let lines = json(move || {
+            let request_span = RequestContext::scope_sync(
+                Arc::clone(&ctx),
+                || tracing::info_span!(target: REQUEST_SPAN_TARGET, "request"),
+            );
+            // A connection or pool span created inside the request, living on after it.
+            let pool = request_span.in_scope(|| tracing::info_span!("pool"));
+            drop(request_span);
+            pool.in_scope(|| tracing::info!("while the request runs"));
+            ctx.mark_finished();
+            pool.in_scope(|| tracing::info!("after the request finished"));
+            drop(ctx);
+            assert!(weak.upgrade().is_none(), "a span that outlives the request keeps its context alive");
+            pool.in_scope(|| tracing::info!("after the context is gone"));
+        });
+        assert_eq!(lines[0]["request_id"], "finished-1");
+        assert!(lines[1].get("request_id").is_none(), "{}", lines[1]);
+        assert!(lines[2].get("request_id").is_none(), "{}", lines[2]);
+    }
+
+    #[test]
+    fn log_records_are_bridged_and_stamped() {
+        // What the installed bridge does with each record (`LogTracer::log`), without installing
+        // a process-wide `log` logger in a binary whose other tests use scoped subscribers.
+        let ctx = request("log-1");
+        let lines = json(|| {
+            RequestContext::scope_sync(ctx, || {
+                tracing_log::format_trace(
+                    &tracing_log::log::Record::builder()
+                        .args(format_args!("slow query {}", 1))
+                        .level(tracing_log::log::Level::Warn)
+                        .target("legacy::db")
+                        .module_path(Some("legacy::db::pool"))
+                        .build(),
+                )
+                .unwrap();
+            })
+        });
+        let line = lines.iter().find(|l| l["message"] == "slow query 1").expect("the log record");
+        assert_eq!(line["target"], "legacy::db");
+        assert_eq!(line["level"], "WARN");
+        assert_eq!(line["request_id"], "log-1");
+        assert!(line.as_object().unwrap().keys().all(|k| !k.starts_with("log.")), "{line}");
     }
 }

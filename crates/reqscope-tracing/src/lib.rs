@@ -18,27 +18,50 @@
 //! contract: `timestamp`, `level`, `target`, `message`, `request_id`, `trace_id`, `span_id`,
 //! `user_id`, `org_id`,
 //! `method`, `path`, `route`, `client_ip`, `roles`, `rate_limit_remaining`,
-//! `rate_limit_reset`, the custom context fields, then the event's own fields. Key names are
-//! configurable with [`FieldNames`]. Values are escaped by `serde_json`, so no field content
-//! can break a line or forge another.
+//! `rate_limit_reset`, the custom context fields, the fields of the spans in scope (root
+//! first, as last recorded: `#[instrument(fields(order_id = 7))]` puts `"order_id":7` on every
+//! line inside), then the event's own fields. Key names are configurable with [`FieldNames`].
+//! Values are escaped by `serde_json`, so no field content can break a line or forge another.
+//!
+//! **Every key appears once, in every format.** A key that is taken gets its source's prefix,
+//! `fields.` (custom context and event fields) or `span.` (span fields), repeated until it is
+//! unique. Taken are: the stamped keys, always (so `info!(request_id = %x)` is written
+//! `"fields.request_id"`, and no event field can pass for a stamped one even outside a
+//! request); a key already on the line (an event field named like a custom context field
+//! becomes `fields.<name>`; the context field keeps its name); and, for a span field, a name
+//! the event or a nearer span uses (the field nearest the event wins). Pretty lines follow the
+//! same rule and read like logfmt: bare keys only of `[A-Za-z0-9_.:@/-]`, strings quoted, and
+//! a message or `%display` value with `=` or `"` in it quoted, so no content looks like a
+//! pair of its own.
+//!
+//! Records of crates that use the `log` facade are written like events — stamped, under the
+//! record's own target — once the bridge is installed: [`init_from_env`] does it, or call
+//! [`install_log_bridge`] after installing your own subscriber.
 //!
 //! The context is found through the task-local first and, failing that, through the span
-//! scope: the layer stores the context in the request span (target `reqscope::request`) that
+//! scope: the layer keeps the context in the request span (target `reqscope::request`) that
 //! `RequestContextLayer` opens, so an event on a foreign thread that only entered that span or
-//! a child of it (sqlx-sqlite's worker, a callback on a pool thread) is stamped too.
+//! a child of it (sqlx-sqlite's worker, a callback on a pool thread) is stamped too — while
+//! the request lasts. The span holds the context weakly, and stops stamping once the request
+//! is finished ([`RequestContext::mark_finished`](reqscope_core::RequestContext::mark_finished),
+//! set before the access line): a long-lived span created during a request (a pool's
+//! connection task) neither stamps that request forever nor keeps its context alive.
 //!
 //! The JSON path allocates nothing per event once warm: lines are built in a thread-local
-//! buffer and handed to the writer in one `write_all`. Use [`non_blocking`] so
-//! that a slow stdout never blocks a request: it buffers up to a byte limit, drops and counts
-//! lines beyond it, and reports the count once output recovers.
+//! buffer and handed to the writer in one `write_all`; span fields are rendered once, when
+//! they are recorded, and copied into each line. Use [`non_blocking`] so that a slow stdout
+//! never blocks a request: it buffers up to a byte limit, drops and counts lines beyond it,
+//! and reports the count once output recovers.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 mod json;
+mod keys;
 mod layer;
 mod memory;
 mod names;
 mod pretty;
+mod spans;
 mod time;
 mod writer;
 
@@ -48,8 +71,11 @@ pub use names::FieldNames;
 pub use writer::{NonBlocking, NonBlockingBuilder, WriterGuard, non_blocking};
 
 /// Installs the standard setup as the global default: `EnvFilter` from `RUST_LOG` (default
-/// `info`; the `reqscope::request` span stays enabled unless `RUST_LOG` names `reqscope`), a
-/// [`LogLayer`] in the format named by `LOG_FORMAT` (`json`, the default, or
+/// `info`; the request span, target `reqscope::request`, stays enabled — it carries the
+/// context to foreign threads and the OpenTelemetry ids — unless a directive names exactly
+/// that target, as `reqscope::request=off` does; `warn` or `reqscope=warn` keep it), the `log`
+/// bridge ([`install_log_bridge`]; if another `log` logger is installed, it stays and a WARN
+/// says so), a [`LogLayer`] in the format named by `LOG_FORMAT` (`json`, the default, or
 /// `pretty`) writing to a non-blocking stdout that holds at most `LOG_BUFFER_BYTES` (default
 /// 8 MiB) of lines the output has not taken yet — beyond that, lines are dropped, counted and
 /// reported once output moves again, and requests never wait.
@@ -82,21 +108,8 @@ where
         Ok(value) => value.parse()?,
         Err(_) => Format::Json,
     };
-    let directives = std::env::var("RUST_LOG").ok().filter(|d| !d.trim().is_empty());
-    let mut filter = match &directives {
-        Some(directives) => {
-            tracing_subscriber::EnvFilter::try_new(directives).map_err(|e| InitError::Filter(e.to_string()))?
-        }
-        None => tracing_subscriber::EnvFilter::new("info"),
-    };
-    // The request span carries the context to foreign threads; a filter such as `warn` or
-    // `myapp=debug` would disable it. Keep it on unless the filter speaks of reqscope itself.
-    if !directives.as_deref().unwrap_or_default().contains("reqscope") {
-        let keep = format!("{}=info", reqscope_core::REQUEST_SPAN_TARGET);
-        filter = filter.add_directive(
-            keep.parse().map_err(|e: tracing_subscriber::filter::ParseError| InitError::Filter(e.to_string()))?,
-        );
-    }
+    let directives = std::env::var("RUST_LOG").ok();
+    let filter = env_filter(directives.as_deref())?;
     let mut writer = NonBlockingBuilder::default();
     if let Ok(bytes) = std::env::var("LOG_BUFFER_BYTES") {
         match bytes.parse::<usize>() {
@@ -105,13 +118,78 @@ where
         }
     }
     let (writer, guard) = writer.finish(std::io::stdout());
-    tracing_subscriber::registry()
+    let subscriber = tracing_subscriber::registry()
         .with(extra)
         .with(filter)
-        .with(LogLayer::new().with_format(format).with_writer(writer))
-        .try_init()
-        .map_err(|e| InitError::AlreadyInstalled(e.to_string()))?;
+        .with(LogLayer::new().with_format(format).with_writer(writer));
+    // Not `try_init`: whether that also installs the `log` bridge depends on a cargo feature
+    // another crate may turn on; the bridge is installed below, exactly once.
+    tracing::subscriber::set_global_default(subscriber).map_err(|e| InitError::AlreadyInstalled(e.to_string()))?;
+    if let Err(error) = install_log_bridge() {
+        // The subscriber is in place and the guard must reach the caller: an application that
+        // chose its own `log` logger keeps it, and is told once.
+        tracing::warn!(target: "reqscope::logging", %error, "records of crates that use `log` are not bridged");
+    }
     Ok(guard)
+}
+
+/// Sends the records of crates that log through the `log` facade to the tracing subscriber,
+/// where [`LogLayer`] writes them like any event: stamped with the request, under the
+/// record's own target (its module path), at its level. [`init_from_env`] calls it; call it
+/// yourself when you install the subscriber by hand (or call `tracing_log::LogTracer::init()`,
+/// which does the same without the level hint). Called after the global subscriber is set,
+/// `log` records below its most verbose level are skipped cheaply, in the `log` crate; called
+/// before, every record reaches the subscriber's filter.
+///
+/// # Errors
+///
+/// [`InitError::LogBridge`] when a `log` logger is already installed (this bridge or another
+/// one): `log` accepts one logger per process.
+pub fn install_log_bridge() -> Result<(), InitError> {
+    use tracing_log::AsLog;
+    // Before a global subscriber exists its level is unknown (tracing says OFF): pass every
+    // record on and let the subscriber's filter decide, rather than lose them all.
+    let max = if tracing::dispatcher::has_been_set() {
+        tracing_core::LevelFilter::current()
+    } else {
+        tracing_core::LevelFilter::TRACE
+    };
+    tracing_log::LogTracer::builder()
+        .with_max_level(max.as_log())
+        .init()
+        .map_err(|e| InitError::LogBridge(e.to_string()))
+}
+
+/// The filter of [`init_from_env`]: `directives` (from `RUST_LOG`; `info` when unset or
+/// blank), plus `reqscope::request=info` unless the directives name that target themselves.
+fn env_filter(directives: Option<&str>) -> Result<tracing_subscriber::EnvFilter, InitError> {
+    let directives = directives.map(str::trim).filter(|d| !d.is_empty());
+    let mut filter = match directives {
+        Some(directives) => {
+            tracing_subscriber::EnvFilter::try_new(directives).map_err(|e| InitError::Filter(e.to_string()))?
+        }
+        None => tracing_subscriber::EnvFilter::new("info"),
+    };
+    // The request span carries the context to foreign threads (sqlx-sqlite's worker) and the
+    // OpenTelemetry ids; `warn` or `warn,reqscope::auth=debug` would disable it. A directive
+    // for its own target is more specific than any other that covers it, so adding one keeps
+    // it on whatever else the filter says — unless the filter speaks of that target itself.
+    if !directives.is_some_and(names_request_span) {
+        let keep = format!("{}=info", reqscope_core::REQUEST_SPAN_TARGET);
+        filter = filter.add_directive(
+            keep.parse().map_err(|e: tracing_subscriber::filter::ParseError| InitError::Filter(e.to_string()))?,
+        );
+    }
+    Ok(filter)
+}
+
+/// Whether one of the comma-separated `directives` has exactly the request span's target
+/// (`reqscope::request`, `reqscope::request=off`, `reqscope::request[request]=debug`).
+fn names_request_span(directives: &str) -> bool {
+    directives.split(',').any(|directive| {
+        let target = directive.split(['=', '[']).next().unwrap_or_default();
+        target.trim() == reqscope_core::REQUEST_SPAN_TARGET
+    })
 }
 
 /// Why [`init_from_env`] failed.
@@ -129,4 +207,47 @@ pub enum InitError {
     /// Another global subscriber was installed first.
     #[error("a global tracing subscriber is already installed: {0}")]
     AlreadyInstalled(String),
+    /// A `log` logger was installed first; see [`install_log_bridge`].
+    #[error("a `log` logger is already installed: {0}")]
+    LogBridge(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tracing_subscriber::prelude::*;
+
+    /// Whether the request span is enabled under the filter built from `directives`.
+    fn request_span_enabled(directives: Option<&str>) -> bool {
+        let subscriber = tracing_subscriber::registry().with(env_filter(directives).unwrap());
+        tracing::subscriber::with_default(subscriber, || {
+            !tracing::info_span!(target: reqscope_core::REQUEST_SPAN_TARGET, "request").is_disabled()
+        })
+    }
+
+    #[test]
+    fn the_request_span_survives_filters_that_do_not_name_it() {
+        for directives in [None, Some(""), Some("warn"), Some("warn,reqscope::auth=debug"), Some("reqscope=warn")] {
+            assert!(request_span_enabled(directives), "{directives:?}");
+        }
+    }
+
+    #[test]
+    fn naming_the_request_target_decides() {
+        assert!(!request_span_enabled(Some("info,reqscope::request=off")));
+        assert!(!request_span_enabled(Some("reqscope::request[request]=warn")));
+        assert!(request_span_enabled(Some("warn,reqscope::request=debug")));
+        assert!(names_request_span(" reqscope::request = off"));
+        assert!(!names_request_span("reqscope::requests=off,reqscope=off"));
+    }
+
+    #[test]
+    fn the_filter_still_applies_to_everything_else() {
+        let subscriber = tracing_subscriber::registry().with(env_filter(Some("warn,reqscope::auth=debug")).unwrap());
+        tracing::subscriber::with_default(subscriber, || {
+            assert!(tracing::enabled!(target: "reqscope::auth", tracing::Level::DEBUG));
+            assert!(!tracing::enabled!(target: "myapp", tracing::Level::INFO));
+            assert!(!tracing::enabled!(target: "reqscope::access", tracing::Level::INFO));
+        });
+    }
 }

@@ -45,11 +45,15 @@ impl MemoryWriter {
     ///
     /// # Panics
     ///
-    /// When a line is not valid JSON — which is what a test wants to know.
+    /// When a line is not a valid JSON object, or has a key twice (which a plain parse into
+    /// a map would hide, keeping the last) — which is what a test wants to know.
     pub fn json_lines(&self) -> Vec<serde_json::Value> {
         self.lines()
             .iter()
-            .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}")))
+            .map(|line| match serde_json::from_str::<UniqueKeys>(line) {
+                Ok(UniqueKeys(object)) => serde_json::Value::Object(object),
+                Err(e) => panic!("not a JSON line with unique keys ({e}): {line}"),
+            })
             .collect()
     }
 
@@ -73,5 +77,47 @@ impl<'a> MakeWriter<'a> for MemoryWriter {
     type Writer = &'a MemoryWriter;
     fn make_writer(&'a self) -> Self::Writer {
         self
+    }
+}
+
+/// A JSON object whose top-level keys are all different.
+struct UniqueKeys(serde_json::Map<String, serde_json::Value>);
+
+impl<'de> serde::Deserialize<'de> for UniqueKeys {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Object;
+        impl<'de> serde::de::Visitor<'de> for Object {
+            type Value = UniqueKeys;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object with unique keys")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<UniqueKeys, A::Error> {
+                let mut object = serde_json::Map::new();
+                while let Some((key, value)) = map.next_entry::<String, serde_json::Value>()? {
+                    if object.contains_key(&key) {
+                        return Err(serde::de::Error::custom(format_args!("duplicate key {key:?}")));
+                    }
+                    object.insert(key, value);
+                }
+                Ok(UniqueKeys(object))
+            }
+        }
+        deserializer.deserialize_map(Object)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    #[test]
+    fn a_duplicate_key_is_reported() {
+        let logs = super::MemoryWriter::new();
+        (&logs).write_all(b"{\"a\":1,\"b\":{\"a\":2}}\n").unwrap();
+        assert_eq!(logs.json_lines()[0]["b"]["a"], 2);
+        (&logs).write_all(b"{\"a\":1,\"a\":2}\n").unwrap();
+        let panic = std::panic::catch_unwind(|| logs.json_lines()).unwrap_err();
+        let message = panic.downcast_ref::<String>().unwrap();
+        assert!(message.contains("duplicate key \"a\""), "{message}");
     }
 }

@@ -63,9 +63,10 @@ impl Default for FieldNames {
 }
 
 impl FieldNames {
-    /// The key for an event field or custom context field named `name`: the name itself, or
-    /// `fields.<name>` when the line's own keys already use it — so that no field can
-    /// overwrite (or forge) the stamped `request_id`, `level`, …
+    /// The key for an event field or custom context field named `name`, as far as the stamped
+    /// keys decide: the name itself, or `fields.<name>` when it is one of them — so that no
+    /// field can overwrite (or forge) the stamped `request_id`, `level`, … A line may prefix
+    /// a key further to keep every key unique (see the [crate docs](crate)).
     pub fn field_key<'a>(&self, name: &'a str) -> std::borrow::Cow<'a, str> {
         if self.all().contains(&name) {
             std::borrow::Cow::Owned(format!("fields.{name}"))

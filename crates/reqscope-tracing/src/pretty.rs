@@ -1,89 +1,210 @@
 //! The human-readable line: `time LEVEL target: message key=value …`.
+//!
+//! It reads like logfmt, and no content can make it lie: keys are unique (see
+//! [`crate::keys`]) and bare only when made of `[A-Za-z0-9_.:@/-]` (any other key is quoted);
+//! string values are quoted and escaped; a message, `%display` or `?debug` value is written
+//! as is only when it contains neither `=` nor `"` (or is one well-formed quoted string), and
+//! quoted otherwise. So a value can never look like a `request_id=…` pair of its own, and
+//! control characters are escaped, so it can never start a new line.
 
 use std::fmt::{self, Write as _};
 use std::io::Write as _;
 
 use reqscope_core::{FieldValue, RequestContext};
-use tracing::Event;
 use tracing::field::{Field, Visit};
+use tracing::{Event, Metadata};
 
+use crate::keys::{FIELD_PREFIX, KeyStyle, Reserved, Seen, write_key};
 use crate::names::FieldNames;
+use crate::spans::Fragment;
+
+/// Pretty keys: ` key=`.
+pub(crate) struct PrettyStyle;
+
+impl KeyStyle for PrettyStyle {
+    const OPEN: &'static [u8] = b" ";
+    const CLOSE: &'static [u8] = b"=";
+    fn render(buf: &mut Vec<u8>, name: &str) {
+        if Self::is_plain(name) {
+            buf.extend_from_slice(name.as_bytes());
+        } else {
+            let _ = write!(Escaped(buf), "{name:?}");
+        }
+    }
+    fn is_plain(name: &str) -> bool {
+        !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.:@/-".contains(&b))
+    }
+}
 
 /// Writes one human-readable line into `buf`: `time LEVEL target: message key=value …`.
+/// `meta` is the event's metadata, or that of the `log` record it stands for.
+#[allow(clippy::too_many_arguments)] // one call site: no struct to build per line
 pub(crate) fn pretty_line(
     buf: &mut Vec<u8>,
+    seen: &mut Seen,
     names: &FieldNames,
+    reserved: &Reserved,
     timestamp: &[u8],
     event: &Event<'_>,
+    meta: &Metadata<'_>,
     ctx: Option<&RequestContext>,
+    spans: &mut dyn FnMut(&mut Vec<u8>, &mut Seen),
 ) {
-    let meta = event.metadata();
-    let mut line = PrettyLine { buf, only_message: true };
-    line.buf.extend_from_slice(timestamp);
-    let _ = write!(line.buf, " {:>5} {}:", meta.level().as_str(), meta.target());
-    event.record(&mut line);
+    seen.clear();
+    buf.extend_from_slice(timestamp);
+    let _ = write!(buf, " {:>5} ", meta.level().as_str());
+    let _ = write!(Escaped(buf), "{}:", meta.target());
+    event.record(&mut EventFields { buf, seen, reserved, only_message: true });
     if let Some(ctx) = ctx {
-        line.pair(names.request_id, &ctx.id().as_str());
+        stamp(buf, names.request_id, &ctx.id().as_str());
         if let Some(trace) = ctx.trace() {
-            line.pair(names.trace_id, &trace.trace_id().as_str());
-            line.pair(names.span_id, &trace.span_id().as_str());
+            stamp(buf, names.trace_id, &trace.trace_id().as_str());
+            stamp(buf, names.span_id, &trace.span_id().as_str());
         }
         ctx.read_patch(|patch| {
             if let Some(user) = &patch.user_id {
-                line.pair(names.user_id, &&**user);
+                stamp(buf, names.user_id, &&**user);
             }
             if let Some(org) = &patch.org_id {
-                line.pair(names.org_id, &&**org);
+                stamp(buf, names.org_id, &&**org);
             }
             if let Some(method) = ctx.method() {
-                line.pair(names.method, &method.as_str());
+                stamp(buf, names.method, &method.as_str());
             }
             if let Some(path) = ctx.path() {
-                line.pair(names.path, &path);
+                stamp(buf, names.path, &path);
             }
             if let Some(route) = &patch.route {
-                line.pair(names.route, &&**route);
+                stamp(buf, names.route, &&**route);
             }
             if let Some(ip) = ctx.client_ip() {
-                line.pair(names.client_ip, &format_args!("{ip}"));
+                stamp(buf, names.client_ip, &format_args!("{ip}"));
             }
             if !patch.roles.is_empty() {
-                line.pair(names.roles, &patch.roles);
+                stamp(buf, names.roles, &patch.roles);
             }
             if let Some(remaining) = patch.rate_limit_remaining {
-                line.pair(names.rate_limit_remaining, &remaining);
+                stamp(buf, names.rate_limit_remaining, &remaining);
             }
             if let Some(reset) = patch.rate_limit_reset {
-                line.pair(names.rate_limit_reset, &reset);
+                stamp(buf, names.rate_limit_reset, &reset);
             }
             for (key, value) in &patch.fields {
-                match value {
-                    FieldValue::Str(v) => line.pair(key, &&**v),
-                    FieldValue::I64(v) => line.pair(key, v),
-                    FieldValue::U64(v) => line.pair(key, v),
-                    FieldValue::F64(v) => line.pair(key, v),
-                    FieldValue::Bool(v) => line.pair(key, v),
-                }
+                write_key::<PrettyStyle>(buf, seen, key, FIELD_PREFIX, |k| reserved.contains(k));
+                let _ = match value {
+                    FieldValue::Str(v) => write!(Escaped(buf), "{:?}", &**v),
+                    FieldValue::I64(v) => write!(Escaped(buf), "{v}"),
+                    FieldValue::U64(v) => write!(Escaped(buf), "{v}"),
+                    FieldValue::F64(v) => write!(Escaped(buf), "{v:?}"),
+                    FieldValue::Bool(v) => write!(Escaped(buf), "{v}"),
+                };
             }
         });
     }
-    line.only_message = false;
-    event.record(&mut line);
-    line.buf.push(b'\n');
+    spans(buf, seen);
+    event.record(&mut EventFields { buf, seen, reserved, only_message: false });
+    buf.push(b'\n');
 }
 
-struct PrettyLine<'a> {
+/// Writes ` key=value` for a stamped key (reserved: never taken by another field).
+fn stamp(buf: &mut Vec<u8>, key: &str, value: &dyn fmt::Debug) {
+    buf.push(b' ');
+    PrettyStyle::render(buf, key);
+    buf.push(b'=');
+    let _ = write!(Escaped(buf), "{value:?}");
+}
+
+/// Visits an event's fields twice: the message first, then the rest after the context.
+struct EventFields<'a> {
     buf: &'a mut Vec<u8>,
+    seen: &'a mut Seen,
+    reserved: &'a Reserved,
     only_message: bool,
 }
 
-impl PrettyLine<'_> {
-    /// Writes ` key=value`. Values use `Debug` (strings quoted) and every control character is
-    /// escaped, so no value — not even a `%display` field — can start a new line.
-    fn pair(&mut self, key: &str, value: &dyn fmt::Debug) {
-        self.buf.push(b' ');
-        let _ = write!(Escaped(self.buf), "{key}={value:?}");
+impl Visit for EventFields<'_> {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if field.name() == "message" {
+            self.record_debug(field, &format_args!("{value}"));
+        } else if self.key(field) {
+            let _ = write!(Escaped(self.buf), "{value:?}");
+        }
     }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        if field.name() == "message" {
+            if self.only_message {
+                self.buf.push(b' ');
+                write_unambiguous(self.buf, value, false);
+            }
+        } else if self.key(field) {
+            write_unambiguous(self.buf, value, true);
+        }
+    }
+}
+
+impl EventFields<'_> {
+    /// Writes the key of a field other than the message if this pass takes it.
+    fn key(&mut self, field: &Field) -> bool {
+        if self.only_message || field.name().starts_with("log.") {
+            return false;
+        }
+        write_key::<PrettyStyle>(self.buf, self.seen, field.name(), FIELD_PREFIX, |k| self.reserved.contains(k));
+        true
+    }
+}
+
+/// Renders a span's fields into its [`Fragment`], as the event's are.
+pub(crate) struct SpanValues<'a>(pub(crate) &'a mut Fragment);
+
+impl Visit for SpanValues<'_> {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if !field.name().starts_with("log.") {
+            let start = self.0.bytes_len();
+            let _ = write!(Escaped(self.0.bytes_mut()), "{value:?}");
+            self.0.commit(field.name(), start);
+        }
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        if !field.name().starts_with("log.") {
+            let start = self.0.bytes_len();
+            write_unambiguous(self.0.bytes_mut(), value, true);
+            self.0.commit(field.name(), start);
+        }
+    }
+}
+
+/// Writes `value`'s `Debug` text as is when it cannot be mistaken for a pair of its own or
+/// the end of a value (no `=` and no `"`, or — with `literal` — one well-formed quoted
+/// string), quoted and escaped otherwise.
+fn write_unambiguous(buf: &mut Vec<u8>, value: &dyn fmt::Debug, literal: bool) {
+    let start = buf.len();
+    let _ = write!(Escaped(buf), "{value:?}");
+    let text = &buf[start..];
+    if (literal && is_quoted_string(text)) || !text.iter().any(|&b| b == b'=' || b == b'"') {
+        return;
+    }
+    let raw = String::from_utf8_lossy(text).into_owned();
+    buf.truncate(start);
+    let _ = write!(Escaped(buf), "{raw:?}");
+}
+
+/// `"…"` with every inner `"` escaped.
+fn is_quoted_string(text: &[u8]) -> bool {
+    let [b'"', inner @ .., b'"'] = text else {
+        return false;
+    };
+    let mut escaped = false;
+    for &b in inner {
+        match b {
+            _ if escaped => escaped = false,
+            b'\\' => escaped = true,
+            b'"' => return false,
+            _ => {}
+        }
+    }
+    !escaped
 }
 
 /// Escapes control characters while formatting straight into the line buffer.
@@ -107,21 +228,15 @@ impl fmt::Write for Escaped<'_> {
     }
 }
 
-impl Visit for PrettyLine<'_> {
-    fn record_str(&mut self, field: &Field, value: &str) {
-        self.record_debug(field, &value);
-    }
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        let is_message = field.name() == "message";
-        if is_message != self.only_message || field.name().starts_with("log.") {
-            return;
-        }
-        if is_message {
-            self.buf.push(b' ');
-            let _ = write!(Escaped(self.buf), "{value:?}");
-        } else {
-            self.pair(field.name(), value);
-        }
+    #[test]
+    fn quoted_strings_are_recognised() {
+        assert!(is_quoted_string(br#""a \"b\" = c""#));
+        assert!(!is_quoted_string(br#""a" x="b""#));
+        assert!(!is_quoted_string(br#""a\""#));
+        assert!(!is_quoted_string(b"\""));
     }
 }

@@ -1,14 +1,26 @@
 //! A non-blocking, bounded, lossy-but-counting line writer.
 //!
 //! Lines are appended to a shared buffer under a lock held only for a `memcpy`; one worker
-//! thread swaps the buffer out and writes it in one call every flush interval (10 ms by
-//! default), or at once when 64 KiB are waiting or a flush is asked for. Callers never wake
-//! the worker per line: a wake-up is a system call and, on a busy core, a context switch —
-//! far more than formatting the line. When the output cannot keep up (a full pipe, a
-//! stalled terminal), the buffer stops growing at its limit: new lines are dropped and
-//! counted, requests never wait, and once output moves again a summary line reports how many
-//! were lost. Lines the output refuses (a write error) are counted the same way, and a
-//! failing output is retried with a growing pause (up to 1 s) as new lines arrive.
+//! thread swaps the buffer out and writes it in one call at most one flush interval (10 ms by
+//! default) after its first line came in, or at once when 64 KiB are waiting or a flush is
+//! asked for. Callers never wake the worker per line: a wake-up is a system call and, on a
+//! busy core, a context switch — far more than formatting the line. Only the first line into
+//! an idle writer wakes it; with nothing to write, the worker sleeps until there is (no timer).
+//! When the output cannot keep up (a full pipe, a stalled terminal), the buffer stops growing
+//! at its limit: new lines are dropped and counted, requests never wait, and once output
+//! moves again a summary line reports how many were lost. Lines the output refuses (a write
+//! error) are counted the same way, and a failing output is retried with a growing pause (up
+//! to 1 s) as new lines arrive — never in a loop of its own.
+//!
+//! An output that fails part way through a batch took some bytes: the lines it took whole are
+//! written, not dropped; the line it stopped in is *finished*, its unwritten end written
+//! first at the next attempt, so the output never holds one line glued to the next; only the
+//! lines after it are counted as dropped. (If the output never takes that end, the torn line
+//! is counted as dropped when the writer stops.)
+//!
+//! After the [`WriterGuard`] is dropped and the worker has stopped, each line is written by
+//! its caller, synchronously, or counted as dropped if the output refuses it: a line logged
+//! during shutdown is written or counted, never silently lost.
 
 use std::io::{self, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -42,6 +54,10 @@ impl Default for NonBlockingBuilder {
     }
 }
 
+/// The bounds of [`NonBlockingBuilder::flush_interval`].
+const MIN_INTERVAL: Duration = Duration::from_micros(100);
+const MAX_INTERVAL: Duration = Duration::from_secs(1);
+
 impl NonBlockingBuilder {
     /// Bytes that may wait for the output before lines are dropped (default 8 MiB). Memory use
     /// is bounded by about twice this: one buffer filling while the other is written.
@@ -50,14 +66,15 @@ impl NonBlockingBuilder {
         self
     }
 
-    /// The longest a line waits before it is written (default 10 ms). Shorter means more
-    /// write calls; a burst of 64 KiB is written at once regardless.
+    /// The longest a line waits before it is written (default 10 ms; bounded to 100 µs …
+    /// 1 s). Shorter means more write calls; a burst of 64 KiB is written at once regardless.
     pub fn flush_interval(mut self, interval: Duration) -> Self {
-        self.flush_interval = interval.max(Duration::from_micros(100));
+        self.flush_interval = interval.clamp(MIN_INTERVAL, MAX_INTERVAL);
         self
     }
 
-    /// How long dropping the guard waits for buffered lines to be written (default 5 s).
+    /// How long dropping the guard waits for buffered lines to be written (default 5 s;
+    /// `Duration::MAX` waits as long as it takes).
     pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
         self.shutdown_timeout = timeout;
         self
@@ -73,6 +90,9 @@ impl NonBlockingBuilder {
                 failing: false,
                 urgent: false,
                 shutdown: false,
+                sleeping: false,
+                output: Some(Output { out: Box::new(output), rest: Vec::new(), rest_is_line: false }),
+                direct: false,
             }),
             work: Condvar::new(),
             idle: Condvar::new(),
@@ -80,12 +100,15 @@ impl NonBlockingBuilder {
             wake_at: (64 * 1024).min(self.buffer_limit / 2).max(1),
             interval: self.flush_interval,
             dropped: AtomicU64::new(0),
+            wakeups: AtomicU64::new(0),
         });
         let worker_shared = Arc::clone(&shared);
-        let worker = std::thread::Builder::new()
-            .name("reqscope-log-writer".into())
-            .spawn(move || worker_shared.run(output))
-            .ok();
+        let worker =
+            std::thread::Builder::new().name("reqscope-log-writer".into()).spawn(move || worker_shared.run()).ok();
+        if worker.is_none() {
+            // No thread to hand lines to: every caller writes its own line.
+            shared.lock().direct = true;
+        }
         let writer = NonBlocking { shared: Arc::clone(&shared) };
         (writer, WriterGuard { shared, worker, timeout: self.shutdown_timeout })
     }
@@ -100,6 +123,8 @@ struct Shared {
     wake_at: usize,
     interval: Duration,
     dropped: AtomicU64,
+    /// Times the worker woke up, for the tests that check it sleeps while idle.
+    wakeups: AtomicU64,
 }
 
 struct State {
@@ -110,6 +135,90 @@ struct State {
     /// Write now: a flush was asked for, or the buffer passed `wake_at`.
     urgent: bool,
     shutdown: bool,
+    /// The worker waits for work with no timeout: the next line must wake it.
+    sleeping: bool,
+    /// The output, here while no worker holds it (before it starts, after it stops).
+    output: Option<Output>,
+    /// No worker runs (it stopped at shutdown, or could not start): callers write their lines
+    /// themselves.
+    direct: bool,
+}
+
+/// The output and what it still owes of a line it took only part of.
+struct Output {
+    out: Box<dyn Write + Send>,
+    /// The unwritten end of a torn line, written before anything else.
+    rest: Vec<u8>,
+    /// Whether `rest` ends a log line (rather than a drop summary).
+    rest_is_line: bool,
+}
+
+/// What one attempt to write a batch achieved.
+struct Written {
+    /// Every byte went out.
+    complete: bool,
+    /// Log lines the output did not take (and will not: the torn one is not among them).
+    lost: u64,
+    /// The drop summary was written, or its end is waiting in `rest`.
+    reported: bool,
+}
+
+impl Output {
+    /// Writes `batch` (whole lines) and, when `drops > 0`, a summary line reporting them after
+    /// it; first finishes a line an earlier attempt tore.
+    fn write_batch(&mut self, batch: &mut Vec<u8>, drops: u64) -> Written {
+        let lines_end = batch.len();
+        if drops > 0 {
+            batch.extend_from_slice(&drop_summary(drops));
+        }
+        if !self.rest.is_empty() {
+            let taken = write_some(&mut *self.out, &self.rest);
+            self.rest.drain(..taken);
+            if !self.rest.is_empty() {
+                let _ = self.out.flush();
+                return Written { complete: false, lost: count_lines(&batch[..lines_end]), reported: drops == 0 };
+            }
+        }
+        let taken = write_some(&mut *self.out, batch);
+        let _ = self.out.flush();
+        if taken == batch.len() {
+            return Written { complete: true, lost: 0, reported: true };
+        }
+        // The output stopped inside a line: keep its end to finish it next time, so that the
+        // next line starts on a line of its own; it is not lost.
+        let mut unsent = taken;
+        if taken > 0 && batch[taken - 1] != b'\n' {
+            let end = batch[taken..].iter().position(|&b| b == b'\n').map_or(batch.len(), |i| taken + i + 1);
+            self.rest.extend_from_slice(&batch[taken..end]);
+            self.rest_is_line = taken < lines_end;
+            unsent = end;
+        }
+        Written {
+            complete: false,
+            lost: count_lines(&batch[unsent.min(lines_end)..lines_end]),
+            reported: drops == 0 || taken > lines_end,
+        }
+    }
+}
+
+/// Writes as much of `bytes` as the output takes; how much that was.
+fn write_some(out: &mut dyn Write, bytes: &[u8]) -> usize {
+    let mut taken = 0;
+    while taken < bytes.len() {
+        match out.write(&bytes[taken..]) {
+            Ok(0) => break,
+            Ok(n) => taken += n.min(bytes.len() - taken),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => break,
+        }
+    }
+    taken
+}
+
+/// Lines in `bytes`, a last one without its newline included.
+fn count_lines(bytes: &[u8]) -> u64 {
+    let newlines = bytes.iter().filter(|&&b| b == b'\n').count() as u64;
+    newlines + u64::from(bytes.last().is_some_and(|&b| b != b'\n'))
 }
 
 /// The longest pause between retries of an output that keeps failing.
@@ -120,29 +229,44 @@ impl Shared {
         self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn run<T: Write>(&self, mut output: T) {
+    fn run(&self) {
+        let Some(mut output) = self.lock().output.take() else {
+            return;
+        };
         let mut spare = Vec::new();
         let mut backoff = Duration::ZERO;
-        let mut last_write = Instant::now();
         loop {
             let drops = {
                 let mut state = self.lock();
+                // When the batch being gathered is due: one interval after its first line.
+                let mut due: Option<Instant> = None;
                 loop {
                     // A failing output is retried only when new lines arrive, never in a spin.
                     let has_work = !state.buf.is_empty() || (state.pending_drops > 0 && !state.failing);
-                    let since = last_write.elapsed();
-                    if has_work && (state.urgent || state.shutdown || since >= self.interval) {
+                    if !has_work {
+                        if state.shutdown {
+                            self.stop(state, output);
+                            return;
+                        }
+                        due = None;
+                        state.sleeping = true;
+                        state = self.work.wait(state).unwrap_or_else(|poisoned| poisoned.into_inner());
+                        state.sleeping = false;
+                        self.wakeups.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
+                    if state.urgent || state.shutdown {
                         break;
                     }
-                    if !has_work && state.shutdown {
-                        return;
+                    let now = Instant::now();
+                    // No deadline that far in the future: write now rather than panic.
+                    let deadline = *due.get_or_insert_with(|| now.checked_add(self.interval).unwrap_or(now));
+                    let left = deadline.saturating_duration_since(now);
+                    if left.is_zero() {
+                        break;
                     }
-                    let nap = if has_work { self.interval - since } else { self.interval };
-                    state = self.work.wait_timeout(state, nap).unwrap_or_else(|poisoned| poisoned.into_inner()).0;
-                    if !has_work {
-                        // Lines that arrived while idle are written at this wake-up.
-                        last_write = Instant::now() - self.interval;
-                    }
+                    state = self.work.wait_timeout(state, left).unwrap_or_else(|poisoned| poisoned.into_inner()).0;
+                    self.wakeups.fetch_add(1, Ordering::Relaxed);
                 }
                 state.urgent = false;
                 std::mem::swap(&mut state.buf, &mut spare);
@@ -152,30 +276,42 @@ impl Shared {
             if !backoff.is_zero() {
                 std::thread::sleep(backoff);
             }
-            let written = output.write_all(&spare).is_ok();
-            // Lines the output refused are lost like lines dropped for lack of room: counted.
-            let lost = if written { 0 } else { spare.iter().filter(|&&b| b == b'\n').count() as u64 };
-            let reported = written && (drops == 0 || output.write_all(&drop_summary(drops)).is_ok());
-            let _ = output.flush();
-            last_write = Instant::now();
+            let written = output.write_batch(&mut spare, drops);
             spare.clear();
             if spare.capacity() > self.limit {
                 spare = Vec::new();
             }
             let mut state = self.lock();
-            self.dropped.fetch_add(lost, Ordering::Relaxed);
-            state.pending_drops += lost + if reported { 0 } else { drops };
-            state.failing = !reported;
-            backoff =
-                if reported { Duration::ZERO } else { (backoff * 2).clamp(Duration::from_millis(10), MAX_BACKOFF) };
+            // Lines the output refused are lost like lines dropped for lack of room: counted.
+            self.dropped.fetch_add(written.lost, Ordering::Relaxed);
+            state.pending_drops += written.lost + if written.reported { 0 } else { drops };
+            state.failing = !written.complete;
+            backoff = if written.complete {
+                Duration::ZERO
+            } else {
+                backoff.saturating_mul(2).clamp(Duration::from_millis(10), MAX_BACKOFF)
+            };
             state.writing = false;
             self.idle.notify_all();
         }
     }
 
+    /// Hands the output back at shutdown: from now on callers write their own lines.
+    fn stop(&self, mut state: MutexGuard<'_, State>, mut output: Output) {
+        if !output.rest.is_empty() && std::mem::take(&mut output.rest_is_line) {
+            // A torn line the output never finished: counted. Its end still goes out first if
+            // a later line is written, so that line starts clean.
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+        state.output = Some(output);
+        state.direct = true;
+        self.idle.notify_all();
+    }
+
     fn push(&self, line: &[u8]) {
         let mut state = self.lock();
-        if state.shutdown && state.buf.len() + line.len() > self.limit {
+        if state.direct {
+            self.write_direct(&mut state, line);
             return;
         }
         if state.buf.len() + line.len() > self.limit {
@@ -183,26 +319,48 @@ impl Shared {
             self.dropped.fetch_add(1, Ordering::Relaxed);
             return;
         }
+        let was_empty = state.buf.is_empty();
         state.buf.extend_from_slice(line);
-        if state.buf.len() >= self.wake_at && !state.urgent {
-            state.urgent = true;
-            drop(state);
+        // One wake-up per batch at most: for the first line into an idle writer, or when the
+        // buffer passes `wake_at`.
+        let first = was_empty && std::mem::take(&mut state.sleeping);
+        let full = state.buf.len() >= self.wake_at && !std::mem::replace(&mut state.urgent, true);
+        drop(state);
+        if first || full {
             self.work.notify_one();
         }
     }
 
+    /// Writes `line` in the caller's thread (no worker runs), or counts it as dropped.
+    fn write_direct(&self, state: &mut State, line: &[u8]) {
+        let drops = std::mem::take(&mut state.pending_drops);
+        let mut batch = line.to_vec();
+        let written = match state.output.as_mut() {
+            Some(output) => output.write_batch(&mut batch, drops),
+            None => Written { complete: false, lost: count_lines(line), reported: false },
+        };
+        self.dropped.fetch_add(written.lost, Ordering::Relaxed);
+        state.pending_drops += written.lost + if written.reported { 0 } else { drops };
+    }
+
     /// Waits until everything buffered so far is written, or `timeout` passes.
     fn flush(&self, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
+        // `None`: so far away that it never comes.
+        let deadline = Instant::now().checked_add(timeout);
         let mut state = self.lock();
         state.urgent = true;
         self.work.notify_one();
-        while !state.buf.is_empty() || state.writing || (state.pending_drops > 0 && !state.failing) {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return false;
-            }
-            state = self.idle.wait_timeout(state, left).unwrap_or_else(|p| p.into_inner()).0;
+        while !state.direct && (!state.buf.is_empty() || state.writing || (state.pending_drops > 0 && !state.failing)) {
+            state = match deadline {
+                Some(deadline) => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return false;
+                    }
+                    self.idle.wait_timeout(state, left).unwrap_or_else(|p| p.into_inner()).0
+                }
+                None => self.idle.wait(state).unwrap_or_else(|p| p.into_inner()),
+            };
         }
         true
     }
@@ -269,6 +427,8 @@ impl<'a> MakeWriter<'a> for NonBlocking {
 
 /// Flushes the [`NonBlocking`] writer when dropped: every accepted line is written before
 /// the program goes on (up to the shutdown timeout, so a dead output cannot hang the exit).
+/// Lines logged after that are written synchronously by the thread that logs them, or
+/// counted as dropped if the output refuses them.
 #[must_use = "dropping the guard at once stops the log writer"]
 pub struct WriterGuard {
     shared: Arc<Shared>,
@@ -434,5 +594,137 @@ mod failing_output {
         assert_eq!(lines[0], "c");
         let summary: serde_json::Value = serde_json::from_str(lines[1]).unwrap();
         assert_eq!(summary["dropped"], 2);
+    }
+}
+
+#[cfg(test)]
+mod robustness {
+    use super::*;
+
+    /// Everything the output took, readable by the test.
+    #[derive(Clone, Default)]
+    struct Sink(Arc<Mutex<Vec<u8>>>);
+
+    impl Sink {
+        fn text(&self) -> String {
+            String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
+        }
+    }
+
+    impl Write for Sink {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Takes `budget` bytes, then fails once (like a pipe that breaks mid-write and is
+    /// reconnected), then takes everything.
+    struct BreaksOnce {
+        budget: usize,
+        failed: bool,
+        sink: Sink,
+    }
+
+    impl Write for BreaksOnce {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            let n = if self.failed {
+                buf.len()
+            } else if self.budget == 0 {
+                self.failed = true;
+                return Err(io::Error::other("broken pipe"));
+            } else {
+                let n = self.budget.min(buf.len());
+                self.budget -= n;
+                n
+            };
+            self.sink.write(&buf[..n])
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_write_that_fails_part_way_loses_only_the_lines_not_taken_and_tears_none() {
+        let sink = Sink::default();
+        // 7 bytes: "aaaa\n" whole and "bb" of the second line.
+        let output = BreaksOnce { budget: 7, failed: false, sink: sink.clone() };
+        let (writer, guard) = NonBlockingBuilder::default().flush_interval(Duration::from_secs(1)).finish(output);
+        (&writer).write_all(b"aaaa\nbbbb\ncccc\n").unwrap();
+        assert!(writer.flush_timeout(Duration::from_secs(10)));
+        assert_eq!(writer.dropped_lines(), 1, "only cccc was not taken: {:?}", sink.text());
+        (&writer).write_all(b"dddd\n").unwrap();
+        assert!(writer.flush_timeout(Duration::from_secs(10)));
+        drop(guard);
+        let text = sink.text();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[..3], ["aaaa", "bbbb", "dddd"], "{text:?}");
+        let summary: serde_json::Value = serde_json::from_str(lines[3]).unwrap();
+        assert_eq!(summary["dropped"], 1);
+        assert_eq!(lines.len(), 4, "{text:?}");
+    }
+
+    #[test]
+    fn an_idle_writer_sleeps_until_there_is_work() {
+        let sink = Sink::default();
+        let (writer, guard) = non_blocking(sink.clone());
+        (&writer).write_all(b"one\n").unwrap();
+        assert!(writer.flush_timeout(Duration::from_secs(10)));
+        let wakeups = writer.shared.wakeups.load(Ordering::Relaxed);
+        // An observation window, not a wait for a condition: a worker on a 10 ms timer wakes
+        // about 30 times in it.
+        std::thread::sleep(Duration::from_millis(300));
+        let idle_wakeups = writer.shared.wakeups.load(Ordering::Relaxed) - wakeups;
+        assert!(idle_wakeups <= 1, "woke {idle_wakeups} times with nothing to write");
+        // And the next line still wakes it.
+        (&writer).write_all(b"two\n").unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !sink.text().contains("two") {
+            assert!(Instant::now() < deadline, "the line after an idle time was not written");
+            std::thread::yield_now();
+        }
+        drop(guard);
+    }
+
+    #[test]
+    fn extreme_durations_do_not_panic() {
+        let sink = Sink::default();
+        let (writer, guard) = NonBlockingBuilder::default()
+            .flush_interval(Duration::MAX)
+            .shutdown_timeout(Duration::MAX)
+            .finish(sink.clone());
+        (&writer).write_all(b"line\n").unwrap();
+        assert!(writer.flush_timeout(Duration::MAX));
+        (&writer).write_all(b"last\n").unwrap();
+        drop(guard);
+        assert_eq!(sink.text(), "line\nlast\n");
+    }
+
+    #[test]
+    fn lines_after_shutdown_are_written_or_counted() {
+        let sink = Sink::default();
+        let (writer, guard) = non_blocking(sink.clone());
+        (&writer).write_all(b"before\n").unwrap();
+        drop(guard);
+        (&writer).write_all(b"after\n").unwrap();
+        assert_eq!(sink.text(), "before\nafter\n", "written at once, by the caller");
+
+        struct Refuses;
+        impl Write for Refuses {
+            fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+                Err(io::Error::other("closed"))
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let (writer, guard) = non_blocking(Refuses);
+        drop(guard);
+        (&writer).write_all(b"lost\n").unwrap();
+        assert_eq!(writer.dropped_lines(), 1);
     }
 }

@@ -1,0 +1,190 @@
+//! Unique keys on every line, in every format.
+//!
+//! A line's keys come from four places, in this order: the stamped keys ([`FieldNames`]),
+//! the custom context fields, the fields of the spans in scope (root to leaf), the event's own
+//! fields. A key is written as it is unless it is *taken*:
+//!
+//! - a stamped key name is always taken (even when that key is absent from this line, so that
+//!   an event field `user_id` outside a request cannot pass for a stamped one);
+//! - a key already written on this line is taken;
+//! - for a span field, a name the event's own fields use, or a span nearer the event, is taken
+//!   (the event wins, then the innermost span).
+//!
+//! A taken key gets its source's prefix — `fields.` for context and event fields, `span.` for
+//! span fields — as many times as needed for it to be unique (`fields.fields.x` in the rare
+//! case that `fields.x` is taken too). Comparisons are made on the key as rendered (escaped
+//! JSON, or the pretty form), which is one-to-one with the name.
+
+use tracing::Event;
+
+use crate::names::FieldNames;
+use crate::spans::Fragment;
+
+/// The prefix of a context or event field whose name is taken.
+pub(crate) const FIELD_PREFIX: &[u8] = b"fields.";
+/// The prefix of a span field whose name is taken.
+pub(crate) const SPAN_PREFIX: &[u8] = b"span.";
+
+/// How a format writes a key.
+pub(crate) trait KeyStyle {
+    /// Before the key: `,"` in JSON, a space in pretty lines.
+    const OPEN: &'static [u8];
+    /// After the key: `":` in JSON, `=` in pretty lines.
+    const CLOSE: &'static [u8];
+    /// Writes `name` as it appears between `OPEN` and `CLOSE`.
+    fn render(buf: &mut Vec<u8>, name: &str);
+    /// Whether `name` renders as its own bytes (the common case: no copy to compare it).
+    fn is_plain(name: &str) -> bool;
+
+    /// Whether `name` renders as `rendered`.
+    fn renders_as(name: &str, rendered: &[u8]) -> bool {
+        if Self::is_plain(name) {
+            name.as_bytes() == rendered
+        } else {
+            let mut own = Vec::new();
+            Self::render(&mut own, name);
+            own == rendered
+        }
+    }
+}
+
+/// The stamped key names, rendered in one style.
+#[derive(Clone, Debug)]
+pub(crate) struct Reserved {
+    names: Box<[Box<[u8]>]>,
+    /// Bit `n` is set when a stamped key renders in `n` bytes: most names are cleared by one
+    /// bit test.
+    lengths: u128,
+}
+
+impl Reserved {
+    pub(crate) fn new<S: KeyStyle>(names: &FieldNames) -> Self {
+        let names: Box<[Box<[u8]>]> = names
+            .all()
+            .iter()
+            .map(|name| {
+                let mut rendered = Vec::new();
+                S::render(&mut rendered, name);
+                rendered.into_boxed_slice()
+            })
+            .collect();
+        let lengths = names.iter().fold(0u128, |mask, name| mask | length_bit(name.len()));
+        Reserved { names, lengths }
+    }
+
+    pub(crate) fn contains(&self, rendered: &[u8]) -> bool {
+        self.lengths & length_bit(rendered.len()) != 0 && self.names.iter().any(|name| **name == *rendered)
+    }
+}
+
+fn length_bit(len: usize) -> u128 {
+    1u128.checked_shl(len as u32).unwrap_or(0)
+}
+
+/// The keys written so far on the line being built (positions in its buffer); reused from
+/// line to line, so it allocates nothing once warm.
+#[derive(Debug, Default)]
+pub(crate) struct Seen {
+    keys: Vec<(usize, usize)>,
+    /// Bit `len % 64` is set for each key written.
+    lengths: u64,
+}
+
+impl Seen {
+    pub(crate) fn clear(&mut self) {
+        self.keys.clear();
+        self.lengths = 0;
+    }
+
+    fn contains(&self, buf: &[u8], start: usize, end: usize) -> bool {
+        let len = end - start;
+        self.lengths & (1 << (len % 64)) != 0
+            && self.keys.iter().any(|&(s, e)| e - s == len && buf[s..e] == buf[start..end])
+    }
+
+    fn insert(&mut self, start: usize, end: usize) {
+        self.keys.push((start, end));
+        self.lengths |= 1 << ((end - start) % 64);
+    }
+}
+
+/// Writes `OPEN key CLOSE` for a field named `name`, prefixed with `prefix` until the key is
+/// neither written yet on this line nor `taken` (given the key as rendered).
+pub(crate) fn write_key<S: KeyStyle>(
+    buf: &mut Vec<u8>,
+    seen: &mut Seen,
+    name: &str,
+    prefix: &[u8],
+    taken: impl Fn(&[u8]) -> bool,
+) {
+    buf.extend_from_slice(S::OPEN);
+    let start = buf.len();
+    S::render(buf, name);
+    let mut end = buf.len();
+    while seen.contains(buf, start, end) || taken(&buf[start..end]) {
+        buf.splice(start..start, prefix.iter().copied());
+        end += prefix.len();
+    }
+    seen.insert(start, end);
+    buf.extend_from_slice(S::CLOSE);
+}
+
+/// Whether the event has a field (other than its message) rendered as `key`.
+pub(crate) fn event_claims<S: KeyStyle>(event: &Event<'_>, key: &[u8]) -> bool {
+    event.metadata().fields().iter().any(|field| {
+        let name = field.name();
+        name != "message" && !name.starts_with("log.") && S::renders_as(name, key)
+    })
+}
+
+/// Writes the fields of the spans in scope, `spans` from the root to the event's span: a key
+/// the event's own fields or a nearer span use is prefixed (see [`crate::keys`]).
+pub(crate) fn write_span_fields<S: KeyStyle>(
+    buf: &mut Vec<u8>,
+    seen: &mut Seen,
+    reserved: &Reserved,
+    event: &Event<'_>,
+    spans: &[&Fragment],
+) {
+    for (depth, span) in spans.iter().enumerate() {
+        for (name, value) in span.fields() {
+            write_key::<S>(buf, seen, name, SPAN_PREFIX, |key| {
+                reserved.contains(key)
+                    || event_claims::<S>(event, key)
+                    || spans[depth + 1..].iter().any(|nearer| nearer.names().any(|n| S::renders_as(n, key)))
+            });
+            buf.extend_from_slice(value);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Plain;
+    impl KeyStyle for Plain {
+        const OPEN: &'static [u8] = b" ";
+        const CLOSE: &'static [u8] = b"=";
+        fn render(buf: &mut Vec<u8>, name: &str) {
+            buf.extend_from_slice(name.as_bytes());
+        }
+        fn is_plain(_: &str) -> bool {
+            true
+        }
+    }
+
+    #[test]
+    fn taken_keys_are_prefixed_until_unique() {
+        let reserved = Reserved::new::<Plain>(&FieldNames::default());
+        let mut buf = Vec::new();
+        let mut seen = Seen::default();
+        for name in ["a", "fields.a", "a", "request_id", "rate_limit_remaining", &"x".repeat(300)] {
+            write_key::<Plain>(&mut buf, &mut seen, name, FIELD_PREFIX, |k| reserved.contains(k));
+        }
+        let text = String::from_utf8(buf).unwrap();
+        let keys: Vec<&str> = text.split(' ').skip(1).map(|k| k.trim_end_matches('=')).collect();
+        assert_eq!(keys[..5], ["a", "fields.a", "fields.fields.a", "fields.request_id", "fields.rate_limit_remaining"]);
+        assert_eq!(keys[5].len(), 300);
+    }
+}
