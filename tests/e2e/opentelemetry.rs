@@ -15,15 +15,22 @@ use tracing_subscriber::prelude::*;
 
 use crate::support::fetch;
 
-/// Serves a small app under a subscriber of its own (OpenTelemetry + reqscope's JSON lines),
-/// sends one request, and returns the exported spans and the log lines.
-async fn one_request(headers: &[(&str, &[u8])]) -> (Vec<SpanData>, Vec<Value>) {
+/// A subscriber of a test's own: OpenTelemetry spans into the returned exporter, reqscope's
+/// JSON lines into the returned writer.
+fn otel_subscriber() -> (InMemorySpanExporter, MemoryWriter, impl tracing::Subscriber + Send + Sync) {
     let exporter = InMemorySpanExporter::default();
     let provider = SdkTracerProvider::builder().with_simple_exporter(exporter.clone()).build();
     let logs = MemoryWriter::new();
     let subscriber = tracing_subscriber::registry()
         .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("reqscope-test")))
         .with(LogLayer::new().with_writer(logs.clone()));
+    (exporter, logs, subscriber)
+}
+
+/// Serves a small app under a subscriber of its own (OpenTelemetry + reqscope's JSON lines),
+/// sends one request, and returns the exported spans and the log lines.
+async fn one_request(headers: &[(&str, &[u8])]) -> (Vec<SpanData>, Vec<Value>) {
+    let (exporter, logs, subscriber) = otel_subscriber();
     // This test's runtime is single-threaded: the server, its spans and its events all run on
     // this thread, under this subscriber, apart from the other tests' global one.
     let _default = tracing::subscriber::set_default(subscriber);
@@ -85,18 +92,11 @@ async fn an_outgoing_call_is_an_exported_client_span_under_the_current_span() {
     use std::sync::{Arc, Mutex};
 
     use http_body_util::Empty;
-    use hyper_util::client::legacy::Client;
-    use hyper_util::rt::TokioExecutor;
     use opentelemetry::trace::SpanKind;
-    use tower::{ServiceBuilder, ServiceExt};
+    use tower::ServiceExt;
     use tracing::Instrument;
 
-    let exporter = InMemorySpanExporter::default();
-    let provider = SdkTracerProvider::builder().with_simple_exporter(exporter.clone()).build();
-    let logs = MemoryWriter::new();
-    let subscriber = tracing_subscriber::registry()
-        .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("reqscope-test")))
-        .with(LogLayer::new().with_writer(logs.clone()));
+    let (exporter, logs, subscriber) = otel_subscriber();
     let _default = tracing::subscriber::set_default(subscriber);
 
     // The next hop: records what it was sent.
@@ -113,9 +113,7 @@ async fn an_outgoing_call_is_an_exported_client_span_under_the_current_span() {
     let next_addr = next.local_addr().unwrap();
     let next_server = tokio::spawn(async move { axum::serve(next, downstream).await.unwrap() });
 
-    let client = ServiceBuilder::new()
-        .layer(reqscope::outgoing::PropagateContextLayer::new())
-        .service(Client::builder(TokioExecutor::new()).build_http::<Empty<bytes::Bytes>>());
+    let client = crate::support::propagating_client();
     let app = Router::new()
         .route(
             "/call",

@@ -353,3 +353,16 @@ impl CuttableProxy {
         let _ = self.up.send(true);
     }
 }
+
+/// A plain hyper client behind reqscope's outgoing propagation: what a service calls its next
+/// hop with.
+pub fn propagating_client() -> reqscope::outgoing::PropagateContext<
+    hyper_util::client::legacy::Client<
+        hyper_util::client::legacy::connect::HttpConnector,
+        http_body_util::Empty<Bytes>,
+    >,
+> {
+    tower::ServiceBuilder::new()
+        .layer(reqscope::outgoing::PropagateContextLayer::new())
+        .service(hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http())
+}

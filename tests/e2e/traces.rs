@@ -231,15 +231,11 @@ async fn bad_hops_and_a_dead_next_hop_are_json_errors() {
 #[tokio::test]
 async fn the_tower_layer_propagates_from_a_hyper_client() {
     use http_body_util::Empty;
-    use hyper_util::client::legacy::Client;
-    use hyper_util::rt::TokioExecutor;
-    use reqscope::outgoing::PropagateContextLayer;
     use reqscope::{RequestContext, RequestId};
-    use tower::{Service, ServiceBuilder, ServiceExt};
+    use tower::{Service, ServiceExt};
 
     let (downstream, seen) = recording_downstream().await;
-    let client = Client::builder(TokioExecutor::new()).build_http::<Empty<bytes::Bytes>>();
-    let mut client = ServiceBuilder::new().layer(PropagateContextLayer::new()).service(client);
+    let mut client = crate::support::propagating_client();
     let uri: http::Uri = format!("http://{downstream}/chain").parse().unwrap();
     let get = || http::Request::get(uri.clone()).body(Empty::new()).unwrap();
 
@@ -296,13 +292,9 @@ async fn handlers_see_this_services_traceparent_in_place_of_the_callers() {
 /// client with `PropagateContextLayer`, behind `layer`.
 async fn service_calling(downstream: SocketAddr, layer: reqscope::RequestContextLayer) -> SocketAddr {
     use http_body_util::Empty;
-    use hyper_util::client::legacy::Client;
-    use hyper_util::rt::TokioExecutor;
-    use tower::{ServiceBuilder, ServiceExt};
+    use tower::ServiceExt;
 
-    let client = ServiceBuilder::new()
-        .layer(reqscope::outgoing::PropagateContextLayer::new())
-        .service(Client::builder(TokioExecutor::new()).build_http::<Empty<bytes::Bytes>>());
+    let client = crate::support::propagating_client();
     let app = Router::new()
         .route(
             "/call",
@@ -376,15 +368,11 @@ async fn tracestate_is_validated_member_by_member_and_truncated_by_whole_entries
 #[tokio::test]
 async fn each_outgoing_call_is_a_client_span_of_its_own_with_one_line() {
     use http_body_util::Empty;
-    use hyper_util::client::legacy::Client;
-    use hyper_util::rt::TokioExecutor;
-    use tower::{ServiceBuilder, ServiceExt};
+    use tower::ServiceExt;
 
     let (downstream, seen) = recording_downstream().await;
     let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-    let hyper_client = ServiceBuilder::new()
-        .layer(reqscope::outgoing::PropagateContextLayer::new())
-        .service(Client::builder(TokioExecutor::new()).build_http::<Empty<bytes::Bytes>>());
+    let hyper_client = crate::support::propagating_client();
     let reqwest_client = reqwest_middleware::ClientBuilder::new(reqwest::Client::builder().no_proxy().build().unwrap())
         .with(reqscope::outgoing::PropagateContextMiddleware::new())
         .build();
