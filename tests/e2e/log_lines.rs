@@ -53,6 +53,21 @@ async fn a_context_field_and_an_event_field_of_one_name_give_two_keys() {
     assert_eq!(raw.matches("\"request_id\":").count(), 1, "{raw}");
 }
 
+async fn sets_status() -> &'static str {
+    reqscope::RequestContext::with(|ctx| ctx.set_field("status", "gold-customer"));
+    "ok"
+}
+
+#[tokio::test]
+async fn a_context_field_cannot_take_the_access_lines_own_keys() {
+    let app = Router::new().route("/status", get(sets_status)).layer(RequestContextLayer::new());
+    let addr = serve(app).await;
+    fetch(addr, "/status", &[("x-request-id", b"log-lines-status-1")]).await;
+    let access = crate::support::access_lines_of("log-lines-status-1").await;
+    assert_eq!(access[0]["status"], 200, "the response's status: {}", access[0]);
+    assert_eq!(access[0]["fields.status"], "gold-customer");
+}
+
 #[tracing::instrument(fields(order_id = 7))]
 async fn load_order() {
     tracing::info!(marker = "log-lines-instrument-1", "loading the order");

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use http::{HeaderMap, Request, StatusCode};
 use http_body_util::BodyExt;
 use hyper_util::rt::TokioIo;
-use reqscope::logging::LogLayer;
+use reqscope::logging::{LogLayer, MemoryWriter};
 use serde_json::Value;
 use tracing_subscriber::prelude::*;
 
@@ -82,8 +82,11 @@ impl CaptureState {
         let Some(end) = self.unparsed.iter().rposition(|&b| b == b'\n') else { return };
         let complete: Vec<u8> = self.unparsed.drain(..=end).collect();
         let text = String::from_utf8_lossy(&complete).into_owned();
-        for line in text.lines() {
-            let value: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"));
+        // Parsed by MemoryWriter's reader, which fails on a line that is not one JSON object
+        // or that gives a key twice (a plain `Value` would keep the last copy silently).
+        let parser = MemoryWriter::new();
+        std::io::Write::write_all(&mut &parser, text.as_bytes()).expect("in memory");
+        for value in parser.json_lines() {
             if let Some(id) = value["request_id"].as_str() {
                 self.by_request.entry(id.to_owned()).or_default().push(self.lines.len());
             }

@@ -180,7 +180,9 @@ fn write_context(buf: &mut Vec<u8>, seen: &mut Seen, keys: &JsonKeys, ctx: &Requ
             write_u64(buf, reset);
         }
         for (name, value) in &patch.fields {
-            keys.field(buf, seen, name);
+            write_key::<JsonStyle>(buf, seen, name, FIELD_PREFIX, |key| {
+                crate::keys::taken_by_context_field(&keys.reserved, key)
+            });
             match value {
                 FieldValue::Str(v) => write_str(buf, v),
                 FieldValue::I64(v) => buf.extend_from_slice(itoa::Buffer::new().format(*v).as_bytes()),

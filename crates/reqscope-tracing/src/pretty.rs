@@ -90,7 +90,9 @@ pub(crate) fn pretty_line(
                 stamp(buf, names.rate_limit_reset, &reset);
             }
             for (key, value) in &patch.fields {
-                write_key::<PrettyStyle>(buf, seen, key, FIELD_PREFIX, |k| reserved.contains(k));
+                write_key::<PrettyStyle>(buf, seen, key, FIELD_PREFIX, |k| {
+                    crate::keys::taken_by_context_field(reserved, k)
+                });
                 let _ = match value {
                     FieldValue::Str(v) => write!(Escaped(buf), "{:?}", &**v),
                     FieldValue::I64(v) => write!(Escaped(buf), "{v}"),
