@@ -428,7 +428,9 @@ impl<'a> MakeWriter<'a> for NonBlocking {
 /// Flushes the [`NonBlocking`] writer when dropped: every accepted line is written before
 /// the program goes on (up to the shutdown timeout, so a dead output cannot hang the exit).
 /// Lines logged after that are written synchronously by the thread that logs them, or
-/// counted as dropped if the output refuses them.
+/// counted as dropped if the output refuses them. If the output is still stuck when the
+/// timeout passes, the lines still buffered are counted as dropped, and so are later ones
+/// until the stuck write returns.
 #[must_use = "dropping the guard at once stops the log writer"]
 pub struct WriterGuard {
     shared: Arc<Shared>,
@@ -452,7 +454,18 @@ impl std::fmt::Debug for WriterGuard {
 impl Drop for WriterGuard {
     fn drop(&mut self) {
         let flushed = self.shared.flush(self.timeout);
-        self.shared.lock().shutdown = true;
+        let mut state = self.shared.lock();
+        state.shutdown = true;
+        if !flushed && !state.direct {
+            // The output is stuck in the worker's hands past the timeout: what is still
+            // buffered is counted as dropped, and later lines go the direct way (counted too
+            // until the worker, if its write ever returns, hands the output back).
+            let stranded = count_lines(&state.buf);
+            state.buf.clear();
+            self.shared.dropped.fetch_add(stranded, Ordering::Relaxed);
+            state.direct = true;
+        }
+        drop(state);
         self.shared.work.notify_one();
         if flushed && let Some(worker) = self.worker.take() {
             let _ = worker.join();
@@ -726,5 +739,38 @@ mod robustness {
         drop(guard);
         (&writer).write_all(b"lost\n").unwrap();
         assert_eq!(writer.dropped_lines(), 1);
+    }
+
+    #[test]
+    fn an_output_stuck_past_the_shutdown_timeout_loses_nothing_uncounted() {
+        // The output blocks until released: the worker is stuck in its first write.
+        let (release, stuck) = std::sync::mpsc::channel::<()>();
+        struct Stuck(std::sync::mpsc::Receiver<()>);
+        impl Write for Stuck {
+            fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+                let _ = self.0.recv();
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let (writer, guard) = NonBlockingBuilder::default()
+            .flush_interval(Duration::from_micros(100))
+            .shutdown_timeout(Duration::from_millis(20))
+            .finish(Stuck(stuck));
+        (&writer).write_all(b"taken by the stuck write\n").unwrap();
+        // Wait until the worker holds that line, so the next two stay buffered.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !writer.shared.lock().writing {
+            assert!(Instant::now() < deadline, "the worker never started writing");
+            std::thread::yield_now();
+        }
+        (&writer).write_all(b"buffered one\nbuffered two\n").unwrap();
+        drop(guard); // times out: the output is still stuck
+        assert_eq!(writer.dropped_lines(), 2, "the buffered lines are counted");
+        (&writer).write_all(b"after\n").unwrap();
+        assert_eq!(writer.dropped_lines(), 3, "a line after a stuck shutdown is counted too");
+        drop(release);
     }
 }
