@@ -12,6 +12,7 @@
 //! `.ci/w3c-trace-context` builds it, starts it and runs the suite at both strictness levels.
 //! `PORT` picks another port; log lines (one per request, one per callback) go to stdout as
 //! JSON, with `LOG_FORMAT` and `RUST_LOG` as in the example API server.
+#![forbid(unsafe_code)]
 
 use std::net::SocketAddr;
 use std::process::ExitCode;

@@ -271,13 +271,13 @@ async fn handlers_see_this_services_traceparent_in_place_of_the_callers() {
         )
         .layer(reqscope::RequestContextLayer::new());
     let addr = serve(app).await;
-    for (id, traceparent) in [("trace-inner-valid", VALID), ("trace-inner-bad", "00-ZZZ")] {
-        let reply = fetch(
-            addr,
-            "/headers",
-            &[("x-request-id", id.as_bytes()), ("traceparent", traceparent.as_bytes()), ("tracestate", b"rojo=1")],
-        )
-        .await;
+    // The third sends a `tracestate` alone, which means nothing without its `traceparent`.
+    for (id, traceparent) in [("trace-inner-valid", VALID), ("trace-inner-bad", "00-ZZZ"), ("trace-inner-none", "")] {
+        let mut headers: Vec<(&str, &[u8])> = vec![("x-request-id", id.as_bytes()), ("tracestate", b"rojo=1")];
+        if !traceparent.is_empty() {
+            headers.push(("traceparent", traceparent.as_bytes()));
+        }
+        let reply = fetch(addr, "/headers", &headers).await;
         let seen = reply.json();
         let access = access_lines_of(id).await.remove(0);
         let expected =

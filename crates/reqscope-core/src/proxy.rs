@@ -118,6 +118,7 @@ const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 /// header *your* proxies append to, because they pass the others through as the client sent
 /// them.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum ClientIpHeader {
     /// `X-Forwarded-For`, a comma-separated list, nearest hop last: what nginx
     /// (`$proxy_add_x_forwarded_for`), HAProxy, AWS ALB/ELB, Google Cloud load balancers and

@@ -21,16 +21,20 @@
 //!
 //! 1. **Id.** A valid `x-request-id` (1–128 bytes of `[A-Za-z0-9._:+/=@-]`), sent once, is
 //!    kept when the [`ForwardedIdPolicy`] trusts the peer; otherwise — invalid, untrusted, or
-//!    sent in several headers — a new id is generated (UUID v4 by default). A rejected value is never echoed and never logged. The request's header is
-//!    set to the final id, so inner services see it too.
-//! 2. **Trace.** A valid W3C `traceparent` (version `00`, lowercase hex, non-zero ids, exactly
-//!    55 bytes, sent once) is continued — same trace id, a new span id for this service, the
-//!    caller's `tracestate` carried unchanged when it is printable and at most 512 bytes —
-//!    when the [`traceparent_policy`](RequestContextLayer::traceparent_policy) trusts the
+//!    sent in several headers — a new id is generated (UUID v4 by default). A rejected value
+//!    is never echoed and never logged. The request's header is set to the final id, so inner
+//!    services see it too.
+//! 2. **Trace.** A valid W3C `traceparent` (lowercase hex, non-zero ids, sent once; version
+//!    `00` exactly 55 bytes, a higher version read with the version-00 layout and sent on as
+//!    `00`) is continued — same trace id, a new span id for this service, the caller's
+//!    `tracestate` checked member by member (a member that breaks the grammar drops the
+//!    header, beyond 32 members or 512 bytes whole entries are removed, the longest first;
+//!    see [`TraceState`](reqscope_core::TraceState)) — when the [`traceparent_policy`](RequestContextLayer::traceparent_policy) trusts the
 //!    peer. Anything else starts a new trace: an invalid header is never an error response,
 //!    and its value is never logged (a DEBUG event on `reqscope::trace` names only the
 //!    reason). A `traceparent` sent with the request is replaced, for inner services, by
-//!    this service's own (its span as the parent), with the carried `tracestate` or none.
+//!    this service's own (its span as the parent), with the carried `tracestate` or none;
+//!    a `tracestate` sent without a `traceparent` is replaced the same way.
 //!    Log lines carry `trace_id` and `span_id`; outgoing calls carry a child
 //!    `traceparent` (see [`outgoing`](crate::outgoing)). With the `otel` feature and a
 //!    `tracing-opentelemetry` layer installed, the ids are those of the OpenTelemetry span.
@@ -260,6 +264,9 @@ where
         } else {
             (None, None, req.headers().contains_key(TRACEPARENT))
         };
+        // A `tracestate` without a `traceparent` means nothing (and was not validated): inner
+        // services see it replaced like a `traceparent` is.
+        let sent_traceparent = sent_traceparent || req.headers().contains_key(TRACESTATE);
 
         let mut builder = RequestContext::builder(id).method(req.method().clone()).uri(req.uri());
         if let Some(ip) = config.proxies.client_ip(peer, req.headers(), &config.client_ip_header) {
