@@ -29,7 +29,7 @@
 //!    `00`) is continued — same trace id, a new span id for this service, the caller's
 //!    `tracestate` checked member by member (a member that breaks the grammar drops the
 //!    header, beyond 32 members or 512 bytes whole entries are removed, the longest first;
-//!    see [`TraceState`](reqscope_core::TraceState)) — when the [`traceparent_policy`](RequestContextLayer::traceparent_policy) trusts the
+//!    see [`TraceState`]) — when the [`traceparent_policy`](RequestContextLayer::traceparent_policy) trusts the
 //!    peer. Anything else starts a new trace: an invalid header is never an error response,
 //!    and its value is never logged (a DEBUG event on `reqscope::trace` names only the
 //!    reason). A `traceparent` sent with the request is replaced, for inner services, by
