@@ -17,7 +17,9 @@ use reqscope::{RequestContext, RequestContextLayer};
 use serde_json::{Value, json};
 use tokio::io::AsyncWriteExt;
 
-use crate::support::{TEST_SECRET, access_lines_of, claims, example_app, fetch, hs256, lines_of, logs, now, serve};
+use crate::support::{
+    TEST_SECRET, access_lines_of, claims, example_app, fetch, hs256, lines_of, logs, now, serve, wait_until,
+};
 
 fn fixture(name: &str) -> Vec<u8> {
     std::fs::read(format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))).expect("fixture")
@@ -383,11 +385,9 @@ async fn hundreds_of_concurrent_users_never_swap() {
         expected.insert(id, user);
     }
     // Every request's lines are in once its access line (its last) is.
-    wait_until("the 300 access lines", || {
-        let is_ours = |l: &Value| l["request_id"].as_str().is_some_and(|id| expected.contains_key(id));
-        logs().json_lines().iter().filter(|l| l["target"] == "reqscope::access" && is_ours(l)).count() == 300
-    })
-    .await;
+    for id in expected.keys() {
+        access_lines_of(id).await;
+    }
     let mut checked = 0;
     for line in logs().json_lines() {
         if let Some(user) = line["request_id"].as_str().and_then(|id| expected.get(id)) {
@@ -396,15 +396,6 @@ async fn hundreds_of_concurrent_users_never_swap() {
         }
     }
     assert_eq!(checked, 900, "a handler line, a query line (SQLite worker thread) and an access line per request");
-}
-
-/// Polls `condition` until it holds; fails the test after 10 s.
-async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !condition() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
 }
 
 /// A JWKS endpoint on loopback whose key set can be swapped, counting fetches; it can fail,

@@ -154,6 +154,20 @@ async fn an_outer_per_ip_limit_counts_refused_tokens() {
 }
 
 #[tokio::test]
+async fn per_client_ip_keys_even_known_users_by_their_ip() {
+    // Inside the auth layer the user is known; `per_client_ip` still counts by address.
+    let per_ip = RateLimitLayer::new(Quota::per_hour(1).unwrap()).per_client_ip();
+    let addr = serve(limited_app(per_ip, RequestContextLayer::new())).await;
+    assert_eq!(as_user(addr, "ann", "rl-perip-1").await.status, 200);
+    assert_eq!(as_user(addr, "bob", "rl-perip-2").await.status, 429, "one address, one budget");
+    // The default keys by user: two users from one address get two budgets.
+    let per_user =
+        serve(limited_app(RateLimitLayer::new(Quota::per_hour(1).unwrap()), RequestContextLayer::new())).await;
+    assert_eq!(as_user(per_user, "ann", "rl-peruser-1").await.status, 200);
+    assert_eq!(as_user(per_user, "bob", "rl-peruser-2").await.status, 200);
+}
+
+#[tokio::test]
 async fn requests_without_a_client_ip_share_one_budget_and_say_so_once() {
     let app = limited_app(RateLimitLayer::new(Quota::per_hour(100).unwrap()), RequestContextLayer::new());
     // Served without connect info: the stack never learns the peer address.
