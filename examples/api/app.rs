@@ -1,17 +1,20 @@
-//! The router: routes, then the reqscope layers.
+//! The router: routes, then the reqscope layers. HTTP/1.1, HTTP/2 and gRPC share them.
 
 use axum::Router;
-use axum::routing::{get, post};
+use axum::routing::{get, post, post_service};
 use reqscope::auth::AuthLayer;
 use reqscope::rate_limit::RateLimitLayer;
 use reqscope::{CatchPanicLayer, MatchedRouteLayer, RequestContextLayer};
 use sqlx::AnyPool;
 
 use crate::chain::Chain;
-use crate::{boom, chain, fanout, health, jwt, not_found, ready, stream, users};
+use crate::{boom, chain, fanout, grpc, health, jwt, not_found, ready, stream, users};
 
 /// The whole application, ready to serve.
 pub fn app(auth: AuthLayer, limit: RateLimitLayer, pool: AnyPool, next_hop: Chain) -> Router {
+    let users = grpc::service(pool.clone());
+    // Built from descriptors compiled into the binary (and checked by the reflection test).
+    let (reflection_v1, reflection_v1alpha) = grpc::reflection().expect("the compiled-in descriptors are valid");
     Router::new()
         .route("/health", get(health::health))
         .route("/ready", get(ready::ready))
@@ -25,8 +28,15 @@ pub fn app(auth: AuthLayer, limit: RateLimitLayer, pool: AnyPool, next_hop: Chai
         .route("/boom", get(boom::boom).route_layer(auth.clone().optional()))
         // The rate limit sits inside the auth layer, so that it counts per user when there is one.
         .route("/users", post(users::create).route_layer(limit.clone()).route_layer(auth.clone()))
-        .route("/users/me", get(users::me).route_layer(limit.clone()).route_layer(auth))
-        .route("/users/{id}", get(users::by_id).route_layer(limit))
+        .route("/users/me", get(users::me).route_layer(limit.clone()).route_layer(auth.clone()))
+        .route("/users/{id}", get(users::by_id).route_layer(limit.clone()))
+        // gRPC, one route per method so that `route` names the method; the same budget as
+        // `/users/…`, and the same token check for `WhoAmI`.
+        .route(grpc::GET_USER, post_service(users.clone()).route_layer(limit.clone()))
+        .route(grpc::COUNT_UP, post_service(users.clone()).route_layer(limit.clone()))
+        .route(grpc::WHO_AM_I, post_service(users).route_layer(limit).route_layer(auth))
+        .route(grpc::REFLECTION_V1, post_service(reflection_v1))
+        .route(grpc::REFLECTION_V1ALPHA, post_service(reflection_v1alpha))
         // After routing: puts the route template (`/users/{id}`) on every log line.
         .route_layer(MatchedRouteLayer)
         .fallback(not_found::not_found)

@@ -3,7 +3,12 @@
 //! ```text
 //! cargo run --example api
 //! curl -i localhost:3000/health
+//! curl -i --http2-prior-knowledge localhost:3000/health
+//! cargo run --example grpc_client -- get-user 1
 //! ```
+//!
+//! One address serves HTTP/1.1, HTTP/2 (cleartext, prior knowledge) and gRPC
+//! (`reqscope.example.v1.Users`, `proto/users.proto`, with server reflection).
 //!
 //! Environment: `ADDR` (default `127.0.0.1:3000`), `RUST_LOG` (default `info`),
 //! `LOG_FORMAT` (`json`, the default, or `pretty`), `LOG_BUFFER_BYTES` (log lines held while
@@ -25,6 +30,7 @@ mod chain;
 mod db;
 mod error_tracking;
 mod fanout;
+mod grpc;
 mod health;
 mod jwt;
 mod not_found;

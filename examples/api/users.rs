@@ -79,11 +79,12 @@ pub async fn create(
 }
 
 async fn find(pool: &AnyPool, id: i64) -> Result<Option<User>, ApiError> {
-    sqlx::query_as::<_, User>("SELECT id, name, email FROM users WHERE id = $1")
-        .bind(id)
-        .fetch_optional(pool)
-        .await
-        .map_err(unavailable)
+    find_user(pool, id).await.map_err(unavailable)
+}
+
+/// One user by id; the gRPC service shares it.
+pub async fn find_user(pool: &AnyPool, id: i64) -> Result<Option<User>, sqlx::Error> {
+    sqlx::query_as::<_, User>("SELECT id, name, email FROM users WHERE id = $1").bind(id).fetch_optional(pool).await
 }
 
 /// A database failure: 503 to the client (no internals), one stamped ERROR line with the cause.

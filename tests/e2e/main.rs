@@ -14,6 +14,8 @@ mod chain;
 mod db;
 #[path = "../../examples/api/fanout.rs"]
 mod fanout;
+#[path = "../../examples/api/grpc.rs"]
+mod grpc;
 #[path = "../../examples/api/health.rs"]
 mod health;
 #[path = "../../examples/api/jwt.rs"]
@@ -39,6 +41,7 @@ mod deployment;
 mod error_tracking;
 mod example_binary;
 mod forwarded_ids;
+mod grpc_service;
 mod grammar;
 mod log_lines;
 mod opentelemetry;
