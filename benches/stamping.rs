@@ -18,6 +18,10 @@
 //!   has seen (one user), and a new key every time (a flood of distinct client ips, the store
 //!   at its bound and evicting).
 //!
+//! - `grpc/*`: one unary gRPC call (`reqscope.example.v1.Users/GetUser`, the example's
+//!   service definition) through tonic in process: bare tonic, with `RequestContextLayer`,
+//!   and with the layer, a subscriber and one stamped line from the handler (bare tonic with
+//!   the same subscriber and line as its baseline).
 //! - `trace/*`: parsing an incoming `traceparent` (with its `tracestate`), starting a new
 //!   trace, and adding the id and a child `traceparent` to an outgoing request's headers.
 //!
@@ -333,5 +337,98 @@ fn trace(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, context, event, layer, jwt, rate_limit, trace);
+/// The example's `Users` service without a database: `GetUser` answers at once.
+struct Users {
+    log: bool,
+}
+
+#[tonic::async_trait]
+impl reqscope_example_proto::users_server::Users for Users {
+    async fn get_user(
+        &self,
+        request: tonic::Request<reqscope_example_proto::GetUserRequest>,
+    ) -> Result<tonic::Response<reqscope_example_proto::User>, tonic::Status> {
+        let id = request.into_inner().id;
+        if self.log {
+            tracing::info!(user = id, "loading a user");
+        }
+        let name = "Ada Lovelace".to_owned();
+        Ok(tonic::Response::new(reqscope_example_proto::User { id, name, email: "ada@example.com".to_owned() }))
+    }
+
+    async fn who_am_i(
+        &self,
+        _: tonic::Request<reqscope_example_proto::WhoAmIRequest>,
+    ) -> Result<tonic::Response<reqscope_example_proto::User>, tonic::Status> {
+        Err(tonic::Status::unimplemented("not benchmarked"))
+    }
+
+    type CountUpStream = futures_util::stream::Empty<Result<reqscope_example_proto::Tick, tonic::Status>>;
+
+    async fn count_up(
+        &self,
+        _: tonic::Request<reqscope_example_proto::CountUpRequest>,
+    ) -> Result<tonic::Response<Self::CountUpStream>, tonic::Status> {
+        Err(tonic::Status::unimplemented("not benchmarked"))
+    }
+}
+
+/// Serves one unary gRPC call in process (no socket) and counts its allocations, then times it.
+fn bench_grpc<S, B>(group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>, name: &str, service: S)
+where
+    S: tower::Service<http::Request<http_body_util::Full<bytes::Bytes>>, Response = http::Response<B>> + Clone,
+    S::Error: std::fmt::Debug,
+    B: http_body::Body,
+    B::Error: std::fmt::Debug,
+{
+    use http_body_util::BodyExt;
+    use prost::Message as _;
+    use tower::ServiceExt;
+
+    // A length-prefixed, uncompressed message, as a gRPC client sends it.
+    let message = reqscope_example_proto::GetUserRequest { id: 42 }.encode_to_vec();
+    let mut frame = vec![0u8];
+    frame.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    frame.extend_from_slice(&message);
+    let frame = bytes::Bytes::from(frame);
+    let uri = http::Uri::from_static("/reqscope.example.v1.Users/GetUser");
+    let one_call = || {
+        let request = http::Request::post(uri.clone())
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(http_body_util::Full::new(frame.clone()))
+            .unwrap();
+        let response = poll_once(service.clone().oneshot(request)).unwrap().unwrap();
+        let body = poll_once(response.into_body().collect()).unwrap().unwrap();
+        assert_eq!(body.trailers().and_then(|t| t.get("grpc-status")).map(|s| s.as_bytes()), Some(&b"0"[..]));
+        body.to_bytes()
+    };
+    let before = ALLOCATIONS.load(Ordering::Relaxed);
+    for _ in 0..1_000 {
+        one_call();
+    }
+    let per_call = (ALLOCATIONS.load(Ordering::Relaxed) - before) as f64 / 1_000.0;
+    println!("grpc/{name}: {per_call} heap allocations per call");
+    group.bench_function(name, |b| b.iter(one_call));
+}
+
+/// One unary call through tonic, bare and with the context layer: the layer's cost on gRPC.
+fn grpc(c: &mut Criterion) {
+    use reqscope_example_proto::users_server::UsersServer;
+    use tower::Layer;
+
+    let context = || RequestContextLayer::new().access_log(false);
+    let mut group = c.benchmark_group("grpc");
+    bench_grpc(&mut group, "bare_tonic", UsersServer::new(Users { log: false }));
+    bench_grpc(&mut group, "context", context().layer(UsersServer::new(Users { log: false })));
+    let (writer, _guard) = reqscope::logging::non_blocking(std::io::sink());
+    let subscriber = tracing_subscriber::registry().with(LogLayer::new().with_writer(writer));
+    tracing::subscriber::with_default(subscriber, || {
+        bench_grpc(&mut group, "bare_tonic_and_line", UsersServer::new(Users { log: true }));
+        bench_grpc(&mut group, "context_and_line", context().layer(UsersServer::new(Users { log: true })));
+    });
+    group.finish();
+}
+
+criterion_group!(benches, context, event, layer, jwt, rate_limit, grpc, trace);
 criterion_main!(benches);
