@@ -324,7 +324,10 @@ async fn panics_on_the_first_message(mut socket: ContextWebSocket) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_panicking_connection_is_reported_stamped_and_closes_with_its_line() {
     let app = Router::new()
-        .route("/ws", get(|upgrade: WebSocketUpgrade| async move { upgrade.on_upgrade_in_context(panics_on_the_first_message) }))
+        .route(
+            "/ws",
+            get(|upgrade: WebSocketUpgrade| async move { upgrade.on_upgrade_in_context(panics_on_the_first_message) }),
+        )
         .layer(RequestContextLayer::new());
     let addr = serve(app).await;
     let (mut socket, id) = open(addr, &[("x-request-id", "ws-panic-1")]).await;
@@ -351,7 +354,8 @@ async fn query_per_message(State(pool): State<sqlx::AnyPool>, upgrade: WebSocket
     upgrade.on_upgrade_in_context(move |mut socket| async move {
         while let Some(Ok(message)) = socket.recv().await {
             if let axum::extract::ws::Message::Text(text) = message {
-                let n: i64 = sqlx::query_scalar("SELECT length($1)").bind(text.as_str()).fetch_one(&pool).await.unwrap();
+                let n: i64 =
+                    sqlx::query_scalar("SELECT length($1)").bind(text.as_str()).fetch_one(&pool).await.unwrap();
                 if socket.send(axum::extract::ws::Message::text(n.to_string())).await.is_err() {
                     break;
                 }
@@ -363,8 +367,7 @@ async fn query_per_message(State(pool): State<sqlx::AnyPool>, upgrade: WebSocket
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_statements_of_a_connection_are_stamped_after_the_upgrade_request_ended() {
     let (_, pool) = example_app_with_pool().await;
-    let app =
-        Router::new().route("/ws", get(query_per_message)).layer(RequestContextLayer::new()).with_state(pool);
+    let app = Router::new().route("/ws", get(query_per_message)).layer(RequestContextLayer::new()).with_state(pool);
     let addr = serve(app).await;
     let (mut socket, id) = open(addr, &[("x-request-id", "ws-sqlite-1")]).await;
     access_lines_of(&id).await; // the upgrade request has ended
