@@ -44,7 +44,9 @@
 //!   client span of each call's own, with one `reqscope::outgoing` line per call (tower
 //!   clients; `reqwest-middleware` with feature `reqwest`; OpenTelemetry spans with feature
 //!   `otel`);
-//! - `sentry`: Sentry events with the request and the user (feature `sentry`, off by default).
+//! - `sentry`: Sentry events with the request and the user (feature `sentry`, off by default);
+//! - `websocket`: axum WebSocket connections that keep the upgrade request's context, with
+//!   one `websocket closed` line each (feature `websocket`, off by default).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -95,6 +97,13 @@ pub mod rate_limit {
 #[cfg(feature = "sentry")]
 pub mod sentry {
     pub use reqscope_tower::sentry::*;
+}
+
+/// WebSocket connections that run inside the upgrade request's context:
+/// `WebSocketUpgradeExt::on_upgrade_in_context`, `ContextWebSocket` (feature `websocket`).
+#[cfg(feature = "websocket")]
+pub mod websocket {
+    pub use reqscope_tower::websocket::*;
 }
 
 /// The stamping log layer and its writers (feature `tracing`).

@@ -8,7 +8,7 @@ use reqscope::{CatchPanicLayer, MatchedRouteLayer, RequestContextLayer};
 use sqlx::AnyPool;
 
 use crate::chain::Chain;
-use crate::{boom, chain, fanout, grpc, health, jwt, not_found, ready, stream, users};
+use crate::{boom, chain, fanout, grpc, health, jwt, not_found, ready, stream, users, ws};
 
 /// The whole application, ready to serve.
 pub fn app(auth: AuthLayer, limit: RateLimitLayer, pool: AnyPool, next_hop: Chain) -> Router {
@@ -26,6 +26,8 @@ pub fn app(auth: AuthLayer, limit: RateLimitLayer, pool: AnyPool, next_hop: Chai
         // Only this route needs a token; the auth layer puts the user into the context.
         // A token is optional here: with one, the panic report names the user.
         .route("/boom", get(boom::boom).route_layer(auth.clone().optional()))
+        // A WebSocket echo; with a token on the upgrade, every line of the connection names the user.
+        .route("/ws", get(ws::ws).route_layer(auth.clone().optional()))
         // The rate limit sits inside the auth layer, so that it counts per user when there is one.
         .route("/users", post(users::create).route_layer(limit.clone()).route_layer(auth.clone()))
         .route("/users/me", get(users::me).route_layer(limit.clone()).route_layer(auth.clone()))

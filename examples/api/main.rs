@@ -38,6 +38,7 @@ mod rate_limit;
 mod ready;
 mod stream;
 mod users;
+mod ws;
 
 use std::net::SocketAddr;
 use std::process::ExitCode;

@@ -32,6 +32,8 @@ mod ready;
 mod stream;
 #[path = "../../examples/api/users.rs"]
 mod users;
+#[path = "../../examples/api/ws.rs"]
+mod ws;
 
 mod access;
 mod auth;
@@ -51,3 +53,4 @@ mod rate_limits;
 mod stamping;
 mod traces;
 mod user_endpoints;
+mod websocket;

@@ -19,6 +19,8 @@
 //!   `trace_id` / `span_id` are those of its OpenTelemetry span.
 //! - [`sentry`] (feature `sentry`): Sentry events, errors and panics carry the request id,
 //!   the user and the route, from spawned tasks and streaming bodies too.
+//! - [`websocket`] (feature `websocket`): axum WebSocket connections run inside the context
+//!   of their upgrade request, with a span of their own and one `websocket closed` line.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -38,6 +40,8 @@ pub mod request_context;
 pub mod route;
 #[cfg(feature = "sentry")]
 pub mod sentry;
+#[cfg(feature = "websocket")]
+pub mod websocket;
 
 #[cfg(feature = "axum")]
 pub use api_error::ApiError;

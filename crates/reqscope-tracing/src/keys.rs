@@ -7,8 +7,9 @@
 //! - a stamped key name is always taken (even when that key is absent from this line, so that
 //!   an event field `user_id` outside a request cannot pass for a stamped one);
 //! - for a custom context field, the keys of reqscope's own access and outgoing-call lines
-//!   (`status`, `duration_ms`, `bytes`, `aborted`, `url`, `parent_span_id`, `error`) are taken
-//!   too, so that those lines keep their meaning;
+//!   and WebSocket close lines (`status`, `duration_ms`, `bytes`, `aborted`, `url`,
+//!   `parent_span_id`, `error`, `messages_received`, `messages_sent`) are taken too, so that
+//!   those lines keep their meaning;
 //! - a key already written on this line is taken;
 //! - for a span field, a name the event's own fields use, or a span nearer the event, is taken
 //!   (the event wins, then the innermost span).
@@ -51,12 +52,22 @@ pub(crate) trait KeyStyle {
     }
 }
 
-/// The keys reqscope's own lines add as event fields — the access line (target
-/// `reqscope::access`) and the outgoing-call line (`reqscope::outgoing`). A custom context
-/// field never takes one of these names from them: it is renamed (`fields.status`) on every
-/// line, so `status` on an access line is always the response's. Every name here renders as
-/// its own bytes in every style.
-const LINE_KEYS: &[&[u8]] = &[b"status", b"duration_ms", b"bytes", b"aborted", b"url", b"parent_span_id", b"error"];
+/// The keys reqscope's own lines add as event fields — the access line and the WebSocket
+/// close line (target `reqscope::access`), the outgoing-call line (`reqscope::outgoing`). A
+/// custom context field never takes one of these names from them: it is renamed
+/// (`fields.status`) on every line, so `status` on an access line is always the response's.
+/// Every name here renders as its own bytes in every style.
+const LINE_KEYS: &[&[u8]] = &[
+    b"status",
+    b"duration_ms",
+    b"bytes",
+    b"aborted",
+    b"url",
+    b"parent_span_id",
+    b"error",
+    b"messages_received",
+    b"messages_sent",
+];
 
 /// Whether a custom context field's rendered key is taken: a stamped key or one of the keys
 /// reqscope's own lines carry.
