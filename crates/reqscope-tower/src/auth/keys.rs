@@ -355,8 +355,14 @@ impl RemoteJwks {
             }
             _ => return Err(AuthConfigError::InvalidUrl(url.to_string())),
         }
-        let connector =
-            hyper_rustls::HttpsConnectorBuilder::new().with_webpki_roots().https_or_http().enable_http1().build();
+        // The provider is named, not taken from the process default: an application whose other
+        // crates turn on a second rustls provider must not leave the layer without one.
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_provider_and_webpki_roots(rustls::crypto::aws_lc_rs::default_provider())
+            .map_err(|e| AuthConfigError::InvalidUrl(format!("{url}: TLS setup failed: {e}")))?
+            .https_or_http()
+            .enable_http1()
+            .build();
         Ok(RemoteJwks {
             url,
             client: Client::builder(TokioExecutor::new()).build(connector),
