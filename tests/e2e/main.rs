@@ -40,6 +40,8 @@ mod error_tracking;
 mod example_binary;
 mod forwarded_ids;
 mod grammar;
+mod grpc_access;
+mod http2;
 mod log_lines;
 mod opentelemetry;
 mod panics;
