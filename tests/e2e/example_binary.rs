@@ -311,7 +311,9 @@ async fn slow_downstream(delay: Duration) -> (SocketAddr, Arc<std::sync::atomic:
 
 /// Reads a server's stdout on a thread of its own, so that the test can watch lines arrive;
 /// the thread ends at the end of stdout.
-pub(crate) fn watch_lines(stdout: BufReader<std::process::ChildStdout>) -> (Arc<Mutex<Vec<Value>>>, std::thread::JoinHandle<()>) {
+pub(crate) fn watch_lines(
+    stdout: BufReader<std::process::ChildStdout>,
+) -> (Arc<Mutex<Vec<Value>>>, std::thread::JoinHandle<()>) {
     let lines = Arc::new(Mutex::new(Vec::new()));
     let sink = lines.clone();
     let reader = std::thread::spawn(move || {

@@ -128,7 +128,8 @@ async fn unary_calls_are_judged_by_their_grpc_status() {
     assert_eq!(line["path"], "/reqscope.example.v1.Users/GetUser");
     assert_eq!(line["client_ip"], "127.0.0.1", "from tonic's TcpConnectInfo: {line}");
     assert!(line["bytes"].as_u64().unwrap() > 0, "one message was sent: {line}");
-    let handler: Vec<Value> = lines_of("grpc-ok-1").into_iter().filter(|l| l["message"] == "looking the user up").collect();
+    let handler: Vec<Value> =
+        lines_of("grpc-ok-1").into_iter().filter(|l| l["message"] == "looking the user up").collect();
     assert_eq!(handler.len(), 1, "the handler's line is stamped with the client's id");
     assert_eq!(handler[0]["client_ip"], "127.0.0.1");
 

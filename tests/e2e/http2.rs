@@ -64,7 +64,8 @@ async fn a_thousand_streams_on_one_connection_keep_their_own_id_and_user() {
             let token = tokens[n as usize].clone();
             tokio::spawn(async move {
                 let me = n % 2 == 0;
-                let (path, id) = if me { ("/users/me", format!("h2-me-{n}")) } else { ("/stream", format!("h2-stream-{n}")) };
+                let (path, id) =
+                    if me { ("/users/me", format!("h2-me-{n}")) } else { ("/stream", format!("h2-stream-{n}")) };
                 let mut request = Request::get(format!("http://{addr}{path}")).header("x-request-id", &id);
                 if me {
                     request = request.header("authorization", token);
@@ -199,9 +200,8 @@ async fn the_example_binary_speaks_h2c_with_prior_knowledge() {
     assert_eq!(seen.request_id, "bin-h2c-1");
     assert_eq!(seen.body, "chunk 0\nchunk 1\nchunk 2\n");
 
-    let of_request = || -> Vec<Value> {
-        lines.lock().unwrap().iter().filter(|l| l["request_id"] == "bin-h2c-1").cloned().collect()
-    };
+    let of_request =
+        || -> Vec<Value> { lines.lock().unwrap().iter().filter(|l| l["request_id"] == "bin-h2c-1").cloned().collect() };
     crate::example_binary::wait_for("the h2c request's access line", || {
         of_request().iter().any(|l| l["target"] == "reqscope::access")
     })

@@ -20,10 +20,8 @@ async fn boom_reports_the_panic_with_request_and_user_and_keeps_serving() {
     assert_eq!(access[0]["status"], 500);
     assert_eq!(access[0]["level"], "ERROR", "a 500 is a failed request: {}", access[0]);
     assert_eq!(access[0]["user_id"], "3");
-    let errors: Vec<serde_json::Value> = lines_of("boom-1")
-        .into_iter()
-        .filter(|l| l["level"] == "ERROR" && l["target"] != "reqscope::access")
-        .collect();
+    let errors: Vec<serde_json::Value> =
+        lines_of("boom-1").into_iter().filter(|l| l["level"] == "ERROR" && l["target"] != "reqscope::access").collect();
     assert_eq!(errors.len(), 1, "{errors:?}");
     assert_eq!(errors[0]["user_id"], "3");
     assert_eq!(errors[0]["panic"], "the /boom route panics on purpose");

@@ -185,7 +185,10 @@ mod tests {
         let verdict = DefaultClassifier.classify_response(StatusCode::OK, &internal);
         assert_eq!(verdict, Classification::FAILURE.with_grpc_status(13));
         let not_found = headers(&[("content-type", "application/grpc+proto"), ("grpc-status", "5")]);
-        assert_eq!(DefaultClassifier.classify_response(StatusCode::OK, &not_found), Classification::from_grpc_status(5));
+        assert_eq!(
+            DefaultClassifier.classify_response(StatusCode::OK, &not_found),
+            Classification::from_grpc_status(5)
+        );
         // Not gRPC: the header is nobody's status.
         let plain = headers(&[("content-type", "text/plain"), ("grpc-status", "13")]);
         assert_eq!(DefaultClassifier.classify_response(StatusCode::OK, &plain), Classification::SUCCESS);
@@ -193,7 +196,8 @@ mod tests {
 
     #[test]
     fn the_trailers_decide_a_streamed_grpc_response() {
-        let head = DefaultClassifier.classify_response(StatusCode::OK, &headers(&[("content-type", "application/grpc")]));
+        let head =
+            DefaultClassifier.classify_response(StatusCode::OK, &headers(&[("content-type", "application/grpc")]));
         assert_eq!(head, Classification::SUCCESS);
         let ok = DefaultClassifier.classify_trailers(head, &headers(&[("grpc-status", "0")]));
         assert_eq!(ok, Classification::SUCCESS.with_grpc_status(0));
