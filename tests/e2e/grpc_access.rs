@@ -33,6 +33,11 @@ impl Users for TestUsers {
         tracing::info!(id, "looking the user up");
         match id {
             1 => Ok(Response::new(User { id, name: "Ada Lovelace".into(), email: "ada@example.com".into() })),
+            7 => {
+                // A context field of the access line's own name.
+                reqscope::RequestContext::with(|ctx| ctx.set_field("grpc_status", "gold-customer"));
+                Ok(Response::new(User { id, name: "Grace Hopper".into(), email: "grace@example.com".into() }))
+            }
             500 => Err(Status::internal("the user store broke")),
             _ => Err(Status::not_found(format!("no user {id}"))),
         }
@@ -248,6 +253,16 @@ async fn without_an_id_from_the_client_the_server_makes_one_and_sends_it_back() 
     let id = ok.metadata().get("x-request-id").unwrap().to_str().unwrap().to_owned();
     assert_ne!(id, "has spaces in it");
     assert_eq!(access_line(&id).await["request_id"], id.as_str());
+}
+
+#[tokio::test]
+async fn a_context_field_cannot_take_grpc_status() {
+    let addr = serve_grpc(RequestContextLayer::new()).await;
+    let mut users = client(addr).await;
+    users.get_user(with_id(GetUserRequest { id: 7 }, "grpc-field-1")).await.expect("user 7 exists");
+    let line = access_line("grpc-field-1").await;
+    assert_eq!(line["grpc_status"], 0, "the response's status: {line}");
+    assert_eq!(line["fields.grpc_status"], "gold-customer", "{line}");
 }
 
 /// Treats `NOT_FOUND` as a failure as well: a service whose clients only ask for what exists.

@@ -7,7 +7,8 @@
 //! - a stamped key name is always taken (even when that key is absent from this line, so that
 //!   an event field `user_id` outside a request cannot pass for a stamped one);
 //! - for a custom context field, the keys of reqscope's own access and outgoing-call lines
-//!   (`status`, `duration_ms`, `bytes`, `aborted`, `url`, `parent_span_id`, `error`) are taken
+//!   (`status`, `grpc_status`, `duration_ms`, `bytes`, `aborted`, `url`, `parent_span_id`,
+//!   `error`) are taken
 //!   too, so that those lines keep their meaning;
 //! - a key already written on this line is taken;
 //! - for a span field, a name the event's own fields use, or a span nearer the event, is taken
@@ -56,7 +57,8 @@ pub(crate) trait KeyStyle {
 /// field never takes one of these names from them: it is renamed (`fields.status`) on every
 /// line, so `status` on an access line is always the response's. Every name here renders as
 /// its own bytes in every style.
-const LINE_KEYS: &[&[u8]] = &[b"status", b"duration_ms", b"bytes", b"aborted", b"url", b"parent_span_id", b"error"];
+const LINE_KEYS: &[&[u8]] =
+    &[b"status", b"grpc_status", b"duration_ms", b"bytes", b"aborted", b"url", b"parent_span_id", b"error"];
 
 /// Whether a custom context field's rendered key is taken: a stamped key or one of the keys
 /// reqscope's own lines carry.
