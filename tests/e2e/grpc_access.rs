@@ -265,6 +265,37 @@ async fn a_context_field_cannot_take_grpc_status() {
     assert_eq!(line["fields.grpc_status"], "gold-customer", "{line}");
 }
 
+#[tokio::test]
+async fn the_peer_decides_which_forwarded_id_and_client_ip_are_believed() {
+    let loopback = || reqscope::TrustedProxies::parse(["127.0.0.1"]).expect("a valid proxy list");
+    let behind_proxy = || {
+        RequestContextLayer::new()
+            .forwarded_id_policy(reqscope::ForwardedIdPolicy::TrustFrom(loopback()))
+            .trusted_proxies(loopback(), reqscope::ClientIpHeader::XForwardedFor)
+    };
+    let forwarded = |id: &str| {
+        let mut request = with_id(GetUserRequest { id: 1 }, id);
+        request.metadata_mut().insert("x-forwarded-for", "203.0.113.5".parse().unwrap());
+        request
+    };
+
+    // The peer tonic reports, 127.0.0.1, is a trusted proxy: its id and its client are kept.
+    let mut users = client(serve_grpc(behind_proxy()).await).await;
+    let ok = users.get_user(forwarded("grpc-proxied-1")).await.expect("user 1 exists");
+    assert_eq!(ok.metadata().get("x-request-id").unwrap(), "grpc-proxied-1");
+    assert_eq!(access_line("grpc-proxied-1").await["client_ip"], "203.0.113.5");
+
+    // A reader of our own says the peer is elsewhere: nothing it forwards is believed.
+    let elsewhere: SocketAddr = "192.0.2.1:40000".parse().unwrap();
+    let layer = behind_proxy().peer_addr(move |_: &http::Extensions| Some(elsewhere));
+    let mut users = client(serve_grpc(layer).await).await;
+    let ok = users.get_user(forwarded("grpc-unproxied-1")).await.expect("user 1 exists");
+    let id = ok.metadata().get("x-request-id").unwrap().to_str().unwrap().to_owned();
+    assert_ne!(id, "grpc-unproxied-1", "an untrusted peer's id is replaced");
+    assert_eq!(access_line(&id).await["client_ip"], "192.0.2.1");
+    assert!(lines_of("grpc-unproxied-1").is_empty(), "the rejected id is never logged");
+}
+
 /// Treats `NOT_FOUND` as a failure as well: a service whose clients only ask for what exists.
 struct NotFoundIsAFailure;
 
