@@ -44,6 +44,11 @@
 //!   client span of each call's own, with one `reqscope::outgoing` line per call (tower
 //!   clients; `reqwest-middleware` with feature `reqwest`; OpenTelemetry spans with feature
 //!   `otel`);
+//! - [`classify`]: which requests failed (an ERROR access line: HTTP 5xx, gRPC statuses read
+//!   from the trailers) and [`peer`]: where the client's address is found;
+//! - gRPC: [`RequestContextLayer`] wraps a `tonic::transport::Server` as it wraps a router
+//!   (`Server::builder().layer(RequestContextLayer::new())`); with feature `tonic` (off by
+//!   default) `client_ip` comes from tonic's `TcpConnectInfo`;
 //! - `sentry`: Sentry events with the request and the user (feature `sentry`, off by default);
 //! - `websocket`: axum WebSocket connections that keep the upgrade request's context, with
 //!   one `websocket closed` line each (feature `websocket`, off by default).
@@ -68,6 +73,20 @@ pub use reqscope_core::TraceContext;
 #[cfg(feature = "tower")]
 pub mod outgoing {
     pub use reqscope_tower::outgoing::*;
+}
+
+/// Which requests failed, for the access line: HTTP 5xx and gRPC statuses from the trailers
+/// by default, a `ClassifyFailure` of your own otherwise (feature `tower`).
+#[cfg(feature = "tower")]
+pub mod classify {
+    pub use reqscope_tower::classify::*;
+}
+
+/// Where the connection's peer address is found: axum's `ConnectInfo`, tonic's
+/// `TcpConnectInfo` (feature `tonic`), or a `PeerAddr` of your own (feature `tower`).
+#[cfg(feature = "tower")]
+pub mod peer {
+    pub use reqscope_tower::peer::*;
 }
 
 /// The tower layers (feature `tower`).

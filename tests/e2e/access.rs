@@ -57,6 +57,7 @@ async fn an_empty_body_gets_one_completed_line() {
     assert_eq!(access.len(), 1, "{access:?}");
     assert_eq!(access[0]["status"], 204);
     assert_eq!(access[0]["message"], "request completed");
+    assert_eq!(access[0]["level"], "INFO");
     assert!(access[0].get("aborted").is_none());
     assert!(access[0]["duration_ms"].is_f64(), "{}", access[0]);
 }
@@ -105,7 +106,10 @@ async fn responses_made_by_inner_layers_carry_the_id() {
     let reply = fetch(addr, "/guarded", &[("x-request-id", b"access-inner-1")]).await;
     assert_eq!(reply.status, 503);
     assert_eq!(reply.request_id(), "access-inner-1");
-    assert_eq!(access_lines_of("access-inner-1").await[0]["status"], 503);
+    let access = access_lines_of("access-inner-1").await;
+    assert_eq!(access[0]["status"], 503);
+    assert_eq!(access[0]["level"], "ERROR", "a 503 is a failed request: {}", access[0]);
+    assert!(access[0].get("grpc_status").is_none(), "not gRPC: {}", access[0]);
 }
 
 #[tokio::test]

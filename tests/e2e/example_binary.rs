@@ -20,7 +20,7 @@ fn example_path(name: &str) -> PathBuf {
 
 /// Starts the example binary on a free port with the test secret and `env`, and waits until
 /// it listens.
-fn start_example(env: &[(&str, &str)]) -> (KillOnDrop, BufReader<std::process::ChildStdout>, SocketAddr) {
+pub(crate) fn start_example(env: &[(&str, &str)]) -> (KillOnDrop, BufReader<std::process::ChildStdout>, SocketAddr) {
     let path = example_path("api");
     assert!(path.exists(), "{} is missing: run `cargo test --workspace`, which builds the example", path.display());
     let mut command = Command::new(path);
@@ -68,7 +68,7 @@ fn mint_token(user: &str) -> String {
 }
 
 /// Sends SIGTERM and expects a clean exit.
-async fn stop(mut child: KillOnDrop) {
+pub(crate) async fn stop(mut child: KillOnDrop) {
     let mut child = child.0.take().unwrap();
     let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
     assert!(status.success());
@@ -227,7 +227,7 @@ fn failed_start(env: &[(&str, &str)]) -> String {
     stderr
 }
 
-struct KillOnDrop(Option<std::process::Child>);
+pub(crate) struct KillOnDrop(Option<std::process::Child>);
 
 impl Drop for KillOnDrop {
     fn drop(&mut self) {
@@ -311,7 +311,9 @@ async fn slow_downstream(delay: Duration) -> (SocketAddr, Arc<std::sync::atomic:
 
 /// Reads a server's stdout on a thread of its own, so that the test can watch lines arrive;
 /// the thread ends at the end of stdout.
-fn watch_lines(stdout: BufReader<std::process::ChildStdout>) -> (Arc<Mutex<Vec<Value>>>, std::thread::JoinHandle<()>) {
+pub(crate) fn watch_lines(
+    stdout: BufReader<std::process::ChildStdout>,
+) -> (Arc<Mutex<Vec<Value>>>, std::thread::JoinHandle<()>) {
     let lines = Arc::new(Mutex::new(Vec::new()));
     let sink = lines.clone();
     let reader = std::thread::spawn(move || {
@@ -326,11 +328,11 @@ fn watch_lines(stdout: BufReader<std::process::ChildStdout>) -> (Arc<Mutex<Vec<V
 }
 
 /// Waits until the process has closed its stdout (it has exited) and every line is read.
-async fn until_stdout_ends(reader: std::thread::JoinHandle<()>) {
+pub(crate) async fn until_stdout_ends(reader: std::thread::JoinHandle<()>) {
     tokio::task::spawn_blocking(move || reader.join()).await.unwrap().expect("stdout reader");
 }
 
-async fn wait_for(what: &str, done: impl Fn() -> bool) {
+pub(crate) async fn wait_for(what: &str, done: impl Fn() -> bool) {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while !done() {
         assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}");

@@ -45,6 +45,8 @@ mod example_binary;
 mod forwarded_ids;
 mod grpc_service;
 mod grammar;
+mod grpc_access;
+mod http2;
 mod log_lines;
 mod opentelemetry;
 mod panics;

@@ -1,4 +1,5 @@
-//! A panicking handler: 500 JSON with the request id, one stamped ERROR line, server alive.
+//! A panicking handler: 500 JSON with the request id, one stamped ERROR line for the panic
+//! (and an ERROR access line: a 500 is a failure), server alive.
 
 use crate::support::{TEST_SECRET, access_lines_of, claims, example_app, fetch, hs256, lines_of, serve};
 
@@ -17,14 +18,21 @@ async fn boom_reports_the_panic_with_request_and_user_and_keeps_serving() {
 
     let access = access_lines_of("boom-1").await;
     assert_eq!(access[0]["status"], 500);
-    let errors: Vec<serde_json::Value> = lines_of("boom-1").into_iter().filter(|l| l["level"] == "ERROR").collect();
+    assert_eq!(access[0]["level"], "ERROR", "a 500 is a failed request: {}", access[0]);
+    assert_eq!(access[0]["user_id"], "3");
+    let errors: Vec<serde_json::Value> =
+        lines_of("boom-1").into_iter().filter(|l| l["level"] == "ERROR" && l["target"] != "reqscope::access").collect();
     assert_eq!(errors.len(), 1, "{errors:?}");
     assert_eq!(errors[0]["user_id"], "3");
     assert_eq!(errors[0]["panic"], "the /boom route panics on purpose");
     assert!(errors[0]["location"].as_str().unwrap().contains("boom.rs:"), "{}", errors[0]);
 
     // Anonymous panics are reported too, and the server is still there.
-    assert_eq!(fetch(addr, "/boom", &[]).await.status, 500);
+    let anonymous = fetch(addr, "/boom", &[]).await;
+    assert_eq!(anonymous.status, 500);
+    let access = access_lines_of(anonymous.request_id()).await;
+    assert_eq!(access[0]["level"], "ERROR", "{}", access[0]);
+    assert!(access[0].get("user_id").is_none(), "{}", access[0]);
     assert_eq!(fetch(addr, "/health", &[]).await.status, 200);
 }
 
@@ -41,7 +49,8 @@ async fn a_panic_in_a_spawned_task_is_reported_stamped_and_still_joins_as_an_err
     let addr = serve(app).await;
     let reply = fetch(addr, "/task", &[("x-request-id", b"task-panic-1")]).await;
     assert_eq!(reply.body, "joined");
-    access_lines_of("task-panic-1").await;
+    let access = access_lines_of("task-panic-1").await;
+    assert_eq!(access[0]["level"], "INFO", "the handler answered 200: {}", access[0]);
     let errors: Vec<serde_json::Value> =
         lines_of("task-panic-1").into_iter().filter(|l| l["level"] == "ERROR").collect();
     assert_eq!(errors.len(), 1, "{errors:?}");

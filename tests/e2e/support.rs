@@ -19,8 +19,14 @@ pub fn logs() -> &'static Capture {
     static LOGS: OnceLock<Capture> = OnceLock::new();
     LOGS.get_or_init(|| {
         let logs = Capture::default();
+        // Every level of every target, except the HTTP/2 implementation's frame-by-frame
+        // TRACE and DEBUG lines: hundreds per request, about h2 itself, and they would be
+        // most of what a thousand-stream test keeps in memory.
+        let filter = tracing_subscriber::filter::Targets::new()
+            .with_default(tracing::Level::TRACE)
+            .with_target("h2", tracing::Level::INFO);
         tracing_subscriber::registry()
-            .with(LogLayer::new().with_writer(logs.clone()))
+            .with(LogLayer::new().with_writer(logs.clone()).with_filter(filter))
             // Sends nothing until a test binds a Sentry client (error_tracking.rs).
             .with(reqscope::sentry::layer())
             .init();

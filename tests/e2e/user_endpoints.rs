@@ -142,10 +142,13 @@ async fn a_lost_database_gives_503_with_one_stamped_error_and_health_keeps_answe
     assert_eq!(reply.status, 503, "{}", reply.body);
     assert_eq!(reply.json()["error"], "unavailable");
     assert_eq!(reply.json()["request_id"], "db-down-1");
-    access_lines_of("db-down-1").await;
-    let errors: Vec<serde_json::Value> =
-        crate::support::lines_of("db-down-1").into_iter().filter(|l| l["level"] == "ERROR").collect();
-    assert_eq!(errors.len(), 1, "one stamped ERROR line: {errors:?}");
+    let access = access_lines_of("db-down-1").await;
+    assert_eq!(access[0]["level"], "ERROR", "a 503 is a failed request: {}", access[0]);
+    let errors: Vec<serde_json::Value> = crate::support::lines_of("db-down-1")
+        .into_iter()
+        .filter(|l| l["level"] == "ERROR" && l["target"] != "reqscope::access")
+        .collect();
+    assert_eq!(errors.len(), 1, "one stamped ERROR line besides the access line: {errors:?}");
     assert_eq!(errors[0]["path"], "/users/1");
     assert_eq!(errors[0]["status"], 503);
     assert!(errors[0]["error"].as_str().unwrap().contains("closed"), "the cause's chain is logged: {}", errors[0]);
@@ -204,9 +207,13 @@ async fn postgresql_going_away_and_coming_back() {
     let reply = crate::support::fetch(addr, "/users/1", &[("x-request-id", b"pg-down-1")]).await;
     assert_eq!(reply.status, 503, "{}", reply.body);
     assert_eq!(reply.json()["request_id"], "pg-down-1");
-    access_lines_of("pg-down-1").await;
-    let errors = crate::support::lines_of("pg-down-1").into_iter().filter(|l| l["level"] == "ERROR").count();
-    assert_eq!(errors, 1, "one stamped ERROR line");
+    let access = access_lines_of("pg-down-1").await;
+    assert_eq!(access[0]["level"], "ERROR", "a 503 is a failed request: {}", access[0]);
+    let errors = crate::support::lines_of("pg-down-1")
+        .into_iter()
+        .filter(|l| l["level"] == "ERROR" && l["target"] != "reqscope::access")
+        .count();
+    assert_eq!(errors, 1, "one stamped ERROR line besides the access line");
     assert_eq!(crate::support::fetch(addr, "/health", &[]).await.status, 200);
     assert_eq!(crate::support::fetch(addr, "/ready", &[]).await.status, 503);
 

@@ -4,6 +4,10 @@
 //!   it assigns or forwards the request id, echoes it on every response, scopes the context
 //!   around the inner service *and every poll of the response body*, opens the request span
 //!   and writes one access-log event per request.
+//!   Which requests failed (an ERROR access line) is the [`classify`] module's call: HTTP
+//!   5xx and server-side gRPC statuses, read from the trailers, by default; where the peer
+//!   address comes from is the [`peer`] module's (axum's `ConnectInfo`, tonic's
+//!   `TcpConnectInfo` with feature `tonic`, or your own reader).
 //! - [`MatchedRouteLayer`] (feature `axum`) records axum's matched route template into the
 //!   context.
 //! - [`CatchPanicLayer`] turns a panicking handler into 500 JSON and one stamped ERROR event.
@@ -29,10 +33,12 @@ pub mod api_error;
 #[cfg(feature = "jwt")]
 pub mod auth;
 pub mod catch_panic;
+pub mod classify;
 mod error_response;
 #[cfg(feature = "otel")]
 mod otel;
 pub mod outgoing;
+pub mod peer;
 #[cfg(feature = "rate-limit")]
 pub mod rate_limit;
 pub mod request_context;

@@ -22,8 +22,10 @@
 //! 1. **Id.** A valid `x-request-id` (1–128 bytes of `[A-Za-z0-9._:+/=@-]`), sent once, is
 //!    kept when the [`ForwardedIdPolicy`] trusts the peer; otherwise — invalid, untrusted, or
 //!    sent in several headers — a new id is generated (UUID v4 by default). A rejected value
-//!    is never echoed and never logged. The request's header is set to the final id, so inner
-//!    services see it too.
+//!    is never echoed and never logged. The request's header is set to the final id, and the
+//!    [`RequestId`] itself is put into the request's extensions, so inner services see it
+//!    either way (axum's `Extension<RequestId>`, another tower layer's
+//!    `req.extensions().get::<RequestId>()`).
 //! 2. **Trace.** A valid W3C `traceparent` (lowercase hex, non-zero ids, sent once; version
 //!    `00` exactly 55 bytes, a higher version read with the version-00 layout and sent on as
 //!    `00`) is continued — same trace id, a new span id for this service, the caller's
@@ -38,21 +40,29 @@
 //!    Log lines carry `trace_id` and `span_id`; outgoing calls carry a child
 //!    `traceparent` (see [`outgoing`](crate::outgoing)). With the `otel` feature and a
 //!    `tracing-opentelemetry` layer installed, the ids are those of the OpenTelemetry span.
-//! 3. **Client ip.** The connection's peer address (axum's `ConnectInfo<SocketAddr>`, or a
-//!    `SocketAddr` request extension), or — only when the peer is one of the
-//!    [`TrustedProxies`] — the client named in the one forwarding header you chose with
+//! 3. **Client ip.** The connection's peer address — found by the
+//!    [`peer_addr`](RequestContextLayer::peer_addr) reader: by default axum's
+//!    `ConnectInfo<SocketAddr>`, tonic's `TcpConnectInfo` (feature `tonic`) or a `SocketAddr`
+//!    request extension, see [`peer`](crate::peer) — or, only when the peer is one of the
+//!    [`TrustedProxies`], the client named in the one forwarding header you chose with
 //!    them ([`ClientIpHeader`]: the header your proxies append to; never picked for you).
+//!    The same peer is what the forwarded-id and `traceparent` policies judge.
 //! 4. **Scope.** The context is the task-local for the inner service's future and for every
 //!    `poll_frame` of the response body, so streaming bodies log with the request id. A
 //!    `request` span (target `reqscope::request`) is entered around both; it carries the
 //!    context to threads that only see the span.
 //! 5. **Echo.** Every response carries the final id in the same header: handler responses,
 //!    404s and error responses built by inner layers alike.
-//! 6. **Access line.** One event (target `reqscope::access`) per request: INFO "request
+//! 6. **Access line.** One event (target `reqscope::access`) per request: "request
 //!    completed" when the body ends — or has sent all of its declared length (exact size
 //!    hint or `Content-Length`), after which hyper drops it without polling it to its end —,
-//!    INFO with `aborted = true` when it is dropped before that (the client left), WARN with `aborted = true` when the body fails — each with
-//!    `status`, `duration_ms` and `bytes`. It is written with the context as it is *then*, so
+//!    an **ERROR** when the [failure classifier](crate::classify) says the request failed
+//!    (by default an HTTP 5xx, or a gRPC status such as `INTERNAL` or `UNAVAILABLE`, read
+//!    from the trailers or from the headers of a trailers-only response), INFO otherwise;
+//!    INFO with `aborted = true` when the body is dropped before its end (the client left —
+//!    a cancelled gRPC stream too), WARN with `aborted = true` when the body fails — each with
+//!    `status`, `duration_ms` and `bytes`, and `grpc_status` (the number) whenever the
+//!    response carried one. It is written with the context as it is *then*, so
 //!    a user id patched in by an inner layer is on it. If the inner service returns `Err`
 //!    instead of a response (never with axum, whose errors are `Infallible`), there is no
 //!    response to echo the id on; the access line is a WARN without `status`. Turn errors
@@ -62,8 +72,8 @@
 //! [`TrustedProxies`]: reqscope_core::TrustedProxies
 //! [`ClientIpHeader`]: reqscope_core::ClientIpHeader
 
+use std::fmt;
 use std::future::Future;
-use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
@@ -81,10 +91,13 @@ use tower_layer::Layer;
 use tower_service::Service;
 use tracing::Span;
 
+use crate::classify::{Classification, ClassifyFailure, DefaultClassifier};
+use crate::peer::{DefaultPeerAddr, PeerAddr};
+
 /// The default request-id header.
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 struct Config {
     header: HeaderName,
     generator: IdGenerator,
@@ -92,9 +105,28 @@ struct Config {
     trace_policy: ForwardedIdPolicy,
     proxies: TrustedProxies,
     client_ip_header: ClientIpHeader,
+    peer: Arc<dyn PeerAddr>,
+    classifier: Arc<dyn ClassifyFailure>,
     access_log: bool,
     root_sampled: bool,
     tracestate_entry: Option<TraceStateEntry>,
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The peer reader and the classifier are often closures, which have no `Debug`.
+        f.debug_struct("Config")
+            .field("header", &self.header)
+            .field("generator", &self.generator)
+            .field("policy", &self.policy)
+            .field("trace_policy", &self.trace_policy)
+            .field("proxies", &self.proxies)
+            .field("client_ip_header", &self.client_ip_header)
+            .field("access_log", &self.access_log)
+            .field("root_sampled", &self.root_sampled)
+            .field("tracestate_entry", &self.tracestate_entry)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Gives every request a [`RequestContext`]; see the [module docs](self).
@@ -111,7 +143,8 @@ impl Default for RequestContextLayer {
 
 impl RequestContextLayer {
     /// `x-request-id`, UUID v4 ids, valid forwarded ids and `traceparent`s kept, no trusted
-    /// proxies, access log on.
+    /// proxies, the peer from the server's connection info ([`DefaultPeerAddr`]), access log
+    /// on with HTTP 5xx and server-side gRPC statuses as failures ([`DefaultClassifier`]).
     pub fn new() -> Self {
         RequestContextLayer {
             config: Arc::new(Config {
@@ -122,6 +155,8 @@ impl RequestContextLayer {
                 proxies: TrustedProxies::default(),
                 // Read only when proxies are trusted, and then always named by the caller.
                 client_ip_header: ClientIpHeader::XForwardedFor,
+                peer: Arc::new(DefaultPeerAddr),
+                classifier: Arc::new(DefaultClassifier),
                 access_log: true,
                 root_sampled: true,
                 tracestate_entry: None,
@@ -171,6 +206,21 @@ impl RequestContextLayer {
         self
     }
 
+    /// Finds the connection's peer address with `peer` instead of [`DefaultPeerAddr`] (see
+    /// [`peer`](crate::peer)): a closure `Fn(&http::Extensions) -> Option<SocketAddr>` or
+    /// a [`PeerAddr`] of your own, for a server that stores the peer its own way.
+    pub fn peer_addr(mut self, peer: impl PeerAddr) -> Self {
+        self.config_mut().peer = Arc::new(peer);
+        self
+    }
+
+    /// Decides which requests failed — an ERROR access line — with `classifier` instead of
+    /// [`DefaultClassifier`] (see [`classify`](crate::classify)).
+    pub fn failure_classifier(mut self, classifier: impl ClassifyFailure) -> Self {
+        self.config_mut().classifier = Arc::new(classifier);
+        self
+    }
+
     /// Turns the access-log event off (or back on).
     pub fn access_log(mut self, enabled: bool) -> Self {
         self.config_mut().access_log = enabled;
@@ -211,14 +261,6 @@ pub struct RequestContextService<S> {
     config: Arc<Config>,
 }
 
-fn peer_ip<B>(req: &Request<B>) -> Option<IpAddr> {
-    #[cfg(feature = "axum")]
-    if let Some(info) = req.extensions().get::<axum::extract::ConnectInfo<SocketAddr>>() {
-        return Some(info.0.ip());
-    }
-    req.extensions().get::<SocketAddr>().map(SocketAddr::ip)
-}
-
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for RequestContextService<S>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
@@ -234,7 +276,7 @@ where
 
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
         let config = &*self.config;
-        let peer = peer_ip(&req);
+        let peer = config.peer.peer_addr(req.extensions()).map(|addr| addr.ip());
         // Sent more than once, the id is ambiguous (which hop's is it?): none is kept.
         let mut sent = req.headers().get_all(&config.header).iter();
         let forwarded = match (sent.next(), sent.next()) {
@@ -253,6 +295,7 @@ where
                 (id, value)
             }
         };
+        req.extensions_mut().insert(id.clone());
         let head = req.method() == http::Method::HEAD;
 
         let (incoming, invalid, sent_traceparent) = if config.trace_policy.trusts(peer) {
@@ -314,6 +357,8 @@ where
                 empty_body: false,
                 head,
                 log: config.access_log,
+                classifier: Arc::clone(&config.classifier),
+                classification: Classification::SUCCESS,
                 finished: false,
             }),
             header: config.header.clone(),
@@ -373,6 +418,9 @@ where
             Ok(mut response) => {
                 response.headers_mut().insert(this.header.clone(), this.id.clone());
                 state.status = Some(response.status());
+                if state.log {
+                    state.classification = state.classifier.classify_response(response.status(), response.headers());
+                }
                 // A body hyper will never send (HEAD, 204, 304) is dropped unpolled: that is a
                 // completed response, not an aborted one.
                 let status = response.status();
@@ -417,6 +465,9 @@ struct RequestState {
     empty_body: bool,
     head: bool,
     log: bool,
+    classifier: Arc<dyn ClassifyFailure>,
+    /// The latest verdict: the head's, then the trailers'.
+    classification: Classification,
     finished: bool,
 }
 
@@ -434,16 +485,21 @@ impl RequestState {
         let duration_ms = self.ctx.elapsed().as_micros() as f64 / 1000.0;
         let status = self.status.map(|s| s.as_u16());
         let bytes = self.bytes;
+        let grpc_status = self.classification.grpc_status();
+        let failed = self.classification.is_failure();
         RequestContext::scope_sync(Arc::clone(&self.ctx), || match outcome {
+            Outcome::Completed if failed => {
+                tracing::error!(target: "reqscope::access", status, grpc_status, duration_ms, bytes, "request completed")
+            }
             Outcome::Completed => {
-                tracing::info!(target: "reqscope::access", status, duration_ms, bytes, "request completed")
+                tracing::info!(target: "reqscope::access", status, grpc_status, duration_ms, bytes, "request completed")
             }
             Outcome::Aborted => tracing::info!(
-                target: "reqscope::access", status, duration_ms, bytes, aborted = true,
+                target: "reqscope::access", status, grpc_status, duration_ms, bytes, aborted = true,
                 "request aborted before the response was complete"
             ),
             Outcome::BodyError => tracing::warn!(
-                target: "reqscope::access", status, duration_ms, bytes, aborted = true,
+                target: "reqscope::access", status, grpc_status, duration_ms, bytes, aborted = true,
                 "response body failed"
             ),
             Outcome::ServiceError => tracing::warn!(
@@ -500,6 +556,14 @@ impl<B: Body> Body for ContextBody<B> {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     state.bytes += data.remaining() as u64;
+                } else if let Some(trailers) = frame.trailers_ref() {
+                    // gRPC's status is here. Trailers are the last frame: hyper sends them and
+                    // stops, without polling again to see the end.
+                    if state.log {
+                        state.classification = state.classifier.classify_trailers(state.classification, trailers);
+                    }
+                    state.finish(Outcome::Completed);
+                    return polled;
                 }
                 if this.inner.is_end_stream() {
                     state.finish(Outcome::Completed);

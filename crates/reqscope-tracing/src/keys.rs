@@ -7,9 +7,9 @@
 //! - a stamped key name is always taken (even when that key is absent from this line, so that
 //!   an event field `user_id` outside a request cannot pass for a stamped one);
 //! - for a custom context field, the keys of reqscope's own access and outgoing-call lines
-//!   and WebSocket close lines (`status`, `duration_ms`, `bytes`, `aborted`, `url`,
-//!   `parent_span_id`, `error`, `messages_received`, `messages_sent`) are taken too, so that
-//!   those lines keep their meaning;
+//!   and WebSocket close lines (`status`, `grpc_status`, `duration_ms`, `bytes`, `aborted`,
+//!   `url`, `parent_span_id`, `error`, `messages_received`, `messages_sent`) are taken too, so
+//!   that those lines keep their meaning;
 //! - a key already written on this line is taken;
 //! - for a span field, a name the event's own fields use, or a span nearer the event, is taken
 //!   (the event wins, then the innermost span).
@@ -59,6 +59,7 @@ pub(crate) trait KeyStyle {
 /// Every name here renders as its own bytes in every style.
 const LINE_KEYS: &[&[u8]] = &[
     b"status",
+    b"grpc_status",
     b"duration_ms",
     b"bytes",
     b"aborted",
