@@ -176,7 +176,7 @@ async fn a_traceparent_in_the_metadata_is_continued() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_tick_of_a_stream_is_stamped_as_it_is_sent() {
     let addr = serve(example_app().await).await;
-    let reply = client(addr).await.count_up(request(CountUpRequest { n: 5 }, "grpc-ticks", &[bearer("3")])).await;
+    let reply = client(addr).await.count_up(request(CountUpRequest { n: 5 }, "grpc-ticks", &[])).await;
     let mut ticks = reply.unwrap().into_inner();
     let mut received = Vec::new();
     while let Some(tick) = ticks.message().await.unwrap() {
@@ -189,8 +189,8 @@ async fn every_tick_of_a_stream_is_stamped_as_it_is_sent() {
         .iter()
         .filter(|l| l["message"] == "tick sent")
         .inspect(|l| {
-            assert_eq!(l["user_id"], "3", "{l}");
             assert_eq!(l["route"], "/reqscope.example.v1.Users/CountUp", "{l}");
+            assert_eq!(l["trace_id"], access["trace_id"], "{l}");
         })
         .map(|l| l["tick"].as_u64().unwrap())
         .collect();
