@@ -27,7 +27,7 @@ pub mod api_error;
 #[cfg(feature = "jwt")]
 pub mod auth;
 pub mod catch_panic;
-mod error_response;
+pub mod error_response;
 #[cfg(feature = "otel")]
 mod otel;
 pub mod outgoing;
