@@ -44,6 +44,8 @@
 //!   client span of each call's own, with one `reqscope::outgoing` line per call (tower
 //!   clients; `reqwest-middleware` with feature `reqwest`; OpenTelemetry spans with feature
 //!   `otel`);
+//! - [`error_response`]: how the layers' refusals and panics are answered — JSON for HTTP
+//!   clients, a trailers-only gRPC status for gRPC clients (tonic), or a format of your own;
 //! - `sentry`: Sentry events with the request and the user (feature `sentry`, off by default).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -78,6 +80,13 @@ pub mod tower {
 pub use reqscope_tower::{ApiError, MatchedRouteLayer};
 #[cfg(feature = "tower")]
 pub use reqscope_tower::{CatchPanicLayer, RequestContextLayer};
+
+/// How refusals and panics become responses: HTTP JSON or trailers-only gRPC, chosen per
+/// request (feature `tower`).
+#[cfg(feature = "tower")]
+pub mod error_response {
+    pub use reqscope_tower::error_response::*;
+}
 
 /// JWT authentication: `AuthLayer`, `RequireRoleLayer`, `Claims` (feature `jwt`).
 #[cfg(feature = "jwt")]

@@ -40,6 +40,7 @@ mod error_tracking;
 mod example_binary;
 mod forwarded_ids;
 mod grammar;
+mod grpc_layers;
 mod log_lines;
 mod opentelemetry;
 mod panics;

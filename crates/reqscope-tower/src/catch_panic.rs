@@ -36,7 +36,7 @@ use reqscope_core::{install_panic_location_hook, panic_message, take_panic_locat
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::error_response::{ByContentType, ErrorCode, ErrorReply, MakeErrorResponse, ResponseBody, RespondWithError};
+use crate::error_response::{ByContentType, ErrorCode, ErrorReply, MakeErrorResponse, RespondWithError, ResponseBody};
 
 /// Catches panics of the inner service; see the [module docs](self).
 #[derive(Clone, Copy, Debug)]

@@ -466,7 +466,13 @@ mod tests {
 
     #[test]
     fn content_type_chooses_the_protocol() {
-        for grpc in ["application/grpc", "application/grpc+proto", "application/grpc+json", "application/grpc;charset=utf-8", "Application/GRPC"] {
+        for grpc in [
+            "application/grpc",
+            "application/grpc+proto",
+            "application/grpc+json",
+            "application/grpc;charset=utf-8",
+            "Application/GRPC",
+        ] {
             assert_eq!(protocol_of(Some(grpc)), Protocol::Grpc, "{grpc}");
         }
         for json in [
@@ -508,7 +514,9 @@ mod tests {
     #[tokio::test]
     async fn grpc_errors_are_trailers_only_with_the_request_id() {
         let ctx = Arc::new(RequestContext::new(RequestId::parse("grpc-unit-1").expect("a valid id")));
-        let response = RequestContext::scope_sync(ctx, || respond::<_, http_body_util::Empty<Bytes>>(&GrpcErrors, &reply_with_headers()));
+        let response = RequestContext::scope_sync(ctx, || {
+            respond::<_, http_body_util::Empty<Bytes>>(&GrpcErrors, &reply_with_headers())
+        });
         assert_eq!(response.status(), 200);
         let headers = response.headers();
         assert_eq!(headers["content-type"], "application/grpc");
@@ -529,12 +537,15 @@ mod tests {
     #[tokio::test]
     async fn json_errors_keep_their_shape_and_exact_size() {
         let ctx = Arc::new(RequestContext::new(RequestId::parse("json-unit-1").expect("a valid id")));
-        let response = RequestContext::scope_sync(ctx, || respond::<_, http_body_util::Empty<Bytes>>(&JsonErrors, &reply_with_headers()));
+        let response = RequestContext::scope_sync(ctx, || {
+            respond::<_, http_body_util::Empty<Bytes>>(&JsonErrors, &reply_with_headers())
+        });
         assert_eq!(response.status(), 429);
         assert_eq!(response.headers()["content-type"], "application/json");
         assert_eq!(response.headers()["retry-after"], "3");
         assert_eq!(response.headers().get_all("ratelimit-policy").iter().count(), 2);
-        let expected = r#"{"error":"rate_limited","message":"too many requests; retry in 3 s","request_id":"json-unit-1"}"#;
+        let expected =
+            r#"{"error":"rate_limited","message":"too many requests; retry in 3 s","request_id":"json-unit-1"}"#;
         assert!(!response.body().is_end_stream());
         assert_eq!(response.body().size_hint().exact(), Some(expected.len() as u64));
         let body = response.into_body().collect().await.expect("no error").to_bytes();
@@ -543,7 +554,8 @@ mod tests {
 
     #[tokio::test]
     async fn the_inner_body_passes_through_with_its_hints() {
-        let body: ResponseBody<http_body_util::Full<Bytes>> = ResponseBody::inner(http_body_util::Full::new(Bytes::from_static(b"hello")));
+        let body: ResponseBody<http_body_util::Full<Bytes>> =
+            ResponseBody::inner(http_body_util::Full::new(Bytes::from_static(b"hello")));
         assert_eq!(body.size_hint().exact(), Some(5));
         assert!(!body.is_end_stream());
         assert_eq!(body.collect().await.expect("no error").to_bytes(), "hello");

@@ -6,11 +6,15 @@
 //!   and writes one access-log event per request.
 //! - [`MatchedRouteLayer`] (feature `axum`) records axum's matched route template into the
 //!   context.
-//! - [`CatchPanicLayer`] turns a panicking handler into 500 JSON and one stamped ERROR event.
+//! - [`CatchPanicLayer`] turns a panicking handler into 500 JSON (gRPC: `INTERNAL`) and one
+//!   stamped ERROR event.
 //! - [`auth::AuthLayer`] (feature `jwt`) verifies JWT bearer tokens and patches user, org and
 //!   roles into the context; [`auth::RequireRoleLayer`] guards a route by role.
 //! - [`rate_limit::RateLimitLayer`] (feature `rate-limit`; Redis with feature `redis`) limits
 //!   requests per user or client ip and puts the remaining budget into the context.
+//! - [`error_response`]: how these layers answer a refusal or a panic — HTTP JSON, or a
+//!   trailers-only gRPC response for gRPC requests ([`error_response::ByContentType`], the
+//!   default), or a format of your own behind two small traits.
 //! - [`outgoing`]: [`outgoing::PropagateContextLayer`] for tower/hyper clients and (feature
 //!   `reqwest`) `PropagateContextMiddleware` for `reqwest-middleware` send the request id and
 //!   a W3C `traceparent` naming a client span of each call's own, and write one

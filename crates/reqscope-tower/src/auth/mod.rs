@@ -69,6 +69,24 @@
 //! ([`AuthLayer::optional`]) requests without a token pass as anonymous; a token that is
 //! present but bad is still refused.
 //!
+//! **gRPC.** The token is read from the `authorization` metadata, which is the same header.
+//! A gRPC request (`content-type: application/grpc…`) is refused with a trailers-only
+//! response instead of JSON: status `UNAUTHENTICATED` (16) with `<reason>` as its message
+//! and `www-authenticate` as metadata; `UNAVAILABLE` (14) for the 503, `PERMISSION_DENIED`
+//! (7) for [`RequireRoleLayer`]'s 403. [`AuthLayer::error_response`] picks another format
+//! (see [`error_response`](crate::error_response)).
+//!
+//! ```
+//! use reqscope_tower::RequestContextLayer;
+//! use reqscope_tower::auth::AuthLayer;
+//!
+//! // For `tonic::transport::Server::builder().layer(stack)`: the same layers as for axum.
+//! let stack = tower::ServiceBuilder::new()
+//!     .layer(RequestContextLayer::new())
+//!     .layer(AuthLayer::hmac(b"a secret of at least 32 bytes, from the environment").audience("my-api"));
+//! # let _ = stack;
+//! ```
+//!
 //! **Verified-token cache.** A client usually sends the same token on every request. The
 //! layer remembers verified tokens (the whole token string is the key) for up to 60 s and
 //! about 10,000 tokens, re-checking `exp` and `nbf` on each use, so the signature is checked
@@ -133,7 +151,7 @@ pub use role::{RequireRole, RequireRoleLayer};
 pub use verify::Claims;
 use verify::{Rules, TokenHeader, Verified};
 
-use crate::error_response::{self, ByContentType, MakeErrorResponse, ResponseBody, RespondWithError};
+use crate::error_response::{self, ByContentType, MakeErrorResponse, RespondWithError, ResponseBody};
 
 /// A key or key set that could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -535,7 +553,8 @@ where
                 let clone = self.inner.clone();
                 let inner = std::mem::replace(&mut self.inner, clone);
                 let config = Arc::clone(&self.config);
-                let kind = Kind::Pending { future: Box::pin(wait_then_call(config, pending, inner, request, responder)) };
+                let kind =
+                    Kind::Pending { future: Box::pin(wait_then_call(config, pending, inner, request, responder)) };
                 AuthFuture { kind }
             }
         }

@@ -9,7 +9,7 @@ use tower_service::Service;
 
 use super::reject::{self, Reason};
 use super::{AuthFuture, Claims};
-use crate::error_response::{ByContentType, ErrorCode, ErrorReply, MakeErrorResponse, ResponseBody, RespondWithError};
+use crate::error_response::{ByContentType, ErrorCode, ErrorReply, MakeErrorResponse, RespondWithError, ResponseBody};
 
 /// Lets a request through only if its verified token grants `role`. Without a verified token:
 /// 401 `missing`; with a token lacking the role: 403

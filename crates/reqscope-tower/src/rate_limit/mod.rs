@@ -64,7 +64,11 @@
 //!   `RateLimit: "default";r=<remaining>;t=<reset>`, the structured fields of
 //!   draft-ietf-httpapi-ratelimit-headers;
 //! - a refused request gets `429 {"error":"rate_limited","message":…,"request_id":…}` with
-//!   `Retry-After` (whole seconds, rounded up: retrying then succeeds) and one INFO line.
+//!   `Retry-After` (whole seconds, rounded up: retrying then succeeds) and one INFO line; a
+//!   gRPC request (`content-type: application/grpc…`) gets status `RESOURCE_EXHAUSTED` (8)
+//!   with the same message, and `retry-after` and the `ratelimit` headers as metadata
+//!   ([`RateLimitLayer::error_response`] picks another format; see
+//!   [`error_response`](crate::error_response)).
 //!
 //! # Stores
 //!
@@ -72,7 +76,8 @@
 //! [`max_keys`](RateLimitLayer::max_keys) (idle keys are dropped). Redis (feature `redis`,
 //! [`RedisStore`]): one atomic script per check, budgets shared by every instance. When Redis
 //! fails, requests go on (fail-open, with one stamped WARN per request and
-//! [`store_failures`](RateLimitLayer::store_failures) counting), or get 503 JSON with
+//! [`store_failures`](RateLimitLayer::store_failures) counting), or get 503 JSON (gRPC:
+//! `UNAVAILABLE`) with
 //! [`fail_closed`](RateLimitLayer::fail_closed); the limiter recovers without a restart.
 
 mod memory;
@@ -104,7 +109,7 @@ pub use self::quota::{Decision, InvalidQuota, Quota};
 pub use self::redis::{RedisStore, RedisStoreError};
 #[cfg(feature = "redis")]
 use crate::error_response;
-use crate::error_response::{ByContentType, ErrorCode, ErrorReply, MakeErrorResponse, ResponseBody, RespondWithError};
+use crate::error_response::{ByContentType, ErrorCode, ErrorReply, MakeErrorResponse, RespondWithError, ResponseBody};
 
 /// The `RateLimit-Policy` header.
 pub static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
