@@ -53,15 +53,20 @@
 //! With the default, one stack serves axum routes and a tonic service alike:
 //!
 //! ```
+//! use axum::{Router, routing::get};
 //! use reqscope_tower::{CatchPanicLayer, RequestContextLayer};
 //!
-//! // Give this to `tonic::transport::Server::builder().layer(…)`, or to an axum Router's
-//! // `layer` (a ServiceBuilder is a layer): a panic answers a gRPC client INTERNAL (13),
-//! // "internal server error", and an HTTP client 500 JSON.
+//! async fn boom() -> &'static str {
+//!     panic!("on purpose")
+//! }
+//!
+//! // A panic answers a gRPC client INTERNAL (13) "internal server error", an HTTP client
+//! // 500 JSON. Give the stack to `tonic::transport::Server::builder().layer(stack)` just as
+//! // to an axum Router:
 //! let stack = tower::ServiceBuilder::new()
 //!     .layer(RequestContextLayer::new())
 //!     .layer(CatchPanicLayer::new());
-//! # let _ = stack;
+//! let app: Router = Router::new().route("/boom", get(boom)).layer(stack);
 //! ```
 //!
 //! Another format is one small trait away:
@@ -248,10 +253,11 @@ impl RespondWithError for GrpcErrors {
         headers.extend(reply.headers.iter().map(|(name, value)| (name.clone(), value.clone())));
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
         headers.insert(GRPC_STATUS.clone(), HeaderValue::from(reply.code.grpc_code()));
-        if !reply.message.is_empty() {
-            if let Ok(message) = HeaderValue::from_maybe_shared(Bytes::from(grpc_percent_encode(&reply.message))) {
-                headers.insert(GRPC_MESSAGE.clone(), message);
-            }
+        // Percent-encoding leaves only visible ASCII and spaces, which a header value takes.
+        if !reply.message.is_empty()
+            && let Ok(message) = HeaderValue::from_maybe_shared(Bytes::from(grpc_percent_encode(&reply.message)))
+        {
+            headers.insert(GRPC_MESSAGE.clone(), message);
         }
         if let Some(id) = RequestContext::with(|ctx| ctx.id().to_header_value()) {
             headers.insert(X_REQUEST_ID, id);
@@ -350,11 +356,6 @@ fn push_json_string(out: &mut String, text: &str) {
         }
     }
     out.push('"');
-}
-
-/// The responder's answer to `reply`, with a body the layer can return.
-pub(crate) fn respond<R: RespondWithError, B>(responder: &R, reply: &ErrorReply) -> Response<ResponseBody<B>> {
-    responder.respond(reply).map(ResponseBody::reply)
 }
 
 pin_project! {
@@ -515,7 +516,7 @@ mod tests {
     async fn grpc_errors_are_trailers_only_with_the_request_id() {
         let ctx = Arc::new(RequestContext::new(RequestId::parse("grpc-unit-1").expect("a valid id")));
         let response = RequestContext::scope_sync(ctx, || {
-            respond::<_, http_body_util::Empty<Bytes>>(&GrpcErrors, &reply_with_headers())
+            GrpcErrors.respond(&reply_with_headers()).map(ResponseBody::<http_body_util::Empty<Bytes>>::reply)
         });
         assert_eq!(response.status(), 200);
         let headers = response.headers();
@@ -538,7 +539,7 @@ mod tests {
     async fn json_errors_keep_their_shape_and_exact_size() {
         let ctx = Arc::new(RequestContext::new(RequestId::parse("json-unit-1").expect("a valid id")));
         let response = RequestContext::scope_sync(ctx, || {
-            respond::<_, http_body_util::Empty<Bytes>>(&JsonErrors, &reply_with_headers())
+            JsonErrors.respond(&reply_with_headers()).map(ResponseBody::<http_body_util::Empty<Bytes>>::reply)
         });
         assert_eq!(response.status(), 429);
         assert_eq!(response.headers()["content-type"], "application/json");

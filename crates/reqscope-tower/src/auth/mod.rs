@@ -151,7 +151,7 @@ pub use role::{RequireRole, RequireRoleLayer};
 pub use verify::Claims;
 use verify::{Rules, TokenHeader, Verified};
 
-use crate::error_response::{self, ByContentType, MakeErrorResponse, RespondWithError, ResponseBody};
+use crate::error_response::{ByContentType, MakeErrorResponse, RespondWithError, ResponseBody};
 
 /// A key or key set that could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -583,7 +583,7 @@ where
         // Not returned without `may_wait`; answered as "cannot judge" all the same.
         Checked::Wait(_) => Reason::Unavailable,
     };
-    Ok(error_response::respond(&responder, &reject::refuse(reason, &config.realm)))
+    Ok(responder.respond(&reject::refuse(reason, &config.realm)).map(ResponseBody::reply))
 }
 
 pin_project! {

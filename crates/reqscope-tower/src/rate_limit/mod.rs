@@ -107,8 +107,6 @@ use self::quota::ceil_secs;
 pub use self::quota::{Decision, InvalidQuota, Quota};
 #[cfg(feature = "redis")]
 pub use self::redis::{RedisStore, RedisStoreError};
-#[cfg(feature = "redis")]
-use crate::error_response;
 use crate::error_response::{ByContentType, ErrorCode, ErrorReply, MakeErrorResponse, RespondWithError, ResponseBody};
 
 /// The `RateLimit-Policy` header.
@@ -450,7 +448,7 @@ where
     let Store::Redis(store) = &*shared.store else { unreachable!("only the Redis store checks asynchronously") };
     let headers = match store.check(&key, &shared.quota).await {
         Ok(decision) if decision.allowed => shared.record(&decision),
-        Ok(decision) => return Ok(error_response::respond(&responder, &shared.refuse(&decision))),
+        Ok(decision) => return Ok(responder.respond(&shared.refuse(&decision)).map(ResponseBody::reply)),
         Err(error) => {
             shared.failures.fetch_add(1, Ordering::Relaxed);
             if shared.fail_closed {
@@ -460,7 +458,7 @@ where
                     "unavailable",
                     "rate limiting is unavailable; try again later",
                 );
-                return Ok(error_response::respond(&responder, &reply));
+                return Ok(responder.respond(&reply).map(ResponseBody::reply));
             }
             tracing::warn!(target: "reqscope::rate_limit", %error, "rate-limit store unavailable: request let through");
             RateHeaders { policy: shared.policy.clone(), current: None }
