@@ -44,6 +44,8 @@
 //!   client span of each call's own, with one `reqscope::outgoing` line per call (tower
 //!   clients; `reqwest-middleware` with feature `reqwest`; OpenTelemetry spans with feature
 //!   `otel`);
+//! - [`error_response`]: how the layers' refusals and panics are answered — JSON for HTTP
+//!   clients, a trailers-only gRPC status for gRPC clients (tonic), or a format of your own;
 //! - [`classify`]: which requests failed (an ERROR access line: HTTP 5xx, gRPC statuses read
 //!   from the trailers) and [`peer`]: where the client's address is found;
 //! - gRPC: [`RequestContextLayer`] wraps a `tonic::transport::Server` as it wraps a router
@@ -99,6 +101,13 @@ pub mod tower {
 pub use reqscope_tower::{ApiError, MatchedRouteLayer};
 #[cfg(feature = "tower")]
 pub use reqscope_tower::{CatchPanicLayer, RequestContextLayer};
+
+/// How refusals and panics become responses: HTTP JSON or trailers-only gRPC, chosen per
+/// request (feature `tower`).
+#[cfg(feature = "tower")]
+pub mod error_response {
+    pub use reqscope_tower::error_response::*;
+}
 
 /// JWT authentication: `AuthLayer`, `RequireRoleLayer`, `Claims` (feature `jwt`).
 #[cfg(feature = "jwt")]

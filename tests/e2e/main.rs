@@ -46,6 +46,7 @@ mod forwarded_ids;
 mod grpc_service;
 mod grammar;
 mod grpc_access;
+mod grpc_layers;
 mod http2;
 mod log_lines;
 mod opentelemetry;

@@ -20,10 +20,10 @@ use std::borrow::Cow;
 use std::error::Error as StdError;
 use std::fmt;
 
-use axum::Json;
+use axum::body::Body;
 use axum::response::{IntoResponse, Response};
-use http::StatusCode;
-use reqscope_core::RequestContext;
+use http::header::CONTENT_TYPE;
+use http::{HeaderValue, StatusCode};
 
 /// A handler error; see the [module docs](self).
 #[derive(Debug)]
@@ -107,8 +107,9 @@ impl IntoResponse for ApiError {
         } else {
             tracing::info!(target: "reqscope::error", status, code = %self.code, "{}", self.message);
         }
-        let request_id = RequestContext::with(|ctx| ctx.id().to_string());
-        let body = serde_json::json!({ "error": self.code, "message": self.message, "request_id": request_id });
-        (self.status, Json(body)).into_response()
+        let mut response = Response::new(Body::from(crate::error_response::json_body(&self.code, &self.message)));
+        *response.status_mut() = self.status;
+        response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        response
     }
 }

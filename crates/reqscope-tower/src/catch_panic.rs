@@ -1,4 +1,5 @@
-//! Turn a panicking handler into a 500 JSON response and one stamped ERROR event.
+//! Turn a panicking handler into a 500 JSON response (gRPC: `INTERNAL`) and one stamped
+//! ERROR event.
 //!
 //! ```
 //! use axum::{Router, routing::get};
@@ -15,7 +16,10 @@
 //! ```
 //!
 //! The client gets `500 {"error":"internal","message":"internal server error","request_id":…}`
-//! — never the panic text. The server logs one ERROR event (target `reqscope::panic`) with the
+//! — never the panic text; a gRPC client (a request with `content-type: application/grpc…`)
+//! gets status `INTERNAL` (13) with the message `internal server error`, as a trailers-only
+//! response (see [`error_response`](crate::error_response);
+//! [`CatchPanicLayer::error_response`] picks another format). The server logs one ERROR event (target `reqscope::panic`) with the
 //! panic message and its location (`file:line:column`), stamped with the request's context,
 //! and keeps serving. The layer records panic locations through a panic hook that it installs
 //! once, in front of the hook already there (which still runs).
@@ -26,21 +30,26 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use http::{Response, StatusCode};
+use http::{Request, Response};
 use pin_project_lite::pin_project;
 use reqscope_core::{install_panic_location_hook, panic_message, take_panic_location};
 use tower_layer::Layer;
 use tower_service::Service;
 
+use crate::error_response::{ByContentType, ErrorCode, ErrorReply, MakeErrorResponse, RespondWithError, ResponseBody};
+
 /// Catches panics of the inner service; see the [module docs](self).
 #[derive(Clone, Copy, Debug)]
-pub struct CatchPanicLayer(());
+pub struct CatchPanicLayer<M = ByContentType> {
+    errors: M,
+}
 
 impl CatchPanicLayer {
-    /// The layer (installs the location hook on first use).
+    /// The layer (installs the location hook on first use), answering as [`ByContentType`]
+    /// chooses.
     pub fn new() -> Self {
         install_panic_location_hook();
-        CatchPanicLayer(())
+        CatchPanicLayer { errors: ByContentType }
     }
 }
 
@@ -50,77 +59,95 @@ impl Default for CatchPanicLayer {
     }
 }
 
-impl<S> Layer<S> for CatchPanicLayer {
-    type Service = CatchPanic<S>;
+impl<M> CatchPanicLayer<M> {
+    /// Answers panics with `errors`' responses instead (e.g.
+    /// [`GrpcErrors`](crate::error_response::GrpcErrors) for a service that only speaks gRPC).
+    pub fn error_response<N: MakeErrorResponse>(self, errors: N) -> CatchPanicLayer<N> {
+        CatchPanicLayer { errors }
+    }
+}
+
+impl<S, M: Clone> Layer<S> for CatchPanicLayer<M> {
+    type Service = CatchPanic<S, M>;
     fn layer(&self, inner: S) -> Self::Service {
-        CatchPanic { inner }
+        CatchPanic { inner, errors: self.errors.clone() }
     }
 }
 
 /// The service made by [`CatchPanicLayer`].
 #[derive(Clone, Debug)]
-pub struct CatchPanic<S> {
+pub struct CatchPanic<S, M = ByContentType> {
     inner: S,
+    errors: M,
 }
 
-impl<S, Req, ResBody> Service<Req> for CatchPanic<S>
+impl<S, M, ReqBody, ResBody> Service<Request<ReqBody>> for CatchPanic<S, M>
 where
-    S: Service<Req, Response = Response<ResBody>>,
-    ResBody: From<String>,
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    M: MakeErrorResponse,
 {
-    type Response = Response<ResBody>;
+    type Response = Response<ResponseBody<ResBody>>;
     type Error = S::Error;
-    type Future = CatchPanicFuture<S::Future, ResBody>;
+    type Future = CatchPanicFuture<S::Future, M::Responder>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: Req) -> Self::Future {
-        match catch_unwind(AssertUnwindSafe(|| self.inner.call(request))) {
-            Ok(future) => CatchPanicFuture::Running { future },
-            Err(payload) => CatchPanicFuture::Panicked { response: Some(report(payload)) },
-        }
+    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+        // Chosen now: once the inner service has the request, its headers are gone.
+        let responder = self.errors.for_request(&request);
+        let kind = match catch_unwind(AssertUnwindSafe(|| self.inner.call(request))) {
+            Ok(future) => Kind::Running { future, responder },
+            Err(payload) => Kind::Panicked { response: Some(report(payload, &responder)) },
+        };
+        CatchPanicFuture { kind }
     }
 }
 
 pin_project! {
     /// The response future of [`CatchPanic`].
-    #[project = CatchPanicProj]
-    #[allow(missing_docs)] // the variants say what their one field is
-    pub enum CatchPanicFuture<F, B> {
-        /// The inner service's future.
-        Running { #[pin] future: F },
-        /// The service panicked while being called: the 500 response, taken on the first poll.
-        Panicked { response: Option<Response<B>> },
+    pub struct CatchPanicFuture<F, R> {
+        #[pin]
+        kind: Kind<F, R>,
     }
 }
 
-impl<F, B, E> Future for CatchPanicFuture<F, B>
+pin_project! {
+    #[project = KindProj]
+    enum Kind<F, R> {
+        Running { #[pin] future: F, responder: R },
+        // The service panicked while being called: the error response, taken on the first poll.
+        Panicked { response: Option<Response<bytes::Bytes>> },
+    }
+}
+
+impl<F, R, B, E> Future for CatchPanicFuture<F, R>
 where
     F: Future<Output = Result<Response<B>, E>>,
-    B: From<String>,
+    R: RespondWithError,
 {
-    type Output = Result<Response<B>, E>;
+    type Output = Result<Response<ResponseBody<B>>, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project() {
-            CatchPanicProj::Running { future } => match catch_unwind(AssertUnwindSafe(|| future.poll(cx))) {
-                Ok(polled) => polled,
-                Err(payload) => Poll::Ready(Ok(report(payload))),
+        match self.project().kind.project() {
+            KindProj::Running { future, responder } => match catch_unwind(AssertUnwindSafe(|| future.poll(cx))) {
+                Ok(Poll::Ready(result)) => Poll::Ready(result.map(|response| response.map(ResponseBody::inner))),
+                Ok(Poll::Pending) => Poll::Pending,
+                Err(payload) => Poll::Ready(Ok(report(payload, responder).map(ResponseBody::reply))),
             },
-            CatchPanicProj::Panicked { response } => match response.take() {
-                Some(response) => Poll::Ready(Ok(response)),
+            KindProj::Panicked { response } => match response.take() {
+                Some(response) => Poll::Ready(Ok(response.map(ResponseBody::reply))),
                 None => Poll::Pending,
             },
         }
     }
 }
 
-/// Logs the panic (stamped by the current context) and builds the 500 response.
-fn report<B: From<String>>(payload: Box<dyn Any + Send>) -> Response<B> {
+/// Logs the panic (stamped by the current context) and builds the error response.
+fn report<R: RespondWithError>(payload: Box<dyn Any + Send>, responder: &R) -> Response<bytes::Bytes> {
     let message = panic_message(&*payload);
     let location = take_panic_location().unwrap_or_else(|| "unknown".to_owned());
     tracing::error!(target: "reqscope::panic", panic = %message, location = %location, "handler panicked");
-    crate::error_response::json_error(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal server error")
+    responder.respond(&ErrorReply::new(ErrorCode::Internal, "internal", "internal server error"))
 }

@@ -10,11 +10,15 @@
 //!   `TcpConnectInfo` with feature `tonic`, or your own reader).
 //! - [`MatchedRouteLayer`] (feature `axum`) records axum's matched route template into the
 //!   context.
-//! - [`CatchPanicLayer`] turns a panicking handler into 500 JSON and one stamped ERROR event.
+//! - [`CatchPanicLayer`] turns a panicking handler into 500 JSON (gRPC: `INTERNAL`) and one
+//!   stamped ERROR event.
 //! - [`auth::AuthLayer`] (feature `jwt`) verifies JWT bearer tokens and patches user, org and
 //!   roles into the context; [`auth::RequireRoleLayer`] guards a route by role.
 //! - [`rate_limit::RateLimitLayer`] (feature `rate-limit`; Redis with feature `redis`) limits
 //!   requests per user or client ip and puts the remaining budget into the context.
+//! - [`error_response`]: how these layers answer a refusal or a panic — HTTP JSON, or a
+//!   trailers-only gRPC response for gRPC requests ([`error_response::ByContentType`], the
+//!   default), or a format of your own behind two small traits.
 //! - [`outgoing`]: [`outgoing::PropagateContextLayer`] for tower/hyper clients and (feature
 //!   `reqwest`) `PropagateContextMiddleware` for `reqwest-middleware` send the request id and
 //!   a W3C `traceparent` naming a client span of each call's own, and write one
@@ -34,7 +38,7 @@ pub mod api_error;
 pub mod auth;
 pub mod catch_panic;
 pub mod classify;
-mod error_response;
+pub mod error_response;
 #[cfg(feature = "otel")]
 mod otel;
 pub mod outgoing;

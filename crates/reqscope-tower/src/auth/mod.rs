@@ -69,6 +69,24 @@
 //! ([`AuthLayer::optional`]) requests without a token pass as anonymous; a token that is
 //! present but bad is still refused.
 //!
+//! **gRPC.** The token is read from the `authorization` metadata, which is the same header.
+//! A gRPC request (`content-type: application/grpc…`) is refused with a trailers-only
+//! response instead of JSON: status `UNAUTHENTICATED` (16) with `<reason>` as its message
+//! and `www-authenticate` as metadata; `UNAVAILABLE` (14) for the 503, `PERMISSION_DENIED`
+//! (7) for [`RequireRoleLayer`]'s 403. [`AuthLayer::error_response`] picks another format
+//! (see [`error_response`](crate::error_response)).
+//!
+//! ```
+//! use reqscope_tower::RequestContextLayer;
+//! use reqscope_tower::auth::AuthLayer;
+//!
+//! // For `tonic::transport::Server::builder().layer(stack)`: the same layers as for axum.
+//! let stack = tower::ServiceBuilder::new()
+//!     .layer(RequestContextLayer::new())
+//!     .layer(AuthLayer::hmac(b"a secret of at least 32 bytes, from the environment").audience("my-api"));
+//! # let _ = stack;
+//! ```
+//!
 //! **Verified-token cache.** A client usually sends the same token on every request. The
 //! layer remembers verified tokens (the whole token string is the key) for up to 60 s and
 //! about 10,000 tokens, re-checking `exp` and `nbf` on each use, so the signature is checked
@@ -119,6 +137,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::{Request, Response};
 use pin_project_lite::pin_project;
 use reqscope_core::RequestContext;
@@ -131,6 +150,8 @@ pub use reject::Reason;
 pub use role::{RequireRole, RequireRoleLayer};
 pub use verify::Claims;
 use verify::{Rules, TokenHeader, Verified};
+
+use crate::error_response::{ByContentType, MakeErrorResponse, RespondWithError, ResponseBody};
 
 /// A key or key set that could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -159,18 +180,21 @@ struct Config {
 }
 
 /// Verifies bearer JWTs and patches user, org and roles into the request context; see the
-/// [module docs](self).
+/// [module docs](self). `M` makes the refusals ([`ByContentType`] by default: gRPC for gRPC
+/// requests, JSON for the rest; see [`AuthLayer::error_response`]).
 #[derive(Clone)]
-pub struct AuthLayer {
+pub struct AuthLayer<M = ByContentType> {
     config: Arc<Config>,
+    errors: M,
 }
 
-impl std::fmt::Debug for AuthLayer {
+impl<M: std::fmt::Debug> std::fmt::Debug for AuthLayer<M> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Keys stay out of Debug output.
         f.debug_struct("AuthLayer")
             .field("rules", &self.config.rules)
             .field("required", &self.config.required)
+            .field("errors", &self.errors)
             .finish_non_exhaustive()
     }
 }
@@ -217,6 +241,7 @@ impl AuthLayer {
                 realm: "api".to_owned(),
                 cache: Some(Arc::new(cache::VerifiedCache::new(10_000, Duration::from_secs(60)))),
             }),
+            errors: ByContentType,
         }
     }
 
@@ -261,6 +286,15 @@ impl AuthLayer {
     pub fn jwks_url(url: &str) -> Result<JwksAuthBuilder, AuthConfigError> {
         let layer = Self::with_keys(KeySource::Remote(Arc::new(RemoteJwks::new(url)?)));
         Ok(JwksAuthBuilder { layer })
+    }
+}
+
+impl<M> AuthLayer<M> {
+    /// Answers refusals with `errors`' responses instead of [`ByContentType`]'s (e.g.
+    /// [`JsonErrors`](crate::error_response::JsonErrors) to answer JSON whatever the request).
+    /// The reason and the WARN event stay the same.
+    pub fn error_response<N: MakeErrorResponse>(self, errors: N) -> AuthLayer<N> {
+        AuthLayer { config: self.config, errors }
     }
 
     fn config_mut(&mut self) -> &mut Config {
@@ -390,18 +424,19 @@ pub fn mint_hs256(secret: &[u8], claims: &serde_json::Value) -> Result<String, A
         .map_err(|e| AuthConfigError::InvalidKey(e.to_string()))
 }
 
-impl<S> Layer<S> for AuthLayer {
-    type Service = Auth<S>;
+impl<S, M: Clone> Layer<S> for AuthLayer<M> {
+    type Service = Auth<S, M>;
     fn layer(&self, inner: S) -> Self::Service {
-        Auth { inner, config: Arc::clone(&self.config) }
+        Auth { inner, config: Arc::clone(&self.config), errors: self.errors.clone() }
     }
 }
 
 /// The service made by [`AuthLayer`].
 #[derive(Clone)]
-pub struct Auth<S> {
+pub struct Auth<S, M = ByContentType> {
     inner: S,
     config: Arc<Config>,
+    errors: M,
 }
 
 /// Puts the verified identity into the context and the claims into the extensions.
@@ -485,17 +520,19 @@ fn no_key(header: &TokenHeader) -> Reason {
     if header.kid.is_some() { Reason::InvalidSignature } else { Reason::UnsupportedAlgorithm }
 }
 
-type BoxResponseFuture<B, E> = Pin<Box<dyn Future<Output = Result<Response<B>, E>> + Send>>;
+type BoxResponseFuture<B, E> = Pin<Box<dyn Future<Output = Result<Response<ResponseBody<B>>, E>> + Send>>;
 
-impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Auth<S>
+impl<S, M, ReqBody, ResBody> Service<Request<ReqBody>> for Auth<S, M>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
     S::Future: Send + 'static,
     S::Error: 'static,
+    M: MakeErrorResponse,
+    M::Responder: Send + 'static,
     ReqBody: Send + 'static,
-    ResBody: From<String> + Send + 'static,
+    ResBody: Send + 'static,
 {
-    type Response = Response<ResBody>;
+    type Response = Response<ResponseBody<ResBody>>;
     type Error = S::Error;
     type Future = AuthFuture<S::Future, ResBody, S::Error>;
 
@@ -505,16 +542,20 @@ where
 
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
         match self.config.check(&mut request, true) {
-            Checked::Admitted | Checked::Anonymous => AuthFuture::Inner { future: self.inner.call(request) },
+            Checked::Admitted | Checked::Anonymous => AuthFuture::inner(self.inner.call(request)),
             Checked::Refused(reason) => {
-                AuthFuture::Ready { response: Some(reject::refuse(reason, &self.config.realm)) }
+                let reply = reject::refuse(reason, &self.config.realm);
+                AuthFuture::ready(self.errors.for_request(&request).respond(&reply))
             }
             Checked::Wait(pending) => {
+                let responder = self.errors.for_request(&request);
                 // The ready service handles this request; a clone takes its place.
                 let clone = self.inner.clone();
                 let inner = std::mem::replace(&mut self.inner, clone);
                 let config = Arc::clone(&self.config);
-                AuthFuture::Pending { future: Box::pin(wait_then_call(config, pending, inner, request)) }
+                let kind =
+                    Kind::Pending { future: Box::pin(wait_then_call(config, pending, inner, request, responder)) };
+                AuthFuture { kind }
             }
         }
     }
@@ -522,38 +563,56 @@ where
 
 /// Waits for the key-set fetch (which runs in a task of its own: dropping this future, when
 /// the client hangs up, cancels nothing), then judges the request with what it brought.
-async fn wait_then_call<S, ReqBody, ResBody>(
+async fn wait_then_call<S, R, ReqBody, ResBody>(
     config: Arc<Config>,
     pending: Pending,
     mut inner: S,
     mut request: Request<ReqBody>,
-) -> Result<Response<ResBody>, S::Error>
+    responder: R,
+) -> Result<Response<ResponseBody<ResBody>>, S::Error>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
-    ResBody: From<String>,
+    R: RespondWithError,
 {
     // A failure was logged by the fetch; the lookup below answers 503 for it (a token no
     // cached key can judge), while keys already cached keep verifying.
     let _ = pending.wait().await;
-    match config.check(&mut request, false) {
-        Checked::Admitted | Checked::Anonymous => inner.call(request).await,
-        Checked::Refused(reason) => Ok(reject::refuse(reason, &config.realm)),
+    let reason = match config.check(&mut request, false) {
+        Checked::Admitted | Checked::Anonymous => return Ok(inner.call(request).await?.map(ResponseBody::inner)),
+        Checked::Refused(reason) => reason,
         // Not returned without `may_wait`; answered as "cannot judge" all the same.
-        Checked::Wait(_) => Ok(reject::refuse(Reason::Unavailable, &config.realm)),
-    }
+        Checked::Wait(_) => Reason::Unavailable,
+    };
+    Ok(responder.respond(&reject::refuse(reason, &config.realm)).map(ResponseBody::reply))
 }
 
 pin_project! {
     /// The response future of [`Auth`] and [`RequireRole`].
-    #[project = AuthFutureProj]
-    #[allow(missing_docs)] // the variants say what their one field is
-    pub enum AuthFuture<F, B, E> {
-        /// Admitted: the inner service's future.
+    pub struct AuthFuture<F, B, E> {
+        #[pin]
+        kind: Kind<F, B, E>,
+    }
+}
+
+pin_project! {
+    #[project = KindProj]
+    enum Kind<F, B, E> {
+        // Admitted: the inner service's future.
         Inner { #[pin] future: F },
-        /// Refused: the error response, taken on the first poll.
-        Ready { response: Option<Response<B>> },
-        /// Waiting for the remote key set, then verifying and calling the inner service.
+        // Refused: the error response, taken on the first poll.
+        Ready { response: Option<Response<Bytes>> },
+        // Waiting for the remote key set, then verifying and calling the inner service.
         Pending { future: BoxResponseFuture<B, E> },
+    }
+}
+
+impl<F, B, E> AuthFuture<F, B, E> {
+    fn inner(future: F) -> Self {
+        AuthFuture { kind: Kind::Inner { future } }
+    }
+
+    fn ready(response: Response<Bytes>) -> Self {
+        AuthFuture { kind: Kind::Ready { response: Some(response) } }
     }
 }
 
@@ -561,16 +620,16 @@ impl<F, B, E> Future for AuthFuture<F, B, E>
 where
     F: Future<Output = Result<Response<B>, E>>,
 {
-    type Output = Result<Response<B>, E>;
+    type Output = Result<Response<ResponseBody<B>>, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project() {
-            AuthFutureProj::Inner { future } => future.poll(cx),
-            AuthFutureProj::Ready { response } => match response.take() {
-                Some(response) => Poll::Ready(Ok(response)),
+        match self.project().kind.project() {
+            KindProj::Inner { future } => future.poll(cx).map_ok(|response| response.map(ResponseBody::inner)),
+            KindProj::Ready { response } => match response.take() {
+                Some(response) => Poll::Ready(Ok(response.map(ResponseBody::reply))),
                 None => Poll::Pending,
             },
-            AuthFutureProj::Pending { future } => future.as_mut().poll(cx),
+            KindProj::Pending { future } => future.as_mut().poll(cx),
         }
     }
 }

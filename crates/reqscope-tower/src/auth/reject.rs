@@ -1,7 +1,9 @@
-//! Why a request was refused, and the response that says so.
+//! Why a request was refused, and the reply that says so.
 
+use http::HeaderValue;
 use http::header::WWW_AUTHENTICATE;
-use http::{HeaderValue, Response, StatusCode};
+
+use crate::error_response::{ErrorCode, ErrorReply};
 
 /// The reason class of a rejected bearer token: the `message` of the 401 body, the
 /// `error_description` of `WWW-Authenticate` and the `reason` of the WARN event.
@@ -59,34 +61,29 @@ impl std::fmt::Display for Reason {
     }
 }
 
-pub(crate) use crate::error_response::json_error;
-
 /// 401 with `WWW-Authenticate` as RFC 6750 section 3 describes, after one WARN event.
-pub(crate) fn unauthorized<B: From<String>>(reason: Reason, realm: &str) -> Response<B> {
+pub(crate) fn unauthorized(reason: Reason, realm: &str) -> ErrorReply {
     // The reason class only: never the token, never the Authorization header.
     tracing::warn!(target: "reqscope::auth", reason = reason.as_str(), "bearer token rejected");
-    let mut response = json_error(StatusCode::UNAUTHORIZED, "unauthorized", reason.as_str());
+    let mut reply = ErrorReply::new(ErrorCode::Unauthenticated, "unauthorized", reason.as_str());
     let challenge = match reason {
         // RFC 6750 3.1: a request without credentials gets no error code.
         Reason::Missing => format!("Bearer realm=\"{realm}\""),
         _ => format!("Bearer realm=\"{realm}\", error=\"invalid_token\", error_description=\"{reason}\""),
     };
     if let Ok(value) = HeaderValue::from_str(&challenge) {
-        response.headers_mut().insert(WWW_AUTHENTICATE, value);
+        reply.headers.insert(WWW_AUTHENTICATE, value);
     }
-    response
+    reply
 }
 
-/// The response for a refused request: 503 when the keys are unavailable, else 401.
-pub(crate) fn refuse<B: From<String>>(reason: Reason, realm: &str) -> Response<B> {
+/// The reply for a refused request: 503 (`UNAVAILABLE`) when the keys are unavailable, else
+/// 401 (`UNAUTHENTICATED`).
+pub(crate) fn refuse(reason: Reason, realm: &str) -> ErrorReply {
     if reason == Reason::Unavailable {
         // The token may be fine; the server cannot tell.
         tracing::warn!(target: "reqscope::auth", reason = reason.as_str(), "bearer token not checked");
-        return json_error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            "signing keys are unavailable; try again later",
-        );
+        return ErrorReply::new(ErrorCode::Unavailable, "unavailable", "signing keys are unavailable; try again later");
     }
     unauthorized(reason, realm)
 }

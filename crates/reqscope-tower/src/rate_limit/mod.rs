@@ -64,7 +64,11 @@
 //!   `RateLimit: "default";r=<remaining>;t=<reset>`, the structured fields of
 //!   draft-ietf-httpapi-ratelimit-headers;
 //! - a refused request gets `429 {"error":"rate_limited","message":…,"request_id":…}` with
-//!   `Retry-After` (whole seconds, rounded up: retrying then succeeds) and one INFO line.
+//!   `Retry-After` (whole seconds, rounded up: retrying then succeeds) and one INFO line; a
+//!   gRPC request (`content-type: application/grpc…`) gets status `RESOURCE_EXHAUSTED` (8)
+//!   with the same message, and `retry-after` and the `ratelimit` headers as metadata
+//!   ([`RateLimitLayer::error_response`] picks another format; see
+//!   [`error_response`](crate::error_response)).
 //!
 //! # Stores
 //!
@@ -72,7 +76,8 @@
 //! [`max_keys`](RateLimitLayer::max_keys) (idle keys are dropped). Redis (feature `redis`,
 //! [`RedisStore`]): one atomic script per check, budgets shared by every instance. When Redis
 //! fails, requests go on (fail-open, with one stamped WARN per request and
-//! [`store_failures`](RateLimitLayer::store_failures) counting), or get 503 JSON with
+//! [`store_failures`](RateLimitLayer::store_failures) counting), or get 503 JSON (gRPC:
+//! `UNAVAILABLE`) with
 //! [`fail_closed`](RateLimitLayer::fail_closed); the limiter recovers without a restart.
 
 mod memory;
@@ -89,8 +94,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
+use bytes::Bytes;
 use http::header::RETRY_AFTER;
-use http::{HeaderName, HeaderValue, Request, Response, StatusCode};
+use http::{HeaderMap, HeaderName, HeaderValue, Request, Response};
 use pin_project_lite::pin_project;
 use reqscope_core::RequestContext;
 use tower_layer::Layer;
@@ -101,6 +107,7 @@ use self::quota::ceil_secs;
 pub use self::quota::{Decision, InvalidQuota, Quota};
 #[cfg(feature = "redis")]
 pub use self::redis::{RedisStore, RedisStoreError};
+use crate::error_response::{ByContentType, ErrorCode, ErrorReply, MakeErrorResponse, RespondWithError, ResponseBody};
 
 /// The `RateLimit-Policy` header.
 pub static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
@@ -113,10 +120,13 @@ pub const DEFAULT_MAX_KEYS: usize = 100_000;
 
 type KeyFn = dyn Fn(&RequestContext) -> Option<String> + Send + Sync;
 
-/// Limits requests per key; see the [module docs](self).
+/// Limits requests per key; see the [module docs](self). `M` makes the refusals
+/// ([`ByContentType`] by default: gRPC for gRPC requests, JSON for the rest; see
+/// [`RateLimitLayer::error_response`]).
 #[derive(Clone)]
-pub struct RateLimitLayer {
+pub struct RateLimitLayer<M = ByContentType> {
     shared: Shared,
+    errors: M,
 }
 
 /// Everything a clone of the layer shares: the store and the failure count.
@@ -142,7 +152,7 @@ enum Store {
     Redis(RedisStore),
 }
 
-impl fmt::Debug for RateLimitLayer {
+impl<M: fmt::Debug> fmt::Debug for RateLimitLayer<M> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let store = match &*self.shared.store {
             Store::Memory(_) => "in-process",
@@ -153,6 +163,7 @@ impl fmt::Debug for RateLimitLayer {
             .field("quota", &self.shared.quota)
             .field("store", &store)
             .field("fail_closed", &self.shared.fail_closed)
+            .field("errors", &self.errors)
             .finish()
     }
 }
@@ -186,7 +197,16 @@ impl RateLimitLayer {
                 ipv6_prefix: 64,
                 warned_anonymous: Arc::new(AtomicBool::new(false)),
             },
+            errors: ByContentType,
         }
+    }
+}
+
+impl<M> RateLimitLayer<M> {
+    /// Answers refusals (429, and 503 when [failing closed](Self::fail_closed)) with
+    /// `errors`' responses instead of [`ByContentType`]'s.
+    pub fn error_response<N: MakeErrorResponse>(self, errors: N) -> RateLimitLayer<N> {
+        RateLimitLayer { shared: self.shared, errors }
     }
 
     /// At most this many keys in the in-process store (default [`DEFAULT_MAX_KEYS`]); idle
@@ -240,21 +260,22 @@ impl RateLimitLayer {
     }
 }
 
-impl<S> Layer<S> for RateLimitLayer {
-    type Service = RateLimit<S>;
+impl<S, M: Clone> Layer<S> for RateLimitLayer<M> {
+    type Service = RateLimit<S, M>;
     fn layer(&self, inner: S) -> Self::Service {
-        RateLimit { inner, shared: Arc::new(self.shared.clone()) }
+        RateLimit { inner, shared: Arc::new(self.shared.clone()), errors: self.errors.clone() }
     }
 }
 
 /// The service made by [`RateLimitLayer`].
 #[derive(Clone)]
-pub struct RateLimit<S> {
+pub struct RateLimit<S, M = ByContentType> {
     inner: S,
     shared: Arc<Shared>,
+    errors: M,
 }
 
-impl<S: fmt::Debug> fmt::Debug for RateLimit<S> {
+impl<S: fmt::Debug, M> fmt::Debug for RateLimit<S, M> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RateLimit").field("inner", &self.inner).finish_non_exhaustive()
     }
@@ -308,15 +329,15 @@ impl Shared {
         RateHeaders { policy: self.policy.clone(), current: Some((decision.remaining, reset)) }
     }
 
-    fn refuse<B: From<String>>(&self, decision: &Decision) -> Response<B> {
+    fn refuse(&self, decision: &Decision) -> ErrorReply {
         let headers = self.record(decision);
         let retry_after = ceil_secs(decision.retry_after).max(1);
         tracing::info!(target: "reqscope::rate_limit", retry_after, "rate limited");
         let message = format!("too many requests; retry in {retry_after} s");
-        let mut response = crate::error_response::json_error(StatusCode::TOO_MANY_REQUESTS, "rate_limited", &message);
-        response.headers_mut().insert(RETRY_AFTER, HeaderValue::from(retry_after));
-        headers.apply(&mut response);
-        response
+        let mut reply = ErrorReply::new(ErrorCode::ResourceExhausted, "rate_limited", message);
+        reply.headers.insert(RETRY_AFTER, HeaderValue::from(retry_after));
+        headers.apply(&mut reply.headers);
+        reply
     }
 }
 
@@ -338,15 +359,14 @@ fn write_ip_key(key: &mut String, ip: IpAddr, prefix: u8) {
 
 /// The rate-limit headers waiting for the response.
 #[derive(Debug)]
-pub struct RateHeaders {
+struct RateHeaders {
     policy: HeaderValue,
     /// Remaining and reset seconds, unless the store could not say.
     current: Option<(u64, u64)>,
 }
 
 impl RateHeaders {
-    fn apply<B>(self, response: &mut Response<B>) {
-        let headers = response.headers_mut();
+    fn apply(self, headers: &mut HeaderMap) {
         // Appended, not inserted: several limiters on one route list several policies.
         headers.append(RATELIMIT_POLICY.clone(), self.policy);
         if let Some((remaining, reset)) = self.current {
@@ -363,15 +383,17 @@ impl RateHeaders {
     }
 }
 
-impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for RateLimit<S>
+impl<S, M, ReqBody, ResBody> Service<Request<ReqBody>> for RateLimit<S, M>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Send + 'static,
+    M: MakeErrorResponse,
+    M::Responder: Send + 'static,
     ReqBody: Send + 'static,
-    ResBody: From<String> + Send + 'static,
+    ResBody: Send + 'static,
 {
-    type Response = Response<ResBody>;
+    type Response = Response<ResponseBody<ResBody>>;
     type Error = S::Error;
     type Future = ResponseFuture<S::Future, ResBody, S::Error>;
 
@@ -382,78 +404,90 @@ where
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
         let shared = &*self.shared;
         let ctx = RequestContext::current();
-        match &*shared.store {
+        let kind = match &*shared.store {
             Store::Memory(store) => match shared.with_key(ctx.as_deref(), |key| store.check(key, &shared.quota)) {
-                None => ResponseFuture::Allowed { future: self.inner.call(request), headers: None },
-                Some(decision) if decision.allowed => ResponseFuture::Allowed {
-                    future: self.inner.call(request),
-                    headers: Some(shared.record(&decision)),
-                },
-                Some(decision) => ResponseFuture::Refused { response: Some(shared.refuse(&decision)) },
+                None => Kind::Allowed { future: self.inner.call(request), headers: None },
+                Some(decision) if decision.allowed => {
+                    Kind::Allowed { future: self.inner.call(request), headers: Some(shared.record(&decision)) }
+                }
+                Some(decision) => {
+                    let reply = shared.refuse(&decision);
+                    Kind::Refused { response: Some(self.errors.for_request(&request).respond(&reply)) }
+                }
             },
             #[cfg(feature = "redis")]
             Store::Redis(_) => {
                 let Some(key) = shared.with_key(ctx.as_deref(), str::to_owned) else {
-                    return ResponseFuture::Allowed { future: self.inner.call(request), headers: None };
+                    return ResponseFuture { kind: Kind::Allowed { future: self.inner.call(request), headers: None } };
                 };
+                let responder = self.errors.for_request(&request);
                 // The ready service handles this request; a clone takes its place.
                 let clone = self.inner.clone();
                 let inner = std::mem::replace(&mut self.inner, clone);
-                ResponseFuture::Checking {
-                    future: Box::pin(check_then_call(Arc::clone(&self.shared), key, inner, request)),
+                Kind::Checking {
+                    future: Box::pin(check_then_call(Arc::clone(&self.shared), key, inner, request, responder)),
                 }
             }
-        }
+        };
+        ResponseFuture { kind }
     }
 }
 
 #[cfg(feature = "redis")]
-async fn check_then_call<S, ReqBody, ResBody>(
+async fn check_then_call<S, R, ReqBody, ResBody>(
     shared: Arc<Shared>,
     key: String,
     mut inner: S,
     request: Request<ReqBody>,
-) -> Result<Response<ResBody>, S::Error>
+    responder: R,
+) -> Result<Response<ResponseBody<ResBody>>, S::Error>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
-    ResBody: From<String>,
+    R: RespondWithError,
 {
     let Store::Redis(store) = &*shared.store else { unreachable!("only the Redis store checks asynchronously") };
     let headers = match store.check(&key, &shared.quota).await {
         Ok(decision) if decision.allowed => shared.record(&decision),
-        Ok(decision) => return Ok(shared.refuse(&decision)),
+        Ok(decision) => return Ok(responder.respond(&shared.refuse(&decision)).map(ResponseBody::reply)),
         Err(error) => {
             shared.failures.fetch_add(1, Ordering::Relaxed);
             if shared.fail_closed {
                 tracing::warn!(target: "reqscope::rate_limit", %error, "rate-limit store unavailable: request refused");
-                return Ok(crate::error_response::json_error(
-                    StatusCode::SERVICE_UNAVAILABLE,
+                let reply = ErrorReply::new(
+                    ErrorCode::Unavailable,
                     "unavailable",
                     "rate limiting is unavailable; try again later",
-                ));
+                );
+                return Ok(responder.respond(&reply).map(ResponseBody::reply));
             }
             tracing::warn!(target: "reqscope::rate_limit", %error, "rate-limit store unavailable: request let through");
             RateHeaders { policy: shared.policy.clone(), current: None }
         }
     };
     let mut response = inner.call(request).await?;
-    headers.apply(&mut response);
-    Ok(response)
+    headers.apply(response.headers_mut());
+    Ok(response.map(ResponseBody::inner))
 }
 
-type Checking<B, E> = Pin<Box<dyn Future<Output = Result<Response<B>, E>> + Send>>;
+type Checking<B, E> = Pin<Box<dyn Future<Output = Result<Response<ResponseBody<B>>, E>> + Send>>;
 
 pin_project! {
     /// The response future of [`RateLimit`].
-    #[project = ResponseFutureProj]
-    #[allow(missing_docs)] // the variants say what their fields are
-    pub enum ResponseFuture<F, B, E> {
-        /// Allowed (or not limited): the inner service's future, then the headers.
+    pub struct ResponseFuture<F, B, E> {
+        #[pin]
+        kind: Kind<F, B, E>,
+    }
+}
+
+pin_project! {
+    #[project = KindProj]
+    enum Kind<F, B, E> {
+        // Allowed (or not limited): the inner service's future, then the headers.
         Allowed { #[pin] future: F, headers: Option<RateHeaders> },
-        /// Waiting for the store (Redis), then the inner service.
+        // Waiting for the store (Redis), then the inner service.
         Checking { future: Checking<B, E> },
-        /// Refused: the 429 response, taken on the first poll.
-        Refused { response: Option<Response<B>> },
+        // Refused: the error response, taken on the first poll.
+        Refused { response: Option<Response<Bytes>> },
     }
 }
 
@@ -461,20 +495,20 @@ impl<F, B, E> Future for ResponseFuture<F, B, E>
 where
     F: Future<Output = Result<Response<B>, E>>,
 {
-    type Output = Result<Response<B>, E>;
+    type Output = Result<Response<ResponseBody<B>>, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project() {
-            ResponseFutureProj::Allowed { future, headers } => {
+        match self.project().kind.project() {
+            KindProj::Allowed { future, headers } => {
                 let mut response = std::task::ready!(future.poll(cx))?;
                 if let Some(headers) = headers.take() {
-                    headers.apply(&mut response);
+                    headers.apply(response.headers_mut());
                 }
-                Poll::Ready(Ok(response))
+                Poll::Ready(Ok(response.map(ResponseBody::inner)))
             }
-            ResponseFutureProj::Checking { future } => future.as_mut().poll(cx),
-            ResponseFutureProj::Refused { response } => match response.take() {
-                Some(response) => Poll::Ready(Ok(response)),
+            KindProj::Checking { future } => future.as_mut().poll(cx),
+            KindProj::Refused { response } => match response.take() {
+                Some(response) => Poll::Ready(Ok(response.map(ResponseBody::reply))),
                 None => Poll::Pending,
             },
         }
