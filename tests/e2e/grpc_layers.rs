@@ -224,9 +224,13 @@ async fn a_panicking_grpc_handler_is_internal_and_the_server_keeps_serving() {
     assert_status(&panicked, Code::Internal, "internal server error", "grpc-panic-1");
     assert!(!format!("{panicked:?}").contains("on purpose"), "the panic text must not reach the client");
 
-    access_lines_of("grpc-panic-1").await;
-    let errors: Vec<_> = lines_of("grpc-panic-1").into_iter().filter(|l| l["level"] == "ERROR").collect();
-    assert_eq!(errors.len(), 1, "{errors:?}");
+    let access = access_lines_of("grpc-panic-1").await;
+    assert_eq!((&access[0]["level"], &access[0]["grpc_status"]), (&"ERROR".into(), &13.into()), "{access:?}");
+    let errors: Vec<_> = lines_of("grpc-panic-1")
+        .into_iter()
+        .filter(|l| l["level"] == "ERROR" && l["target"] != "reqscope::access")
+        .collect();
+    assert_eq!(errors.len(), 1, "one report besides the access line: {errors:?}");
     assert_eq!(errors[0]["target"], "reqscope::panic");
     assert_eq!(errors[0]["panic"], "user -1 does not exist, on purpose");
     assert!(errors[0]["location"].as_str().unwrap().contains("grpc_layers.rs:"), "{}", errors[0]);
