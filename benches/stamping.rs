@@ -37,7 +37,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Waker};
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use reqscope::{LogLayer, RequestContext, RequestContextLayer, RequestId};
+use reqscope::logging::LogLayer;
+use reqscope::{RequestContext, RequestContextLayer, RequestId};
 use tracing_subscriber::prelude::*;
 
 struct CountingAllocator;
@@ -67,7 +68,7 @@ fn request_context() -> Arc<RequestContext> {
     let ctx = RequestContext::builder(RequestId::from_bytes(FORWARDED).unwrap())
         .method(http::Method::GET)
         .path("/users/42")
-        .trace(reqscope::TraceContext::new_root())
+        .trace(reqscope::trace::TraceContext::new_root())
         .build();
     ctx.set_user_id("42");
     ctx.set_org_id("acme");
@@ -315,9 +316,9 @@ fn rate_limit(c: &mut Criterion) {
 }
 
 fn trace(c: &mut Criterion) {
-    use reqscope::TraceContext;
     use reqscope::outgoing::inject_headers;
-    use reqscope::tower::request_context::X_REQUEST_ID;
+    use reqscope::tower::X_REQUEST_ID;
+    use reqscope::trace::TraceContext;
 
     let mut incoming = http::HeaderMap::new();
     incoming.insert("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".parse().unwrap());

@@ -65,7 +65,8 @@ async fn run(args: Vec<String>) -> Result<(), String> {
 fn request<T>(message: T) -> Result<tonic::Request<T>, String> {
     let mut request = tonic::Request::new(message);
     if let Ok(token) = std::env::var("TOKEN") {
-        let value = MetadataValue::try_from(format!("Bearer {token}")).map_err(|_| "TOKEN is not a valid header value")?;
+        let value =
+            MetadataValue::try_from(format!("Bearer {token}")).map_err(|_| "TOKEN is not a valid header value")?;
         request.metadata_mut().insert("authorization", value);
     }
     if let Ok(id) = std::env::var("REQUEST_ID") {

@@ -32,9 +32,10 @@
 //!
 //! - the context itself and the propagation helpers ([`spawn`], [`spawn_blocking`], [`bind`],
 //!   [`FutureExt::in_current_context`]) — from `reqscope-core`, always on;
-//! - [`RequestContextLayer`] and [`MatchedRouteLayer`] — from `reqscope-tower`, features
-//!   `tower` and `axum` (default);
-//! - [`logging`]: the stamping [`LogLayer`] and its non-blocking writer — from
+//! - [`RequestContextLayer`] (feature `tower`, default), [`MatchedRouteLayer`] and
+//!   [`ApiError`] (feature `axum`: add it for axum apps; it reads the peer address from
+//!   `ConnectInfo`) — from `reqscope-tower`; their service, future and body types in [`tower`];
+//! - [`logging`]: the stamping [`LogLayer`](logging::LogLayer) and its non-blocking writer — from
 //!   `reqscope-tracing`, feature `tracing` (default);
 //! - [`auth`]: the JWT layer (feature `jwt`, default);
 //! - [`rate_limit`]: per-user / per-ip limits with the IETF headers (feature `rate-limit`,
@@ -67,7 +68,6 @@ pub use reqscope_core::{
 pub mod trace {
     pub use reqscope_core::trace::*;
 }
-pub use reqscope_core::TraceContext;
 
 /// Outgoing calls carry the request id and a `traceparent`, each call a client span with a
 /// line of its own (feature `tower`; the `reqwest-middleware` middleware with feature
@@ -91,16 +91,24 @@ pub mod peer {
     pub use reqscope_tower::peer::*;
 }
 
-/// The tower layers (feature `tower`).
+/// The services, response futures and bodies the root layers make, for naming them in types
+/// (feature `tower`). The module docs of `reqscope_tower` describe each layer in full.
 #[cfg(feature = "tower")]
 pub mod tower {
-    pub use reqscope_tower::*;
+    pub use reqscope_tower::catch_panic::{CatchPanic, CatchPanicFuture};
+    pub use reqscope_tower::request_context::{ContextBody, RequestContextService, ResponseFuture, X_REQUEST_ID};
+    #[cfg(feature = "axum")]
+    pub use reqscope_tower::route::MatchedRoute;
 }
 
 #[cfg(feature = "axum")]
-pub use reqscope_tower::{ApiError, MatchedRouteLayer};
+pub use reqscope_tower::api_error::ApiError;
 #[cfg(feature = "tower")]
-pub use reqscope_tower::{CatchPanicLayer, RequestContextLayer};
+pub use reqscope_tower::catch_panic::CatchPanicLayer;
+#[cfg(feature = "tower")]
+pub use reqscope_tower::request_context::RequestContextLayer;
+#[cfg(feature = "axum")]
+pub use reqscope_tower::route::MatchedRouteLayer;
 
 /// How refusals and panics become responses: HTTP JSON or trailers-only gRPC, chosen per
 /// request (feature `tower`).
@@ -139,6 +147,3 @@ pub mod websocket {
 pub mod logging {
     pub use reqscope_tracing::*;
 }
-
-#[cfg(feature = "tracing")]
-pub use reqscope_tracing::LogLayer;

@@ -56,7 +56,8 @@ async fn get_user_answers_with_the_user_and_stamps_every_line_with_the_method_as
     assert_eq!(access["method"], "POST");
     assert_eq!(access["client_ip"], "127.0.0.1");
     let lines = lines_of("grpc-get-1");
-    let query = lines.iter().find(|l| l["target"].as_str().is_some_and(|t| t.starts_with("sqlx"))).expect("a query line");
+    let query =
+        lines.iter().find(|l| l["target"].as_str().is_some_and(|t| t.starts_with("sqlx"))).expect("a query line");
     assert_eq!(query["route"], "/reqscope.example.v1.Users/GetUser", "the sqlx line is stamped: {query}");
     assert!(lines.iter().all(|l| l["trace_id"] == access["trace_id"]), "one trace: {lines:?}");
 }
@@ -83,7 +84,10 @@ async fn every_error_status_of_the_contract_carries_the_request_id() {
                 .who_am_i(request(
                     WhoAmIRequest {},
                     "grpc-err-badsig",
-                    &[("authorization", format!("Bearer {}", hs256(b"another secret, also 32 bytes long!", &claims("1"))))],
+                    &[(
+                        "authorization",
+                        format!("Bearer {}", hs256(b"another secret, also 32 bytes long!", &claims("1"))),
+                    )],
                 ))
                 .await
                 .unwrap_err(),
@@ -116,7 +120,8 @@ async fn every_error_status_of_the_contract_carries_the_request_id() {
         assert_eq!(access["grpc_status"], number, "{id}: {access}");
     }
     // The panic was reported, stamped, and the server keeps serving.
-    let panic = lines_of("grpc-err-panic").into_iter().find(|l| l["target"] == "reqscope::panic").expect("a panic line");
+    let panic =
+        lines_of("grpc-err-panic").into_iter().find(|l| l["target"] == "reqscope::panic").expect("a panic line");
     assert_eq!(panic["level"], "ERROR");
     assert_eq!(panic["route"], "/reqscope.example.v1.Users/GetUser");
     assert!(users.get_user(request(GetUserRequest { id: 2 }, "grpc-after-panic", &[])).await.is_ok());
@@ -151,7 +156,11 @@ async fn the_rate_limit_is_the_budget_of_the_users_routes() {
     let spent = users.get_user(request(GetUserRequest { id: 1 }, "grpc-limit-2", &[])).await.unwrap_err();
     assert_eq!(spent.code(), Code::ResourceExhausted, "{spent:?}");
     assert_eq!(echoed_id(spent.metadata()), "grpc-limit-2");
-    assert!(spent.metadata().get("retry-after").is_some(), "the retry hint travels as metadata: {:?}", spent.metadata());
+    assert!(
+        spent.metadata().get("retry-after").is_some(),
+        "the retry hint travels as metadata: {:?}",
+        spent.metadata()
+    );
     assert_eq!(the_access_line("grpc-limit-2").await["grpc_status"], 8);
 }
 
@@ -168,8 +177,7 @@ async fn a_traceparent_in_the_metadata_is_continued() {
     assert_eq!(access["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
     assert_ne!(access["span_id"], "00f067aa0ba902b7", "a span of this service's own");
     // An invalid id is replaced, as for HTTP.
-    let reply =
-        client(addr).await.get_user(request(GetUserRequest { id: 1 }, "not a valid id", &[])).await.unwrap();
+    let reply = client(addr).await.get_user(request(GetUserRequest { id: 1 }, "not a valid id", &[])).await.unwrap();
     assert_ne!(echoed_id(reply.metadata()), "not a valid id");
 }
 
@@ -201,8 +209,7 @@ async fn every_tick_of_a_stream_is_stamped_as_it_is_sent() {
 async fn a_stream_cancelled_mid_way_has_one_aborted_access_line() {
     let addr = serve(example_app().await).await;
     let mut users = client(addr).await;
-    let mut ticks =
-        users.count_up(request(CountUpRequest { n: 100 }, "grpc-cancel", &[])).await.unwrap().into_inner();
+    let mut ticks = users.count_up(request(CountUpRequest { n: 100 }, "grpc-cancel", &[])).await.unwrap().into_inner();
     assert_eq!(ticks.message().await.unwrap().unwrap().i, 1);
     assert_eq!(ticks.message().await.unwrap().unwrap().i, 2);
     drop(ticks); // resets the stream
@@ -218,15 +225,18 @@ async fn a_stream_cancelled_mid_way_has_one_aborted_access_line() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reflection_lists_the_service_and_an_unknown_method_is_unimplemented() {
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
     use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
     use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
     use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
-    use tonic_reflection::pb::v1::ServerReflectionRequest;
 
     let addr = serve(example_app().await).await;
     let channel = Channel::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
     let mut reflection = ServerReflectionClient::new(channel.clone());
-    let ask = ServerReflectionRequest { host: String::new(), message_request: Some(MessageRequest::ListServices(String::new())) };
+    let ask = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
     let mut answers = reflection.server_reflection_info(tokio_stream::iter([ask])).await.unwrap().into_inner();
     let answer = answers.message().await.unwrap().expect("one answer");
     let Some(MessageResponse::ListServicesResponse(list)) = answer.message_response else { panic!("{answer:?}") };

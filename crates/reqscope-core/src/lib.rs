@@ -1,6 +1,6 @@
 //! The request context at the heart of reqscope.
 //!
-//! Every request gets one [`RequestContext`]: its [`RequestId`], its W3C [`TraceContext`], method, path, client ip and
+//! Every request gets one [`RequestContext`]: its [`RequestId`], its W3C [`TraceContext`](trace::TraceContext), method, path, client ip and
 //! start time, plus a patchable part (user, org, roles, rate-limit budget, custom fields and
 //! typed extensions) that later layers fill in. The context lives in a tokio task-local, so
 //! any code running on behalf of the request reads it with [`RequestContext::current`] or
@@ -42,11 +42,14 @@ pub mod trace;
 pub const REQUEST_SPAN_TARGET: &str = "reqscope::request";
 
 pub use context::{FieldValue, Patch, RequestContext, RequestContextBuilder, Scoped};
-pub use error::{ErrorChain, InvalidRequestId, NoRequestContext};
+pub use error::{InvalidRequestId, NoRequestContext};
 pub use id::{ForwardedIdPolicy, IdGenerator, RequestId};
-pub use panics::{install_panic_location_hook, panic_message, take_panic_location};
 pub use propagate::{Captured, FutureExt, InContext, bind, bind_fn, elapsed, spawn, spawn_blocking};
 pub use proxy::{ClientIpHeader, InvalidProxy, TrustedProxies};
-pub use trace::{
-    InvalidTraceParent, InvalidTraceState, SpanId, TraceContext, TraceId, TraceParent, TraceState, TraceStateEntry,
-};
+
+/// Plumbing shared by reqscope's own crates; not a public API, and it may change at any time.
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::error::ErrorChain;
+    pub use crate::panics::{install_panic_location_hook, panic_message, take_panic_location};
+}

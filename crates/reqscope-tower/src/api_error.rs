@@ -1,7 +1,7 @@
 //! One error type for handlers: status, JSON body with the request id, and the right log line.
 //!
 //! ```
-//! use reqscope_tower::ApiError;
+//! use reqscope_tower::api_error::ApiError;
 //!
 //! async fn get_user(id: String) -> Result<String, ApiError> {
 //!     let id: u64 = id.parse().map_err(|_| ApiError::bad_request("the user id must be a number"))?;

@@ -3,7 +3,8 @@
 //!
 //! ```
 //! use axum::{Router, routing::get};
-//! use reqscope_tower::{CatchPanicLayer, RequestContextLayer};
+//! use reqscope_tower::catch_panic::CatchPanicLayer;
+//! use reqscope_tower::request_context::RequestContextLayer;
 //!
 //! async fn boom() -> &'static str {
 //!     panic!("on purpose")
@@ -32,7 +33,7 @@ use std::task::{Context, Poll};
 
 use http::{Request, Response};
 use pin_project_lite::pin_project;
-use reqscope_core::{install_panic_location_hook, panic_message, take_panic_location};
+use reqscope_core::__private::{install_panic_location_hook, panic_message, take_panic_location};
 use tower_layer::Layer;
 use tower_service::Service;
 

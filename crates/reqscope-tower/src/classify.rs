@@ -3,7 +3,7 @@
 //!
 //! ```
 //! use http::{HeaderMap, StatusCode};
-//! use reqscope_tower::RequestContextLayer;
+//! use reqscope_tower::request_context::RequestContextLayer;
 //! use reqscope_tower::classify::{Classification, ClassifyFailure, DefaultClassifier};
 //!
 //! /// For an internal API whose clients are our own: a 4xx is a bug somewhere, log it as one.
@@ -23,7 +23,7 @@
 //! let layer = RequestContextLayer::new().failure_classifier(ClientErrorsToo);
 //! ```
 //!
-//! The [`RequestContextLayer`](crate::RequestContextLayer) asks its classifier twice at most:
+//! The [`RequestContextLayer`](crate::request_context::RequestContextLayer) asks its classifier twice at most:
 //! once with the response head ([`classify_response`](ClassifyFailure::classify_response)),
 //! and — when the body ends with a trailers frame — once more with the trailers
 //! ([`classify_trailers`](ClassifyFailure::classify_trailers)), given what the head said. The

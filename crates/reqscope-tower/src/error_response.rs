@@ -24,7 +24,7 @@
 //! # Ok::<(), http::Error>(())
 //! ```
 //!
-//! The layers that refuse requests — [`CatchPanicLayer`](crate::CatchPanicLayer),
+//! The layers that refuse requests — [`CatchPanicLayer`](crate::catch_panic::CatchPanicLayer),
 //! `AuthLayer` and `RequireRoleLayer` (feature `jwt`), `RateLimitLayer` (feature
 //! `rate-limit`) — describe each refusal as an [`ErrorReply`]: an [`ErrorCode`] (which gives
 //! both the HTTP status and the gRPC status code), the machine-readable `error` word of the
@@ -54,7 +54,8 @@
 //!
 //! ```
 //! use axum::{Router, routing::get};
-//! use reqscope_tower::{CatchPanicLayer, RequestContextLayer};
+//! use reqscope_tower::catch_panic::CatchPanicLayer;
+//! use reqscope_tower::request_context::RequestContextLayer;
 //!
 //! async fn boom() -> &'static str {
 //!     panic!("on purpose")
@@ -74,7 +75,7 @@
 //! ```
 //! use bytes::Bytes;
 //! use http::{HeaderValue, Request, Response};
-//! use reqscope_tower::CatchPanicLayer;
+//! use reqscope_tower::catch_panic::CatchPanicLayer;
 //! use reqscope_tower::error_response::{ErrorReply, MakeErrorResponse, RespondWithError};
 //!
 //! /// RFC 9457 problem details.
@@ -323,7 +324,7 @@ fn grpc_percent_encode(message: &str) -> String {
 }
 
 /// The JSON error body `{"error","message","request_id"}`, with the current request's id
-/// (`null` outside a request). [`ApiError`](crate::ApiError) writes its bodies with it too.
+/// (`null` outside a request). [`ApiError`](crate::api_error::ApiError) writes its bodies with it too.
 pub(crate) fn json_body(error: &str, message: &str) -> Bytes {
     let mut body = String::with_capacity(64 + error.len() + message.len());
     body.push_str(r#"{"error":"#);

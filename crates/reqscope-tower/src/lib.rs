@@ -1,6 +1,6 @@
 //! Tower layers for reqscope.
 //!
-//! - [`RequestContextLayer`] gives every request its [`RequestContext`](reqscope_core::RequestContext):
+//! - [`RequestContextLayer`](request_context::RequestContextLayer) gives every request its [`RequestContext`](reqscope_core::RequestContext):
 //!   it assigns or forwards the request id, echoes it on every response, scopes the context
 //!   around the inner service *and every poll of the response body*, opens the request span
 //!   and writes one access-log event per request.
@@ -8,9 +8,9 @@
 //!   5xx and server-side gRPC statuses, read from the trailers, by default; where the peer
 //!   address comes from is the [`peer`] module's (axum's `ConnectInfo`, tonic's
 //!   `TcpConnectInfo` with feature `tonic`, or your own reader).
-//! - [`MatchedRouteLayer`] (feature `axum`) records axum's matched route template into the
+//! - [`MatchedRouteLayer`](route::MatchedRouteLayer) (feature `axum`) records axum's matched route template into the
 //!   context.
-//! - [`CatchPanicLayer`] turns a panicking handler into 500 JSON (gRPC: `INTERNAL`) and one
+//! - [`CatchPanicLayer`](catch_panic::CatchPanicLayer) turns a panicking handler into 500 JSON (gRPC: `INTERNAL`) and one
 //!   stamped ERROR event.
 //! - [`auth::AuthLayer`] (feature `jwt`) verifies JWT bearer tokens and patches user, org and
 //!   roles into the context; [`auth::RequireRoleLayer`] guards a route by role.
@@ -52,10 +52,3 @@ pub mod route;
 pub mod sentry;
 #[cfg(feature = "websocket")]
 pub mod websocket;
-
-#[cfg(feature = "axum")]
-pub use api_error::ApiError;
-pub use catch_panic::{CatchPanic, CatchPanicFuture, CatchPanicLayer};
-pub use request_context::{ContextBody, RequestContextLayer, RequestContextService, ResponseFuture};
-#[cfg(feature = "axum")]
-pub use route::{MatchedRoute, MatchedRouteLayer};

@@ -4,7 +4,7 @@
 
 use opentelemetry::Context as OtelContext;
 use opentelemetry::trace::{SpanContext, TraceContextExt, TraceFlags, TraceState as OtelTraceState};
-use reqscope_core::{SpanId, TraceContext, TraceId, TraceParent, TraceState};
+use reqscope_core::trace::{SpanId, TraceContext, TraceId, TraceParent, TraceState};
 use tracing::Span;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 

@@ -2,7 +2,8 @@
 //!
 //! ```
 //! use http::{Request, Response};
-//! use reqscope_core::{RequestContext, RequestId, TraceContext};
+//! use reqscope_core::trace::TraceContext;
+//! use reqscope_core::{RequestContext, RequestId};
 //! use reqscope_tower::outgoing::PropagateContextLayer;
 //! use tower::{Service, ServiceBuilder, ServiceExt, service_fn};
 //!
@@ -72,8 +73,9 @@ use std::time::Instant;
 
 use http::{HeaderMap, HeaderName, Method, Request, Response, StatusCode, Uri};
 use pin_project_lite::pin_project;
+use reqscope_core::RequestContext;
+use reqscope_core::trace::{SpanId, TraceContext, TraceParent};
 use reqscope_core::trace::{TRACEPARENT, TRACESTATE};
-use reqscope_core::{RequestContext, SpanId, TraceContext, TraceParent};
 use tower_layer::Layer;
 use tower_service::Service;
 use tracing::Span;
@@ -495,7 +497,8 @@ mod reqwest {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use reqscope_core::{RequestId, TraceContext, TraceParent};
+    use reqscope_core::RequestId;
+    use reqscope_core::trace::{TraceContext, TraceParent};
 
     #[test]
     fn the_logged_url_has_no_query_fragment_or_user_info() {
@@ -522,7 +525,7 @@ mod tests {
         let parent = TraceParent::parse(b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").unwrap();
         let mut incoming = HeaderMap::new();
         incoming.insert(TRACESTATE, "rojo=1".parse().unwrap());
-        let trace = TraceContext::child_of(parent, reqscope_core::TraceState::from_headers(&incoming));
+        let trace = TraceContext::child_of(parent, reqscope_core::trace::TraceState::from_headers(&incoming));
         let ctx = RequestContext::builder(RequestId::parse("r-9").unwrap()).trace(trace.clone()).build();
         RequestContext::scope_sync(ctx, || {
             let mut headers = HeaderMap::new();

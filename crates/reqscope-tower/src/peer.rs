@@ -3,7 +3,7 @@
 //!
 //! ```
 //! use std::net::SocketAddr;
-//! use reqscope_tower::RequestContextLayer;
+//! use reqscope_tower::request_context::RequestContextLayer;
 //!
 //! /// A server of our own that stores the peer in an extension of its own.
 //! #[derive(Clone)]
@@ -13,7 +13,7 @@
 //!     .peer_addr(|extensions: &http::Extensions| extensions.get::<Remote>().map(|remote| remote.0));
 //! ```
 //!
-//! The [`RequestContextLayer`](crate::RequestContextLayer) asks for the peer once per request.
+//! The [`RequestContextLayer`](crate::request_context::RequestContextLayer) asks for the peer once per request.
 //! Its ip is the request's `client_ip` — unless the peer is one of the trusted proxies, when
 //! the forwarding header names the client — and it is the address the forwarded-id and
 //! `traceparent` policies and the trusted-proxy check judge. No peer (an in-memory transport,

@@ -3,7 +3,7 @@
 //! ```
 //! use axum::{Router, routing::get};
 //! use reqscope_core::RequestContext;
-//! use reqscope_tower::RequestContextLayer;
+//! use reqscope_tower::request_context::RequestContextLayer;
 //!
 //! async fn hello() -> String {
 //!     // No `req` parameter: the context is task-local.
@@ -82,10 +82,9 @@ use bytes::Buf;
 use http::{HeaderName, HeaderValue, Request, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
-use reqscope_core::trace::{TRACEPARENT, TRACESTATE};
+use reqscope_core::trace::{TRACEPARENT, TRACESTATE, TraceParent, TraceState, TraceStateEntry};
 use reqscope_core::{
-    ClientIpHeader, ForwardedIdPolicy, IdGenerator, REQUEST_SPAN_TARGET, RequestContext, RequestId, TraceParent,
-    TraceState, TraceStateEntry, TrustedProxies,
+    ClientIpHeader, ForwardedIdPolicy, IdGenerator, REQUEST_SPAN_TARGET, RequestContext, RequestId, TrustedProxies,
 };
 use tower_layer::Layer;
 use tower_service::Service;
@@ -375,10 +374,10 @@ fn request_trace(
     _span: &Span,
     incoming: Option<(TraceParent, Option<TraceState>)>,
     root_sampled: bool,
-) -> reqscope_core::TraceContext {
+) -> reqscope_core::trace::TraceContext {
     match incoming {
-        Some((parent, state)) => reqscope_core::TraceContext::child_of(parent, state),
-        None => reqscope_core::TraceContext::new_root_sampled(root_sampled),
+        Some((parent, state)) => reqscope_core::trace::TraceContext::child_of(parent, state),
+        None => reqscope_core::trace::TraceContext::new_root_sampled(root_sampled),
     }
 }
 

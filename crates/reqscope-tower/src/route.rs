@@ -2,7 +2,8 @@
 //!
 //! ```
 //! use axum::{Router, routing::get};
-//! use reqscope_tower::{MatchedRouteLayer, RequestContextLayer};
+//! use reqscope_tower::route::MatchedRouteLayer;
+//! use reqscope_tower::request_context::RequestContextLayer;
 //!
 //! let app: Router = Router::new()
 //!     .route("/users/{id}", get(|| async { "user" }))

@@ -4,7 +4,7 @@
 //! use axum::extract::ws::{Message, WebSocketUpgrade};
 //! use axum::response::Response;
 //! use axum::{Router, routing::get};
-//! use reqscope_tower::RequestContextLayer;
+//! use reqscope_tower::request_context::RequestContextLayer;
 //! use reqscope_tower::websocket::{ContextWebSocket, WebSocketUpgradeExt};
 //!
 //! async fn ws(upgrade: WebSocketUpgrade) -> Response {
@@ -120,10 +120,8 @@ use futures_core::stream::FusedStream;
 use futures_sink::Sink;
 use http::HeaderValue;
 use pin_project_lite::pin_project;
-use reqscope_core::{
-    Captured, FutureExt as _, InContext, REQUEST_SPAN_TARGET, RequestContext, install_panic_location_hook,
-    panic_message, take_panic_location,
-};
+use reqscope_core::__private::{install_panic_location_hook, panic_message, take_panic_location};
+use reqscope_core::{Captured, FutureExt as _, InContext, REQUEST_SPAN_TARGET, RequestContext};
 
 /// Runs a WebSocket connection inside the request context of its upgrade request; implemented
 /// for axum's [`WebSocketUpgrade`]. See the [module docs](self).

@@ -9,7 +9,8 @@ use std::fmt::{self, Write as _};
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use reqscope_core::{ErrorChain, FieldValue, RequestContext};
+use reqscope_core::__private::ErrorChain;
+use reqscope_core::{FieldValue, RequestContext};
 use tracing::field::{Field, Visit};
 use tracing::{Event, Metadata};
 

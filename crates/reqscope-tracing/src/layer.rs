@@ -401,9 +401,11 @@ mod tests {
                 .method(http::Method::GET)
                 .path("/users/7")
                 .client_ip("10.1.2.3".parse().unwrap())
-                .trace(reqscope_core::TraceContext::child_of(
-                    reqscope_core::TraceParent::parse(b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
-                        .unwrap(),
+                .trace(reqscope_core::trace::TraceContext::child_of(
+                    reqscope_core::trace::TraceParent::parse(
+                        b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+                    )
+                    .unwrap(),
                     None,
                 ))
                 .build(),

@@ -2,7 +2,7 @@
 //!
 //! ```
 //! use axum::{Router, routing::get};
-//! use reqscope_tower::RequestContextLayer;
+//! use reqscope_tower::request_context::RequestContextLayer;
 //! use reqscope_tower::auth::{AuthLayer, RequireRoleLayer};
 //!
 //! # fn main() -> Result<(), reqscope_tower::auth::AuthConfigError> {
@@ -77,7 +77,7 @@
 //! (see [`error_response`](crate::error_response)).
 //!
 //! ```
-//! use reqscope_tower::RequestContextLayer;
+//! use reqscope_tower::request_context::RequestContextLayer;
 //! use reqscope_tower::auth::AuthLayer;
 //!
 //! // For `tonic::transport::Server::builder().layer(stack)`: the same layers as for axum.

@@ -2,7 +2,7 @@
 //!
 //! ```
 //! use axum::{Router, routing::get};
-//! use reqscope_tower::RequestContextLayer;
+//! use reqscope_tower::request_context::RequestContextLayer;
 //! use reqscope_tower::rate_limit::{Quota, RateLimitLayer};
 //!
 //! let per_user = RateLimitLayer::new(Quota::per_minute(600).expect("a valid quota"));
@@ -33,7 +33,7 @@
 //!
 //! ```
 //! use axum::{Router, routing::get};
-//! use reqscope_tower::RequestContextLayer;
+//! use reqscope_tower::request_context::RequestContextLayer;
 //! use reqscope_tower::auth::AuthLayer;
 //! use reqscope_tower::rate_limit::{Quota, RateLimitLayer};
 //!
