@@ -21,7 +21,7 @@
 //! - `grpc/*`: one unary gRPC call (`reqscope.example.v1.Users/GetUser`, the example's
 //!   service definition) through tonic in process: bare tonic, with `RequestContextLayer`,
 //!   and with the layer, a subscriber and one stamped line from the handler (bare tonic with
-//!   the same subscriber and line as its baseline).
+//!   the same subscriber and line as its baseline), then with the access line as well.
 //! - `trace/*`: parsing an incoming `traceparent` (with its `tracestate`), starting a new
 //!   trace, and adding the id and a child `traceparent` to an outgoing request's headers.
 //!
@@ -427,6 +427,9 @@ fn grpc(c: &mut Criterion) {
     tracing::subscriber::with_default(subscriber, || {
         bench_grpc(&mut group, "bare_tonic_and_line", UsersServer::new(Users { log: true }));
         bench_grpc(&mut group, "context_and_line", context().layer(UsersServer::new(Users { log: true })));
+        // The access line too: the classifier reads `grpc-status` from the trailers.
+        let with_access_line = RequestContextLayer::new().layer(UsersServer::new(Users { log: true }));
+        bench_grpc(&mut group, "context_line_and_access_line", with_access_line);
     });
     group.finish();
 }

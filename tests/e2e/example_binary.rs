@@ -12,7 +12,7 @@ use serde_json::Value;
 use crate::support::fetch;
 
 /// `cargo test` builds the examples next to the test binaries' `deps` folder.
-fn example_path(name: &str) -> PathBuf {
+pub(crate) fn example_path(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test binary path");
     let profile_dir = exe.parent().and_then(|deps| deps.parent()).expect("target/<profile>");
     profile_dir.join("examples").join(format!("{name}{}", std::env::consts::EXE_SUFFIX))

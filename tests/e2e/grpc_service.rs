@@ -10,7 +10,7 @@ use serde_json::Value;
 use tonic::Code;
 use tonic::transport::Channel;
 
-use crate::support::{TEST_SECRET, access_lines_of, claims, example_app, hs256, lines_of, serve, wait_until};
+use crate::support::{TEST_SECRET, access_lines_of, claims, example_app, hs256, lines_of, serve};
 
 async fn client(addr: SocketAddr) -> UsersClient<Channel> {
     UsersClient::connect(format!("http://{addr}")).await.expect("connect to the gRPC service")
@@ -165,6 +165,80 @@ async fn the_rate_limit_is_the_budget_of_the_users_routes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn who_am_i_spends_the_budget_of_the_users_http_routes_per_user() {
+    let limit = crate::rate_limit::layer(2, None).unwrap();
+    let pool = crate::db::connect(
+        &format!("sqlite:file:reqscope-grpc-user-limit-{}?mode=memory&cache=shared", std::process::id()),
+        std::time::Duration::from_millis(100),
+    )
+    .await
+    .unwrap();
+    let app = crate::app::app(crate::app::auth_layer(TEST_SECRET), limit, pool, crate::support::unused_next_hop());
+    let addr = serve(app).await;
+    let (_, token) = bearer("1");
+    let me = crate::support::fetch(addr, "/users/me", &[("authorization", token.as_bytes())]).await;
+    assert_eq!(me.status, 200, "{}", me.body);
+    let mut users = client(addr).await;
+    users.who_am_i(request(WhoAmIRequest {}, "grpc-user-limit-1", &[bearer("1")])).await.unwrap();
+    let spent = users.who_am_i(request(WhoAmIRequest {}, "grpc-user-limit-2", &[bearer("1")])).await.unwrap_err();
+    assert_eq!(spent.code(), Code::ResourceExhausted, "user 1 spent its two on HTTP and gRPC: {spent:?}");
+    // Another user, from the same address, has a budget of its own.
+    users.who_am_i(request(WhoAmIRequest {}, "grpc-user-limit-3", &[bearer("2")])).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_example_binary_answers_grpc_on_its_address_to_the_example_client() {
+    let (child, stdout, addr) = crate::example_binary::start_example(&[]);
+    let (lines, reader) = crate::example_binary::watch_lines(stdout);
+    let client = crate::example_binary::example_path("grpc_client");
+    assert!(client.exists(), "{} is missing: `cargo test --workspace` builds the examples", client.display());
+    let run = |args: &[&str], env: &[(&str, String)]| {
+        let mut command = std::process::Command::new(&client);
+        command.args(args).env("ADDR", format!("http://{addr}")).env_remove("TOKEN").env_remove("REQUEST_ID");
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        command.output().expect("run grpc_client")
+    };
+    let found = run(&["get-user", "1"], &[("REQUEST_ID", "bin-grpc-1".to_owned())]);
+    let out = String::from_utf8_lossy(&found.stdout);
+    assert!(found.status.success(), "{out} {}", String::from_utf8_lossy(&found.stderr));
+    assert!(out.contains("x-request-id: bin-grpc-1") && out.contains("Ada Lovelace"), "{out}");
+    let token = hs256(TEST_SECRET, &claims("2"));
+    let me = run(&["who-am-i"], &[("TOKEN", token)]);
+    assert!(String::from_utf8_lossy(&me.stdout).contains("Grace Hopper"), "{me:?}");
+    let refused = run(&["who-am-i"], &[("REQUEST_ID", "bin-grpc-2".to_owned())]);
+    assert!(!refused.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&refused.stderr).trim(),
+        "error: Unauthenticated: missing (x-request-id: bin-grpc-2)"
+    );
+    let ticks = run(&["count-up", "2"], &[]);
+    assert!(String::from_utf8_lossy(&ticks.stdout).ends_with("Tick { i: 1 }\nTick { i: 2 }\n"), "{ticks:?}");
+
+    let access = |id: &str| {
+        let id = id.to_owned();
+        let lines = lines.clone();
+        move || -> Vec<Value> {
+            let lines = lines.lock().unwrap();
+            lines
+                .iter()
+                .filter(|l| l["request_id"] == id.as_str() && l["target"] == "reqscope::access")
+                .cloned()
+                .collect()
+        }
+    };
+    crate::example_binary::wait_for("the gRPC access lines", || {
+        !access("bin-grpc-1")().is_empty() && !access("bin-grpc-2")().is_empty()
+    })
+    .await;
+    crate::example_binary::stop(child).await;
+    crate::example_binary::until_stdout_ends(reader).await;
+    assert_eq!(access("bin-grpc-1")()[0]["grpc_status"], 0);
+    assert_eq!(access("bin-grpc-2")()[0]["grpc_status"], 16);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_traceparent_in_the_metadata_is_continued() {
     let addr = serve(example_app().await).await;
     let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
@@ -216,7 +290,6 @@ async fn a_stream_cancelled_mid_way_has_one_aborted_access_line() {
     let access = the_access_line("grpc-cancel").await;
     assert_eq!(access["aborted"], true, "{access}");
     // Ticks stop once the stream is gone: the server wrote far fewer than 100.
-    wait_until("the call to be logged", || !lines_of("grpc-cancel").is_empty()).await;
     let sent = lines_of("grpc-cancel").iter().filter(|l| l["message"] == "tick sent").count();
     assert!(sent < 100, "{sent} ticks logged after a cancel");
     // The connection still serves.
@@ -242,6 +315,25 @@ async fn reflection_lists_the_service_and_an_unknown_method_is_unimplemented() {
     let Some(MessageResponse::ListServicesResponse(list)) = answer.message_response else { panic!("{answer:?}") };
     let names: Vec<_> = list.service.iter().map(|s| s.name.as_str()).collect();
     assert!(names.contains(&"reqscope.example.v1.Users"), "{names:?}");
+
+    // Older clients ask `v1alpha`; it answers the same.
+    {
+        use tonic_reflection::pb::v1alpha::ServerReflectionRequest;
+        use tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient;
+        use tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest;
+        use tonic_reflection::pb::v1alpha::server_reflection_response::MessageResponse;
+        let mut reflection = ServerReflectionClient::new(channel.clone());
+        let ask = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::FileContainingSymbol("reqscope.example.v1.Users".to_owned())),
+        };
+        let mut answers = reflection.server_reflection_info(tokio_stream::iter([ask])).await.unwrap().into_inner();
+        let answer = answers.message().await.unwrap().expect("one answer");
+        let Some(MessageResponse::FileDescriptorResponse(files)) = answer.message_response else {
+            panic!("{answer:?}")
+        };
+        assert!(!files.file_descriptor_proto.is_empty(), "the descriptor of users.proto");
+    }
 
     let mut grpc = tonic::client::Grpc::new(channel);
     grpc.ready().await.unwrap();

@@ -276,6 +276,9 @@ where
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
         let config = &*self.config;
         let peer = config.peer.peer_addr(req.extensions()).map(|addr| addr.ip());
+        if peer.is_none() {
+            warn_no_peer_once();
+        }
         // Sent more than once, the id is ambiguous (which hop's is it?): none is kept.
         let mut sent = req.headers().get_all(&config.header).iter();
         let forwarded = match (sent.next(), sent.next()) {
@@ -363,6 +366,20 @@ where
             header: config.header.clone(),
             id: id_header,
         }
+    }
+}
+
+/// Without a peer address, lines have no `client_ip`, `TrustFrom` trusts nobody and rate
+/// limits fall back to one shared budget: said once per process, since it is a setup mistake.
+fn warn_no_peer_once() {
+    static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        tracing::warn!(
+            target: "reqscope::request",
+            "a request came without a peer address: `client_ip` is unknown; serve axum with \
+             into_make_service_with_connect_info and reqscope's feature `axum`, tonic's Server with feature \
+             `tonic`, or set RequestContextLayer::peer_addr"
+        );
     }
 }
 

@@ -147,9 +147,11 @@ impl<F: OnFailedUpgrade> WebSocketUpgradeExt for WebSocketUpgrade<F> {
         self.on_upgrade(move |socket| {
             let counts = Arc::new(Counts::default());
             let socket = ContextWebSocket { inner: socket, counts: Arc::clone(&counts) };
-            captured.run(|| Connection {
-                inner: callback(socket).in_current_context(),
-                close: CloseLine { captured: captured.clone(), opened: Instant::now(), counts, written: false },
+            captured.run(|| {
+                // Made before the callback runs: a callback that panics before returning its
+                // future still closes with its line (aborted) while unwinding.
+                let close = CloseLine { captured: captured.clone(), opened: Instant::now(), counts, written: false };
+                Connection { inner: callback(socket).in_current_context(), close }
             })
         })
     }

@@ -359,7 +359,7 @@ impl RemoteJwks {
         // crates turn on a second rustls provider must not leave the layer without one.
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
             .with_provider_and_webpki_roots(rustls::crypto::aws_lc_rs::default_provider())
-            .map_err(|e| AuthConfigError::InvalidUrl(format!("{url}: TLS setup failed: {e}")))?
+            .map_err(|e| AuthConfigError::Tls(e.to_string()))?
             .https_or_http()
             .enable_http1()
             .build();

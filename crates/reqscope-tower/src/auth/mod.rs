@@ -168,6 +168,9 @@ pub enum AuthConfigError {
     /// A JWKS URL is not an absolute http(s) URL.
     #[error("invalid JWKS URL {0:?}: expected http:// or https://")]
     InvalidUrl(String),
+    /// The TLS client for fetching the JWKS could not be set up.
+    #[error("cannot set up TLS for the JWKS client: {0}")]
+    Tls(String),
 }
 
 #[derive(Clone)]

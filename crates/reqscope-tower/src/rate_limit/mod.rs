@@ -311,8 +311,9 @@ impl Shared {
                         tracing::warn!(
                             target: "reqscope::rate_limit",
                             "a request has no client ip: such requests share one `anonymous` budget; \
-                             give the stack the peer address (axum's into_make_service_with_connect_info, \
-                             or a SocketAddr request extension) or set key_fn"
+                             give the stack the peer address (axum's into_make_service_with_connect_info \
+                             with reqscope's feature `axum`, tonic's Server with feature `tonic`, \
+                             RequestContextLayer::peer_addr) or set key_fn"
                         );
                     }
                     key.push_str("anonymous");
