@@ -6,7 +6,11 @@ use axum::response::{IntoResponse, Response};
 use reqscope::ApiError;
 
 pub async fn not_found(method: Method, uri: Uri, headers: HeaderMap) -> Response {
-    let grpc = headers.get(header::CONTENT_TYPE).is_some_and(|value| value.as_bytes().starts_with(b"application/grpc"));
+    // `application/grpc`, `application/grpc+proto`, …; not gRPC-Web, whose clients read JSON errors here.
+    let grpc = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.as_bytes().strip_prefix(b"application/grpc"))
+        .is_some_and(|rest| matches!(rest.first(), None | Some(b'+' | b';')));
     if grpc {
         return tonic::Status::unimplemented(format!("no method {}", uri.path()))
             .into_http::<axum::body::Body>()

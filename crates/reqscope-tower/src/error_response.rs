@@ -39,14 +39,16 @@
 //!
 //! - [`ByContentType`], every layer's default: gRPC for requests whose `content-type` is
 //!   `application/grpc`, `application/grpc+…` (`+proto`, `+json`) or `application/grpc;…`,
-//!   JSON for the rest;
+//!   JSON for the rest — gRPC-Web (`application/grpc-web…`) included: serve gRPC-Web through
+//!   tonic-web's layer *outside* these layers, which hands them `application/grpc` requests;
 //! - [`JsonErrors`]: always `{"error","message","request_id"}` with the HTTP status and
 //!   `content-type: application/json`; `request_id` is the current request's id, `null`
 //!   outside a request;
 //! - [`GrpcErrors`]: always a trailers-only gRPC response — HTTP 200, `content-type:
 //!   application/grpc`, `grpc-status`, `grpc-message` (percent-encoded as the gRPC over
 //!   HTTP/2 protocol requires), the reply's headers as metadata, `x-request-id` when there is
-//!   a current request, and an empty body.
+//!   a current request (always that name: with `RequestContextLayer::header_name`, the layer
+//!   adds its own header beside it), and an empty body.
 //!
 //! Every layer takes another maker with its `error_response` method, e.g.
 //! `CatchPanicLayer::new().error_response(GrpcErrors)` for a service that only speaks gRPC.
