@@ -173,13 +173,24 @@ fn bench_request<S, B>(
         let response = poll_once(service.clone().oneshot(request)).unwrap().unwrap();
         poll_once(response.into_body().collect()).unwrap().unwrap().to_bytes()
     };
+    count_then_time(group, &format!("{group_name}/{name}"), "request", name, one_request);
+}
+
+/// Prints the heap allocations of one run of `run` (averaged over 1,000), then times it.
+fn count_then_time<T>(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    label: &str,
+    unit: &str,
+    name: &str,
+    run: impl Fn() -> T,
+) {
     let before = ALLOCATIONS.load(Ordering::Relaxed);
     for _ in 0..1_000 {
-        one_request();
+        run();
     }
-    let per_request = (ALLOCATIONS.load(Ordering::Relaxed) - before) as f64 / 1_000.0;
-    println!("{group_name}/{name}: {per_request} heap allocations per request");
-    group.bench_function(name, |b| b.iter(one_request));
+    let per_run = (ALLOCATIONS.load(Ordering::Relaxed) - before) as f64 / 1_000.0;
+    println!("{label}: {per_run} heap allocations per {unit}");
+    group.bench_function(name, |b| b.iter(&run));
 }
 
 /// One request through axum, bare and with the context layer: the layer's own cost.
@@ -404,13 +415,7 @@ where
         assert_eq!(body.trailers().and_then(|t| t.get("grpc-status")).map(|s| s.as_bytes()), Some(&b"0"[..]));
         body.to_bytes()
     };
-    let before = ALLOCATIONS.load(Ordering::Relaxed);
-    for _ in 0..1_000 {
-        one_call();
-    }
-    let per_call = (ALLOCATIONS.load(Ordering::Relaxed) - before) as f64 / 1_000.0;
-    println!("grpc/{name}: {per_call} heap allocations per call");
-    group.bench_function(name, |b| b.iter(one_call));
+    count_then_time(group, &format!("grpc/{name}"), "call", name, one_call);
 }
 
 /// One unary call through tonic, bare and with the context layer: the layer's cost on gRPC.

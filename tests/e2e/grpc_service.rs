@@ -140,15 +140,7 @@ async fn who_am_i_reads_the_user_from_the_context() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_rate_limit_is_the_budget_of_the_users_routes() {
-    let limit = crate::rate_limit::layer(2, None).unwrap();
-    let pool = crate::db::connect(
-        &format!("sqlite:file:reqscope-grpc-limit-{}?mode=memory&cache=shared", std::process::id()),
-        std::time::Duration::from_millis(100),
-    )
-    .await
-    .unwrap();
-    let app = crate::app::app(crate::app::auth_layer(TEST_SECRET), limit, pool, crate::support::unused_next_hop());
-    let addr = serve(app).await;
+    let addr = serve(crate::support::example_app_limited(2).await).await;
     // One HTTP request and one gRPC call spend the anonymous client's budget of two.
     assert_eq!(crate::support::fetch(addr, "/users/1", &[]).await.status, 200);
     let mut users = client(addr).await;
@@ -166,15 +158,7 @@ async fn the_rate_limit_is_the_budget_of_the_users_routes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn who_am_i_spends_the_budget_of_the_users_http_routes_per_user() {
-    let limit = crate::rate_limit::layer(2, None).unwrap();
-    let pool = crate::db::connect(
-        &format!("sqlite:file:reqscope-grpc-user-limit-{}?mode=memory&cache=shared", std::process::id()),
-        std::time::Duration::from_millis(100),
-    )
-    .await
-    .unwrap();
-    let app = crate::app::app(crate::app::auth_layer(TEST_SECRET), limit, pool, crate::support::unused_next_hop());
-    let addr = serve(app).await;
+    let addr = serve(crate::support::example_app_limited(2).await).await;
     let (_, token) = bearer("1");
     let me = crate::support::fetch(addr, "/users/me", &[("authorization", token.as_bytes())]).await;
     assert_eq!(me.status, 200, "{}", me.body);

@@ -216,11 +216,20 @@ pub async fn example_app() -> Router {
 
 /// [`example_app`] and its database pool, for tests that break the database.
 pub async fn example_app_with_pool() -> (Router, sqlx::AnyPool) {
+    example_app_with(default_limit()).await
+}
+
+/// [`example_app`] with a budget of `per_minute` requests per user or client ip.
+pub async fn example_app_limited(per_minute: u32) -> Router {
+    example_app_with(crate::rate_limit::layer(per_minute, None).expect("a valid quota")).await.0
+}
+
+async fn example_app_with(limit: reqscope::rate_limit::RateLimitLayer) -> (Router, sqlx::AnyPool) {
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let url = format!("sqlite:file:reqscope-test-{}-{n}?mode=memory&cache=shared", std::process::id());
     let pool = crate::db::connect(&url, Duration::from_millis(100)).await.expect("open the test database");
-    (crate::app::app(crate::app::auth_layer(TEST_SECRET), default_limit(), pool.clone(), unused_next_hop()), pool)
+    (crate::app::app(crate::app::auth_layer(TEST_SECRET), limit, pool.clone(), unused_next_hop()), pool)
 }
 
 /// A `/chain` next hop for apps whose tests do not call it: a port that was just free, so
