@@ -19,7 +19,8 @@ pub fn app(auth: AuthLayer, limit: RateLimitLayer, pool: AnyPool, next_hop: Chai
         .route("/health", get(health::health))
         .route("/ready", get(ready::ready))
         .route("/fanout", get(fanout::fanout))
-        .route("/stream", get(stream::stream))
+        // A token is optional: with one, every chunk's line names the user.
+        .route("/stream", get(stream::stream).route_layer(auth.clone().optional()))
         // Calls the next service (the only route with a state of its own); rate limited, since
         // one request may cost up to nine.
         .merge(Router::new().route("/chain", get(chain::chain).route_layer(limit.clone())).with_state(next_hop))
