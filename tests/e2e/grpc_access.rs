@@ -41,6 +41,8 @@ impl Users for TestUsers {
                 Ok(Response::new(User { id, name: "Grace Hopper".into(), email: "grace@example.com".into() }))
             }
             500 => Err(Status::internal("the user store broke")),
+            // Never answers: only a deadline (or the client) ends the call.
+            408 => std::future::pending().await,
             _ => Err(Status::not_found(format!("no user {id}"))),
         }
     }
@@ -211,6 +213,23 @@ async fn a_stream_is_judged_by_the_status_in_its_trailers() {
     let line = access_line("grpc-count-invalid-1").await;
     assert_eq!(line["level"], "INFO", "{line}");
     assert_eq!(line["grpc_status"], 3);
+}
+
+#[tokio::test]
+async fn a_call_cut_off_at_its_deadline_is_deadline_exceeded_at_error() {
+    let addr = serve_grpc(RequestContextLayer::new()).await;
+    let mut users = client(addr).await;
+    let mut call = with_id(GetUserRequest { id: 408 }, "grpc-deadline-1");
+    call.set_timeout(std::time::Duration::from_millis(200)); // sent as `grpc-timeout`
+    let status = users.get_user(call).await.expect_err("the deadline passes");
+    // tonic's client keeps the deadline too: its timer (a reset stream) and the server's
+    // (a DEADLINE_EXCEEDED answer) fire together, and either may reach the other side first.
+    assert!(matches!(status.code(), Code::DeadlineExceeded | Code::Cancelled), "{status:?}");
+    let line = access_line("grpc-deadline-1").await;
+    assert_eq!(line["level"], "ERROR", "{line}");
+    assert_eq!(line["grpc_status"], 4, "{line}");
+    assert_eq!(line["aborted"], true, "{line}");
+    assert!(line["duration_ms"].as_f64().unwrap() >= 190.0, "{line}");
 }
 
 #[tokio::test]

@@ -40,7 +40,7 @@ fn bearer(user: &str) -> String {
     format!("Bearer {}", hs256(TEST_SECRET, &claims(user)))
 }
 
-/// The user the `n`th `/users/me` stream sends a token for. Not a number, so no user in the
+/// The user the `n`th stream sends a token for. Not a number, so no user in the
 /// database: each answer is a 404 without a query (five hundred queries at once would queue
 /// for the example's one SQLite connection, and this test is about the connection the
 /// requests share, not that one).

@@ -60,7 +60,8 @@
 //!    (by default an HTTP 5xx, or a gRPC status such as `INTERNAL` or `UNAVAILABLE`, read
 //!    from the trailers or from the headers of a trailers-only response), INFO otherwise;
 //!    INFO with `aborted = true` when the body is dropped before its end (the client left —
-//!    a cancelled gRPC stream too), WARN with `aborted = true` when the body fails — each with
+//!    a cancelled gRPC stream too; but ERROR with `grpc_status` 4, `DEADLINE_EXCEEDED`, when
+//!    the call's `grpc-timeout` had passed: tonic's server or the client cut it off), WARN with `aborted = true` when the body fails — each with
 //!    `status`, `duration_ms` and `bytes`, and `grpc_status` (the number) whenever the
 //!    response carried one. It is written with the context as it is *then*, so
 //!    a user id patched in by an inner layer is on it. If the inner service returns `Err`
@@ -299,6 +300,7 @@ where
         };
         req.extensions_mut().insert(id.clone());
         let head = req.method() == http::Method::HEAD;
+        let grpc_timeout = req.headers().get(GRPC_TIMEOUT).and_then(|value| parse_grpc_timeout(value.as_bytes()));
 
         let (incoming, invalid, sent_traceparent) = if config.trace_policy.trusts(peer) {
             match TraceParent::from_headers(req.headers()) {
@@ -360,6 +362,7 @@ where
                 head,
                 log: config.access_log,
                 classifier: Arc::clone(&config.classifier),
+                grpc_timeout,
                 classification: Classification::SUCCESS,
                 finished: false,
             }),
@@ -381,6 +384,31 @@ fn warn_no_peer_once() {
              `tonic`, or set RequestContextLayer::peer_addr"
         );
     }
+}
+
+/// The gRPC call's timeout header (gRPC over HTTP/2: "grpc-timeout").
+const GRPC_TIMEOUT: &str = "grpc-timeout";
+/// The gRPC status of a call cut off at its deadline.
+const DEADLINE_EXCEEDED: i32 = 4;
+
+/// `grpc-timeout`: 1 to 8 ASCII digits and a unit (`H`, `M`, `S`, `m`, `u`, `n`); anything
+/// else is no timeout, as the protocol leaves it.
+fn parse_grpc_timeout(value: &[u8]) -> Option<std::time::Duration> {
+    use std::time::Duration;
+    let (&unit, digits) = value.split_last()?;
+    if digits.is_empty() || digits.len() > 8 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let amount = digits.iter().fold(0u64, |n, &d| n * 10 + u64::from(d - b'0'));
+    Some(match unit {
+        b'H' => Duration::from_secs(amount * 3600),
+        b'M' => Duration::from_secs(amount * 60),
+        b'S' => Duration::from_secs(amount),
+        b'm' => Duration::from_millis(amount),
+        b'u' => Duration::from_micros(amount),
+        b'n' => Duration::from_nanos(amount),
+        _ => return None,
+    })
 }
 
 #[cfg(feature = "otel")]
@@ -482,6 +510,9 @@ struct RequestState {
     head: bool,
     log: bool,
     classifier: Arc<dyn ClassifyFailure>,
+    /// The call's `grpc-timeout`: a call dropped after it passed was cut off at its deadline
+    /// (by tonic's server, or by the client), which is `DEADLINE_EXCEEDED`, not a client who left.
+    grpc_timeout: Option<std::time::Duration>,
     /// The latest verdict: the head's, then the trailers'.
     classification: Classification,
     finished: bool,
@@ -503,6 +534,12 @@ impl RequestState {
         let bytes = self.bytes;
         let grpc_status = self.classification.grpc_status();
         let failed = self.classification.is_failure();
+        // The timer that fires (tonic's, or the client's) started before this context did: a
+        // drop within a tenth of the timeout (10 ms at most) before it is the deadline too.
+        let deadline_passed = self.grpc_timeout.is_some_and(|timeout| {
+            let margin = (timeout / 10).min(std::time::Duration::from_millis(10));
+            self.ctx.elapsed() + margin >= timeout
+        });
         RequestContext::scope_sync(Arc::clone(&self.ctx), || match outcome {
             Outcome::Completed if failed => {
                 tracing::error!(target: "reqscope::access", status, grpc_status, duration_ms, bytes, "request completed")
@@ -510,6 +547,10 @@ impl RequestState {
             Outcome::Completed => {
                 tracing::info!(target: "reqscope::access", status, grpc_status, duration_ms, bytes, "request completed")
             }
+            Outcome::Aborted if deadline_passed && grpc_status.is_none() => tracing::error!(
+                target: "reqscope::access", status, grpc_status = DEADLINE_EXCEEDED, duration_ms, bytes, aborted = true,
+                "request aborted at its gRPC deadline"
+            ),
             Outcome::Aborted => tracing::info!(
                 target: "reqscope::access", status, grpc_status, duration_ms, bytes, aborted = true,
                 "request aborted before the response was complete"
@@ -598,5 +639,23 @@ impl<B: Body> Body for ContextBody<B> {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::parse_grpc_timeout;
+
+    #[test]
+    fn grpc_timeouts_parse_as_the_protocol_writes_them() {
+        assert_eq!(parse_grpc_timeout(b"100m"), Some(Duration::from_millis(100)));
+        assert_eq!(parse_grpc_timeout(b"2S"), Some(Duration::from_secs(2)));
+        assert_eq!(parse_grpc_timeout(b"1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(parse_grpc_timeout(b"99999999n"), Some(Duration::from_nanos(99_999_999)));
+        for bad in [&b""[..], b"m", b"100", b"123456789m", b"10x", b"-1S", b"1 S", b"\xff"] {
+            assert_eq!(parse_grpc_timeout(bad), None, "{bad:?}");
+        }
     }
 }
