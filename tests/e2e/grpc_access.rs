@@ -85,6 +85,14 @@ async fn serve_grpc(layer: RequestContextLayer) -> SocketAddr {
 /// [`serve_grpc`], with a tower layer inside `layer` that records the `RequestId` each
 /// request carries in its extensions ("none" for none).
 async fn serve_grpc_seeing(layer: RequestContextLayer) -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
+    serve_grpc_with(tonic::transport::Server::builder(), layer).await
+}
+
+/// [`serve_grpc_seeing`] on a server built as the test needs.
+async fn serve_grpc_with(
+    builder: tonic::transport::Server,
+    layer: RequestContextLayer,
+) -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
     logs();
     let seen = Arc::new(Mutex::new(Vec::<String>::new()));
     let record = {
@@ -98,11 +106,8 @@ async fn serve_grpc_seeing(layer: RequestContextLayer) -> (SocketAddr, Arc<Mutex
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0");
     let addr = listener.local_addr().expect("local addr");
     let incoming = tonic::transport::server::TcpIncoming::from(listener);
-    let server = tonic::transport::Server::builder()
-        .layer(layer)
-        .layer(record)
-        .add_service(UsersServer::new(TestUsers))
-        .serve_with_incoming(incoming);
+    let server =
+        builder.layer(layer).layer(record).add_service(UsersServer::new(TestUsers)).serve_with_incoming(incoming);
     tokio::spawn(async move { server.await.expect("gRPC server failed") });
     (addr, seen)
 }
@@ -230,6 +235,48 @@ async fn a_call_cut_off_at_its_deadline_is_deadline_exceeded_at_error() {
     assert_eq!(line["grpc_status"], 4, "{line}");
     assert_eq!(line["aborted"], true, "{line}");
     assert!(line["duration_ms"].as_f64().unwrap() >= 190.0, "{line}");
+}
+
+#[tokio::test]
+async fn a_call_cut_off_by_the_servers_own_timeout_is_deadline_exceeded_too() {
+    let timeout = std::time::Duration::from_millis(100);
+    let builder = tonic::transport::Server::builder().timeout(timeout);
+    let (addr, _) = serve_grpc_with(builder, RequestContextLayer::new().grpc_server_timeout(timeout)).await;
+    // No deadline from the client: only the server's timeout ends the call.
+    let status = client(addr).await.get_user(with_id(GetUserRequest { id: 408 }, "grpc-server-timeout-1")).await;
+    // tonic's server answers its own timeout CANCELLED ("Timeout expired"); the line names the deadline.
+    assert_eq!(status.expect_err("cut off").code(), Code::Cancelled);
+    let line = access_line("grpc-server-timeout-1").await;
+    assert_eq!(
+        (&line["level"], &line["grpc_status"], &line["aborted"]),
+        (&"ERROR".into(), &4.into(), &true.into()),
+        "{line}"
+    );
+}
+
+#[tokio::test]
+async fn a_grpc_timeout_header_on_a_plain_http_request_means_nothing() {
+    use http_body_util::BodyExt;
+    let addr = crate::support::serve(crate::support::example_app().await).await;
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp)).await.unwrap();
+    let connection = tokio::spawn(connection);
+    let request = http::Request::get("/stream")
+        .header("host", "localhost")
+        .header("x-request-id", "http-grpc-timeout-1")
+        .header("grpc-timeout", "0n")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let mut body = sender.send_request(request).await.unwrap().into_body();
+    body.frame().await.expect("a first chunk").unwrap();
+    // The client leaves after one chunk.
+    drop(body);
+    drop(sender);
+    connection.abort();
+    let line = access_line("http-grpc-timeout-1").await;
+    assert_eq!((&line["level"], &line["aborted"]), (&"INFO".into(), &true.into()), "{line}");
+    assert!(line.get("grpc_status").is_none(), "{line}");
 }
 
 #[tokio::test]

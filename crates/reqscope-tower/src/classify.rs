@@ -29,7 +29,10 @@
 //! ([`classify_trailers`](ClassifyFailure::classify_trailers)), given what the head said. The
 //! last answer decides the access line: ERROR for a failure, INFO otherwise, with
 //! `grpc_status` when one is known. A request that never got to the end of its body (the
-//! client left, the body failed) keeps its `aborted` line whatever the classifier says.
+//! client left, the body failed) keeps its `aborted` line whatever the classifier says — but
+//! a gRPC call dropped once its deadline had passed is put to
+//! [`classify_trailers`](ClassifyFailure::classify_trailers) as `grpc-status: 4`
+//! (`DEADLINE_EXCEEDED`), which decides that line's level.
 //!
 //! [`DefaultClassifier`] is the default: an HTTP 5xx is a failure; a gRPC response is judged
 //! by its `grpc-status` — from the trailers, or from the headers of a trailers-only response

@@ -39,8 +39,7 @@
 //!
 //! - [`ByContentType`], every layer's default: gRPC for requests whose `content-type` is
 //!   `application/grpc`, `application/grpc+…` (`+proto`, `+json`) or `application/grpc;…`,
-//!   JSON for the rest — gRPC-Web (`application/grpc-web…`) included: serve gRPC-Web through
-//!   tonic-web's layer *outside* these layers, which hands them `application/grpc` requests;
+//!   JSON for the rest, gRPC-Web (`application/grpc-web…`) included;
 //! - [`JsonErrors`]: always `{"error","message","request_id"}` with the HTTP status and
 //!   `content-type: application/json`; `request_id` is the current request's id, `null`
 //!   outside a request;
@@ -303,7 +302,7 @@ impl RespondWithError for Protocol {
 
 /// `application/grpc`, `application/grpc+<format>` or `application/grpc;<parameters>`
 /// (media types are case-insensitive).
-fn is_grpc_content_type(value: &[u8]) -> bool {
+pub(crate) fn is_grpc_content_type(value: &[u8]) -> bool {
     const GRPC: &[u8] = b"application/grpc";
     match value.get(..GRPC.len()) {
         Some(start) if start.eq_ignore_ascii_case(GRPC) => matches!(value.get(GRPC.len()), None | Some(b'+' | b';')),

@@ -24,6 +24,11 @@
 //! `ConnectInfo<SocketAddr>` (feature `axum`; serve with
 //! `into_make_service_with_connect_info::<SocketAddr>()`), tonic's `TcpConnectInfo`
 //! (feature `tonic`; `tonic::transport::Server` inserts it), and a plain `SocketAddr`.
+//! With TLS, tonic's server inserts `TlsConnectInfo<TcpConnectInfo>` instead; read it with
+//! a closure of your own, with tonic's TLS feature on your `tonic`:
+//! `.peer_addr(|e: &http::Extensions| e.get::<TlsConnectInfo<TcpConnectInfo>>()?.get_ref().remote_addr())`.
+//! When the default finds nothing, one WARN (target `reqscope::setup`) says so, once per
+//! process; a reader of your own that finds nothing is taken to mean it.
 
 use std::net::SocketAddr;
 

@@ -42,7 +42,7 @@
 //!    `tracing-opentelemetry` layer installed, the ids are those of the OpenTelemetry span.
 //! 3. **Client ip.** The connection's peer address — found by the
 //!    [`peer_addr`](RequestContextLayer::peer_addr) reader: by default axum's
-//!    `ConnectInfo<SocketAddr>`, tonic's `TcpConnectInfo` (feature `tonic`) or a `SocketAddr`
+//!    `ConnectInfo<SocketAddr>` (feature `axum`), tonic's `TcpConnectInfo` (feature `tonic`) or a `SocketAddr`
 //!    request extension, see [`peer`](crate::peer) — or, only when the peer is one of the
 //!    [`TrustedProxies`], the client named in the one forwarding header you chose with
 //!    them ([`ClientIpHeader`]: the header your proxies append to; never picked for you).
@@ -60,8 +60,10 @@
 //!    (by default an HTTP 5xx, or a gRPC status such as `INTERNAL` or `UNAVAILABLE`, read
 //!    from the trailers or from the headers of a trailers-only response), INFO otherwise;
 //!    INFO with `aborted = true` when the body is dropped before its end (the client left —
-//!    a cancelled gRPC stream too; but ERROR with `grpc_status` 4, `DEADLINE_EXCEEDED`, when
-//!    the call's `grpc-timeout` had passed: tonic's server or the client cut it off), WARN with `aborted = true` when the body fails — each with
+//!    a cancelled gRPC stream too; but `grpc_status` 4, `DEADLINE_EXCEEDED` — ERROR unless your
+//!    classifier says otherwise — when the gRPC call's `grpc-timeout` (or the
+//!    [`grpc_server_timeout`](RequestContextLayer::grpc_server_timeout)) had passed: tonic's
+//!    server or the client cut it off), WARN with `aborted = true` when the body fails — each with
 //!    `status`, `duration_ms` and `bytes`, and `grpc_status` (the number) whenever the
 //!    response carried one. It is written with the context as it is *then*, so
 //!    a user id patched in by an inner layer is on it. If the inner service returns `Err`
@@ -92,6 +94,7 @@ use tower_service::Service;
 use tracing::Span;
 
 use crate::classify::{Classification, ClassifyFailure, DefaultClassifier};
+use crate::error_response::is_grpc_content_type;
 use crate::peer::{DefaultPeerAddr, PeerAddr};
 
 /// The default request-id header.
@@ -106,7 +109,11 @@ struct Config {
     proxies: TrustedProxies,
     client_ip_header: ClientIpHeader,
     peer: Arc<dyn PeerAddr>,
+    /// Whether `peer` is the default reader: only then is a missing peer a setup mistake.
+    default_peer: bool,
     classifier: Arc<dyn ClassifyFailure>,
+    /// tonic's `Server::timeout`, which cuts calls off as `grpc-timeout` does.
+    grpc_server_timeout: Option<std::time::Duration>,
     access_log: bool,
     root_sampled: bool,
     tracestate_entry: Option<TraceStateEntry>,
@@ -156,7 +163,9 @@ impl RequestContextLayer {
                 // Read only when proxies are trusted, and then always named by the caller.
                 client_ip_header: ClientIpHeader::XForwardedFor,
                 peer: Arc::new(DefaultPeerAddr),
+                default_peer: true,
                 classifier: Arc::new(DefaultClassifier),
+                grpc_server_timeout: None,
                 access_log: true,
                 root_sampled: true,
                 tracestate_entry: None,
@@ -210,7 +219,18 @@ impl RequestContextLayer {
     /// [`peer`](crate::peer)): a closure `Fn(&http::Extensions) -> Option<SocketAddr>` or
     /// a [`PeerAddr`] of your own, for a server that stores the peer its own way.
     pub fn peer_addr(mut self, peer: impl PeerAddr) -> Self {
-        self.config_mut().peer = Arc::new(peer);
+        let config = self.config_mut();
+        config.peer = Arc::new(peer);
+        config.default_peer = false;
+        self
+    }
+
+    /// The `timeout` your tonic `Server` was built with (`Server::builder().timeout(..)`):
+    /// tonic cuts a call off at the shorter of it and the call's `grpc-timeout`, and the access
+    /// line of a call cut off that way is then `DEADLINE_EXCEEDED` (ERROR by default), not a
+    /// client that left. Without it only the `grpc-timeout` a client sends is known.
+    pub fn grpc_server_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.config_mut().grpc_server_timeout = Some(timeout);
         self
     }
 
@@ -277,7 +297,7 @@ where
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
         let config = &*self.config;
         let peer = config.peer.peer_addr(req.extensions()).map(|addr| addr.ip());
-        if peer.is_none() {
+        if peer.is_none() && config.default_peer {
             warn_no_peer_once();
         }
         // Sent more than once, the id is ambiguous (which hop's is it?): none is kept.
@@ -300,7 +320,17 @@ where
         };
         req.extensions_mut().insert(id.clone());
         let head = req.method() == http::Method::HEAD;
-        let grpc_timeout = req.headers().get(GRPC_TIMEOUT).and_then(|value| parse_grpc_timeout(value.as_bytes()));
+        // Only a gRPC call has a deadline: on any other request the header means nothing.
+        let grpc = req.headers().get(http::header::CONTENT_TYPE).is_some_and(|v| is_grpc_content_type(v.as_bytes()));
+        let grpc_timeout = if grpc {
+            let sent = req.headers().get(GRPC_TIMEOUT).and_then(|value| parse_grpc_timeout(value.as_bytes()));
+            match (sent, config.grpc_server_timeout) {
+                (Some(sent), Some(server)) => Some(sent.min(server)),
+                (sent, server) => sent.or(server),
+            }
+        } else {
+            None
+        };
 
         let (incoming, invalid, sent_traceparent) = if config.trace_policy.trusts(peer) {
             match TraceParent::from_headers(req.headers()) {
@@ -375,10 +405,12 @@ where
 /// Without a peer address, lines have no `client_ip`, `TrustFrom` trusts nobody and rate
 /// limits fall back to one shared budget: said once per process, since it is a setup mistake.
 fn warn_no_peer_once() {
-    static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-    if !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static WARNED: AtomicBool = AtomicBool::new(false);
+    // A load first: once warned, requests only read the shared flag.
+    if !WARNED.load(Ordering::Relaxed) && !WARNED.swap(true, Ordering::Relaxed) {
         tracing::warn!(
-            target: "reqscope::request",
+            target: "reqscope::setup",
             "a request came without a peer address: `client_ip` is unknown; serve axum with \
              into_make_service_with_connect_info and reqscope's feature `axum`, tonic's Server with feature \
              `tonic`, or set RequestContextLayer::peer_addr"
@@ -534,11 +566,19 @@ impl RequestState {
         let bytes = self.bytes;
         let grpc_status = self.classification.grpc_status();
         let failed = self.classification.is_failure();
-        // The timer that fires (tonic's, or the client's) started before this context did: a
-        // drop within a tenth of the timeout (10 ms at most) before it is the deadline too.
+        // A client keeps its deadline from before it sent the call, so its reset can arrive a
+        // little before this context's clock reaches the timeout: a drop within a tenth of it
+        // (10 ms at most) counts as the deadline too. tonic's server timer starts after this
+        // context, so its cut always comes later.
         let deadline_passed = self.grpc_timeout.is_some_and(|timeout| {
             let margin = (timeout / 10).min(std::time::Duration::from_millis(10));
             self.ctx.elapsed() + margin >= timeout
+        });
+        // Judged like a status in trailers, so a classifier of your own decides the level.
+        let deadline = (deadline_passed && grpc_status.is_none()).then(|| {
+            let mut trailers = http::HeaderMap::new();
+            trailers.insert(crate::classify::GRPC_STATUS, HeaderValue::from(DEADLINE_EXCEEDED));
+            self.classifier.classify_trailers(self.classification, &trailers)
         });
         RequestContext::scope_sync(Arc::clone(&self.ctx), || match outcome {
             Outcome::Completed if failed => {
@@ -547,7 +587,11 @@ impl RequestState {
             Outcome::Completed => {
                 tracing::info!(target: "reqscope::access", status, grpc_status, duration_ms, bytes, "request completed")
             }
-            Outcome::Aborted if deadline_passed && grpc_status.is_none() => tracing::error!(
+            Outcome::Aborted if deadline.is_some_and(|verdict| verdict.is_failure()) => tracing::error!(
+                target: "reqscope::access", status, grpc_status = DEADLINE_EXCEEDED, duration_ms, bytes, aborted = true,
+                "request aborted at its gRPC deadline"
+            ),
+            Outcome::Aborted if deadline.is_some() => tracing::info!(
                 target: "reqscope::access", status, grpc_status = DEADLINE_EXCEEDED, duration_ms, bytes, aborted = true,
                 "request aborted at its gRPC deadline"
             ),

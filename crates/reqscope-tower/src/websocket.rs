@@ -149,9 +149,13 @@ impl<F: OnFailedUpgrade> WebSocketUpgradeExt for WebSocketUpgrade<F> {
             let socket = ContextWebSocket { inner: socket, counts: Arc::clone(&counts) };
             captured.run(|| {
                 // Made before the callback runs: a callback that panics before returning its
-                // future still closes with its line (aborted) while unwinding.
-                let close = CloseLine { captured: captured.clone(), opened: Instant::now(), counts, written: false };
-                Connection { inner: callback(socket).in_current_context(), close }
+                // future is reported and closes with its line (aborted) too.
+                let mut close =
+                    CloseLine { captured: captured.clone(), opened: Instant::now(), counts, written: false };
+                match std::panic::catch_unwind(AssertUnwindSafe(|| callback(socket))) {
+                    Ok(future) => Connection { inner: future.in_current_context(), close },
+                    Err(payload) => close.panicked(payload),
+                }
             })
         })
     }
@@ -299,16 +303,7 @@ impl<F: Future<Output = ()>> Future for Connection<F> {
                 this.close.write(false);
                 Poll::Ready(())
             }
-            Err(payload) => {
-                // The task would only print it: report it like a handler's panic, stamped.
-                let message = panic_message(&*payload);
-                let location = take_panic_location().unwrap_or_else(|| "unknown".to_owned());
-                this.close.captured.run(|| {
-                    tracing::error!(target: "reqscope::panic", panic = %message, location = %location, "websocket handler panicked")
-                });
-                this.close.write(true);
-                std::panic::resume_unwind(payload)
-            }
+            Err(payload) => this.close.panicked(payload),
         }
     }
 }
@@ -323,6 +318,18 @@ struct CloseLine {
 }
 
 impl CloseLine {
+    /// The task would only print it: reports the panic like a handler's, stamped, writes the
+    /// close line, and goes on unwinding.
+    fn panicked(&mut self, payload: Box<dyn std::any::Any + Send>) -> ! {
+        let message = panic_message(&*payload);
+        let location = take_panic_location().unwrap_or_else(|| "unknown".to_owned());
+        self.captured.run(|| {
+            tracing::error!(target: "reqscope::panic", panic = %message, location = %location, "websocket handler panicked")
+        });
+        self.write(true);
+        std::panic::resume_unwind(payload)
+    }
+
     fn write(&mut self, aborted: bool) {
         if std::mem::replace(&mut self.written, true) {
             return;
