@@ -64,6 +64,11 @@ pub use reqscope_core::{
     Scoped, TrustedProxies, bind, bind_fn, elapsed, spawn, spawn_blocking,
 };
 
+/// W3C Baggage: the `baggage` header, parsed, edited (allow-lists) and written back.
+pub mod baggage {
+    pub use reqscope_core::baggage::*;
+}
+
 /// W3C Trace Context: `traceparent` / `tracestate`, validated; the trace of a request.
 pub mod trace {
     pub use reqscope_core::trace::*;
