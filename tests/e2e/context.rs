@@ -74,3 +74,36 @@ async fn jobs_and_tests_can_open_their_own_scope() {
     RequestContext::scope(ctx, async { tracing::info!("nightly job ran") }).await;
     assert_eq!(lines_of("job-nightly-1").len(), 1);
 }
+
+/// Sets a hidden field and a visible one, logs, and reads the hidden one back in a spawned task.
+async fn hidden_handler() -> &'static str {
+    RequestContext::with(|ctx| {
+        ctx.set_hidden_field("session_token", "hidden-value-7f3a");
+        ctx.set_field("tenant", "acme");
+    });
+    tracing::info!("after the patch");
+    let seen = reqscope::spawn(async {
+        let value = RequestContext::with(|ctx| ctx.hidden_field("session_token")).flatten();
+        let seen = value.is_some_and(|v| v == reqscope::FieldValue::from("hidden-value-7f3a"));
+        tracing::info!(seen, "spawned task read the hidden field");
+        seen
+    })
+    .await
+    .unwrap_or(false);
+    if seen { "seen" } else { "lost" }
+}
+
+#[tokio::test]
+async fn hidden_fields_travel_with_the_context_and_reach_no_line() {
+    let addr = serve(Router::new().route("/hidden", get(hidden_handler)).layer(RequestContextLayer::new())).await;
+    let reply = fetch(addr, "/hidden", &[("x-request-id", b"hidden-1")]).await;
+    assert_eq!(reply.body, "seen", "readable in code, and in a spawned task");
+    access_lines_of("hidden-1").await;
+    let lines = lines_of("hidden-1");
+    assert_eq!(lines.len(), 3, "{lines:#?}");
+    for line in &lines {
+        assert_eq!(line["tenant"], "acme", "visible fields are stamped: {line}");
+        assert!(line.get("session_token").is_none(), "{line}");
+    }
+    assert!(!crate::support::logs().contents().contains("hidden-value-7f3a"), "the hidden value is on no line");
+}

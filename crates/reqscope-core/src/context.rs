@@ -120,6 +120,9 @@ pub struct Patch {
     pub rate_limit_reset: Option<u64>,
     /// Custom fields stamped on every later log line, in insertion order.
     pub fields: Vec<(Arc<str>, FieldValue)>,
+    /// Hidden fields: carried with the context (readable in code, copied into forks) but
+    /// written to no log line in any format and no error report.
+    pub hidden: Vec<(Arc<str>, FieldValue)>,
 }
 
 impl Patch {
@@ -136,6 +139,21 @@ impl Patch {
     /// A custom field by key.
     pub fn field(&self, key: &str) -> Option<&FieldValue> {
         self.fields.iter().find(|(k, _)| &**k == key).map(|(_, v)| v)
+    }
+
+    /// Sets a hidden field (never logged), replacing an earlier value under the same key.
+    pub fn set_hidden_field(&mut self, key: impl Into<Arc<str>>, value: impl Into<FieldValue>) {
+        let key = key.into();
+        let value = value.into();
+        match self.hidden.iter_mut().find(|(k, _)| *k == key) {
+            Some(slot) => slot.1 = value,
+            None => self.hidden.push((key, value)),
+        }
+    }
+
+    /// A hidden field by key.
+    pub fn hidden_field(&self, key: &str) -> Option<&FieldValue> {
+        self.hidden.iter().find(|(k, _)| &**k == key).map(|(_, v)| v)
     }
 }
 
@@ -474,6 +492,20 @@ impl RequestContext {
         let key = key.into();
         let value = value.into();
         self.update(|p| p.set_field(key.clone(), value.clone()));
+    }
+
+    /// Sets a hidden field: carried with the context — readable with
+    /// [`hidden_field`](Self::hidden_field), copied into [forks](Self::fork) and so into
+    /// spawned tasks — but written to no log line, in any format, and no error report.
+    pub fn set_hidden_field(&self, key: impl Into<Arc<str>>, value: impl Into<FieldValue>) {
+        let key = key.into();
+        let value = value.into();
+        self.update(|p| p.set_hidden_field(key.clone(), value.clone()));
+    }
+
+    /// A hidden field of this request, by key.
+    pub fn hidden_field(&self, key: &str) -> Option<FieldValue> {
+        self.read_patch(|p| p.hidden_field(key).cloned())
     }
 
     /// Stores typed data for handlers (never logged), returning the value it replaces.
