@@ -59,7 +59,7 @@
 #![warn(missing_docs)]
 
 pub use reqscope_core::{
-    Captured, ClientIpHeader, FieldValue, ForwardedIdPolicy, FutureExt, IdGenerator, InContext, InvalidProxy,
+    Captured, ClientIpHeader, Envelope, FieldValue, ForwardedIdPolicy, FutureExt, IdGenerator, InContext, InvalidProxy,
     InvalidRequestId, NoRequestContext, Patch, REQUEST_SPAN_TARGET, RequestContext, RequestContextBuilder, RequestId,
     Scoped, TrustedProxies, bind, bind_fn, elapsed, spawn, spawn_blocking,
 };

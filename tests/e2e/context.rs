@@ -107,3 +107,50 @@ async fn hidden_fields_travel_with_the_context_and_reach_no_line() {
     }
     assert!(!crate::support::logs().contents().contains("hidden-value-7f3a"), "the hidden value is on no line");
 }
+
+/// A job for the shared worker: its number and where to say it is done.
+type Job = reqscope::Envelope<(u32, tokio::sync::oneshot::Sender<()>)>;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn work_sent_through_a_channel_logs_with_the_request_that_sent_it() {
+    let (jobs, mut inbox) = tokio::sync::mpsc::channel::<Job>(64);
+    // One worker task for every request, spawned bare, outside any of them.
+    tokio::spawn(async move {
+        while let Some(job) = inbox.recv().await {
+            job.open_async(|(n, done)| async move {
+                tokio::task::yield_now().await;
+                tracing::info!(job = n, "worker ran the job");
+                let _ = done.send(());
+            })
+            .await;
+        }
+    });
+    let handler = move |axum::extract::Path(n): axum::extract::Path<u32>| {
+        let jobs = jobs.clone();
+        async move {
+            let (done, finished) = tokio::sync::oneshot::channel();
+            jobs.send(reqscope::Envelope::new((n, done))).await.expect("the worker runs");
+            finished.await.expect("the worker answers");
+            "done"
+        }
+    };
+    let addr = serve(Router::new().route("/jobs/{n}", get(handler)).layer(RequestContextLayer::new())).await;
+    let requests: Vec<_> = (0..50u32)
+        .map(|n| {
+            tokio::spawn(async move {
+                let id = format!("envelope-{n}");
+                let reply = fetch(addr, &format!("/jobs/{n}"), &[("x-request-id", id.as_bytes())]).await;
+                assert_eq!(reply.body, "done");
+                (n, id)
+            })
+        })
+        .collect();
+    for request in requests {
+        let (n, id) = request.await.unwrap();
+        let access = access_lines_of(&id).await;
+        let worker: Vec<_> = lines_of(&id).into_iter().filter(|l| l["message"] == "worker ran the job").collect();
+        assert_eq!(worker.len(), 1, "{id}: {worker:?}");
+        assert_eq!(worker[0]["job"], n, "{id}: the job this request sent, no other");
+        assert_eq!(worker[0]["trace_id"], access[0]["trace_id"], "{id}");
+    }
+}

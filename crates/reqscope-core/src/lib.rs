@@ -45,7 +45,7 @@ pub const REQUEST_SPAN_TARGET: &str = "reqscope::request";
 pub use context::{FieldValue, Patch, RequestContext, RequestContextBuilder, Scoped};
 pub use error::{InvalidRequestId, NoRequestContext};
 pub use id::{ForwardedIdPolicy, IdGenerator, RequestId};
-pub use propagate::{Captured, FutureExt, InContext, bind, bind_fn, elapsed, spawn, spawn_blocking};
+pub use propagate::{Captured, Envelope, FutureExt, InContext, bind, bind_fn, elapsed, spawn, spawn_blocking};
 pub use proxy::{ClientIpHeader, InvalidProxy, TrustedProxies};
 
 /// Plumbing shared by reqscope's own crates; not a public API, and it may change at any time.

@@ -55,6 +55,74 @@ impl Captured {
     }
 }
 
+/// A message that carries its sender's request context (and tracing span) to whoever receives
+/// it: for work sent through a channel — tokio's `mpsc`, any in-process queue — to a worker
+/// task that serves many requests, so that what the worker logs for this message carries the
+/// request that sent it.
+///
+/// ```
+/// use reqscope_core::{Envelope, RequestContext, RequestId};
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let (jobs, mut inbox) = tokio::sync::mpsc::channel::<Envelope<u32>>(16);
+/// // One worker for every request, started outside any of them.
+/// let worker = tokio::spawn(async move {
+///     while let Some(job) = inbox.recv().await {
+///         let sender = job.open(|order| {
+///             tracing::info!(order, "order shipped"); // stamped with the sender's request
+///             RequestContext::with(|ctx| ctx.id().to_string())
+///         });
+///         assert_eq!(sender.as_deref(), Some("req-7"));
+///     }
+/// });
+/// let ctx = RequestContext::new(RequestId::parse("req-7").unwrap());
+/// RequestContext::scope(ctx, async { jobs.send(Envelope::new(42)).await.unwrap() }).await;
+/// drop(jobs);
+/// worker.await.unwrap();
+/// # }
+/// ```
+#[derive(Clone, Debug)]
+pub struct Envelope<T> {
+    captured: Captured,
+    message: T,
+}
+
+impl<T> Envelope<T> {
+    /// Wraps `message` with the context and span current here (either may be absent).
+    pub fn new(message: T) -> Self {
+        Envelope { captured: Captured::current(), message }
+    }
+
+    /// The message, without entering the context.
+    pub fn message(&self) -> &T {
+        &self.message
+    }
+
+    /// The sender's context, if it had one.
+    pub fn context(&self) -> Option<&Arc<RequestContext>> {
+        self.captured.context()
+    }
+
+    /// Runs `f` on the message inside the sender's context and span.
+    pub fn open<R>(self, f: impl FnOnce(T) -> R) -> R {
+        let Envelope { captured, message } = self;
+        captured.run(|| f(message))
+    }
+
+    /// Makes the future `f` returns for the message, and runs it — every poll — inside the
+    /// sender's context and span.
+    pub fn open_async<Fut: Future>(self, f: impl FnOnce(T) -> Fut) -> InContext<Fut> {
+        let Envelope { captured, message } = self;
+        let inner = captured.run(|| f(message));
+        InContext { captured, inner }
+    }
+
+    /// The message and the captured context, apart.
+    pub fn into_parts(self) -> (T, Captured) {
+        (self.message, self.captured)
+    }
+}
+
 /// Time since the current request started; `None` outside a request.
 pub fn elapsed() -> Option<std::time::Duration> {
     RequestContext::with(RequestContext::elapsed)
