@@ -128,12 +128,7 @@ pub struct Patch {
 impl Patch {
     /// Sets a custom field, replacing an earlier value under the same key.
     pub fn set_field(&mut self, key: impl Into<Arc<str>>, value: impl Into<FieldValue>) {
-        let key = key.into();
-        let value = value.into();
-        match self.fields.iter_mut().find(|(k, _)| *k == key) {
-            Some(slot) => slot.1 = value,
-            None => self.fields.push((key, value)),
-        }
+        upsert(&mut self.fields, key.into(), value.into());
     }
 
     /// A custom field by key.
@@ -143,17 +138,20 @@ impl Patch {
 
     /// Sets a hidden field (never logged), replacing an earlier value under the same key.
     pub fn set_hidden_field(&mut self, key: impl Into<Arc<str>>, value: impl Into<FieldValue>) {
-        let key = key.into();
-        let value = value.into();
-        match self.hidden.iter_mut().find(|(k, _)| *k == key) {
-            Some(slot) => slot.1 = value,
-            None => self.hidden.push((key, value)),
-        }
+        upsert(&mut self.hidden, key.into(), value.into());
     }
 
     /// A hidden field by key.
     pub fn hidden_field(&self, key: &str) -> Option<&FieldValue> {
         self.hidden.iter().find(|(k, _)| &**k == key).map(|(_, v)| v)
+    }
+}
+
+/// Replaces the value under `key`, or appends it: fields keep their first position.
+fn upsert(fields: &mut Vec<(Arc<str>, FieldValue)>, key: Arc<str>, value: FieldValue) {
+    match fields.iter_mut().find(|(k, _)| *k == key) {
+        Some(slot) => slot.1 = value,
+        None => fields.push((key, value)),
     }
 }
 
