@@ -7,6 +7,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use http::{Extensions, Method, Uri};
 
+use crate::baggage::{Baggage, InvalidBaggage};
 use crate::error::NoRequestContext;
 use crate::id::RequestId;
 use crate::trace::TraceContext;
@@ -123,6 +124,10 @@ pub struct Patch {
     /// Hidden fields: carried with the context (readable in code, copied into forks) but
     /// written to no log line in any format and no error report.
     pub hidden: Vec<(Arc<str>, FieldValue)>,
+    /// The W3C baggage this request passes on: what the caller sent (when the request layer
+    /// trusts it) and what the application added. It travels on outgoing calls and into
+    /// jobs; only the keys a log layer is told to write ever reach a line.
+    pub baggage: Baggage,
 }
 
 impl Patch {
@@ -504,6 +509,24 @@ impl RequestContext {
     /// A hidden field of this request, by key.
     pub fn hidden_field(&self, key: &str) -> Option<FieldValue> {
         self.read_patch(|p| p.hidden_field(key).cloned())
+    }
+
+    /// A copy of this request's [baggage](Patch::baggage); read one entry without a copy
+    /// through [`read_patch`](Self::read_patch).
+    pub fn baggage(&self) -> Baggage {
+        self.read_patch(|p| p.baggage.clone())
+    }
+
+    /// Adds a baggage entry (or replaces the one under `key`) that travels on with this
+    /// request: on outgoing calls and into jobs. Fails when `key` is not a token.
+    pub fn set_baggage(&self, key: impl Into<String>, value: impl Into<String>) -> Result<(), InvalidBaggage> {
+        let (key, value): (String, String) = (key.into(), value.into());
+        // Checked once here, so that the update (which may run more than once) cannot fail.
+        Baggage::new().insert(key.clone(), value.clone())?;
+        self.update(|p| {
+            let _ = p.baggage.insert(key.clone(), value.clone());
+        });
+        Ok(())
     }
 
     /// Stores typed data for handlers (never logged), returning the value it replaces.
