@@ -40,6 +40,8 @@
 //! - [`auth`]: the JWT layer (feature `jwt`, default);
 //! - [`rate_limit`]: per-user / per-ip limits with the IETF headers (feature `rate-limit`,
 //!   default; Redis with feature `redis`);
+//! - [`carry`] and [`job`]: the context carried into queued jobs and other processes, and
+//!   [`Envelope`] for messages through in-process channels; [`baggage`]: W3C baggage;
 //! - [`trace`]: the W3C trace of each request (`trace_id` and `span_id` on every line), and
 //!   [`outgoing`]: calls to other services carry the request id and a `traceparent` naming a
 //!   client span of each call's own, with one `reqscope::outgoing` line per call (tower
@@ -67,6 +69,19 @@ pub use reqscope_core::{
 /// W3C Baggage: the `baggage` header, parsed, edited (allow-lists) and written back.
 pub mod baggage {
     pub use reqscope_core::baggage::*;
+}
+
+/// A serializable snapshot of the request context ([`RequestContext::carry`]) that travels
+/// with a queued job or message as headers, validated when restored.
+pub mod carry {
+    pub use reqscope_core::carry::*;
+}
+
+/// Jobs run on behalf of a request, maybe in another process: the carried context restored,
+/// `job` / `job_id` / `attempt` on every line, one end line with `outcome`, `duration_ms`,
+/// `queue_ms`.
+pub mod job {
+    pub use reqscope_core::job::*;
 }
 
 /// W3C Trace Context: `traceparent` / `tracestate`, validated; the trace of a request.

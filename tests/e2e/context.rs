@@ -119,7 +119,7 @@ async fn work_sent_through_a_channel_logs_with_the_request_that_sent_it() {
         while let Some(job) = inbox.recv().await {
             job.open_async(|(n, done)| async move {
                 tokio::task::yield_now().await;
-                tracing::info!(job = n, "worker ran the job");
+                tracing::info!(order = n, "worker ran the job");
                 let _ = done.send(());
             })
             .await;
@@ -150,7 +150,7 @@ async fn work_sent_through_a_channel_logs_with_the_request_that_sent_it() {
         let access = access_lines_of(&id).await;
         let worker: Vec<_> = lines_of(&id).into_iter().filter(|l| l["message"] == "worker ran the job").collect();
         assert_eq!(worker.len(), 1, "{id}: {worker:?}");
-        assert_eq!(worker[0]["job"], n, "{id}: the job this request sent, no other");
+        assert_eq!(worker[0]["order"], n, "{id}: the job this request sent, no other");
         assert_eq!(worker[0]["trace_id"], access[0]["trace_id"], "{id}");
     }
 }

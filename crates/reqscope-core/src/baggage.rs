@@ -116,14 +116,7 @@ impl BaggageEntry {
         let mut out = String::with_capacity(self.key.len() + 1 + self.value.len());
         out.push_str(&self.key);
         out.push('=');
-        for &byte in self.value.as_bytes() {
-            if is_baggage_octet(byte) && byte != b'%' {
-                out.push(char::from(byte));
-            } else {
-                // Infallible: writing to a String.
-                let _ = write!(out, "%{byte:02X}");
-            }
-        }
+        percent_encode(&mut out, &self.value);
         for property in &self.properties {
             out.push(';');
             out.push_str(property);
@@ -312,8 +305,21 @@ fn parse_property(property: &[u8]) -> Result<String, InvalidBaggage> {
     Ok(ascii(property))
 }
 
+/// Appends `text` with every byte that is not a baggage octet, and `%` itself, as `%XX`: the
+/// result is a valid baggage value and a valid header value.
+pub(crate) fn percent_encode(out: &mut String, text: &str) {
+    for &byte in text.as_bytes() {
+        if is_baggage_octet(byte) && byte != b'%' {
+            out.push(char::from(byte));
+        } else {
+            // Infallible: writing to a String.
+            let _ = write!(out, "%{byte:02X}");
+        }
+    }
+}
+
 /// `value = *baggage-octet`, percent-decoded to UTF-8.
-fn decode_value(value: &[u8]) -> Result<String, InvalidBaggage> {
+pub(crate) fn decode_value(value: &[u8]) -> Result<String, InvalidBaggage> {
     if !value.iter().all(|&b| is_baggage_octet(b)) {
         return Err(InvalidBaggage::BadValue);
     }
@@ -352,7 +358,7 @@ fn is_baggage_octet(b: u8) -> bool {
 }
 
 /// RFC 7230 `token = 1*tchar`.
-fn is_token(key: &[u8]) -> bool {
+pub(crate) fn is_token(key: &[u8]) -> bool {
     !key.is_empty()
         && key.iter().all(|&b| {
             b.is_ascii_alphanumeric()
@@ -382,7 +388,7 @@ fn ascii(bytes: &[u8]) -> String {
 }
 
 /// Strips the optional whitespace (spaces and tabs) at both ends.
-fn trim_ows(mut text: &[u8]) -> &[u8] {
+pub(crate) fn trim_ows(mut text: &[u8]) -> &[u8] {
     while let [b' ' | b'\t', rest @ ..] = text {
         text = rest;
     }

@@ -10,6 +10,7 @@ use http::{Extensions, Method, Uri};
 use crate::baggage::{Baggage, InvalidBaggage};
 use crate::error::NoRequestContext;
 use crate::id::RequestId;
+use crate::job::Job;
 use crate::trace::TraceContext;
 
 tokio::task_local! {
@@ -43,6 +44,8 @@ pub struct RequestContext {
     extensions: RwLock<Extensions>,
     /// Set when the request is over; see [`RequestContext::mark_finished`].
     finished: AtomicBool,
+    /// The job this context runs, when it is one.
+    job: Option<Arc<Job>>,
 }
 
 /// Where the path comes from: the request's own URI (shared, no copy) or a string.
@@ -203,6 +206,8 @@ pub struct RequestContextBuilder {
     path: Option<RequestPath>,
     client_ip: Option<IpAddr>,
     started: Option<(Instant, SystemTime)>,
+    patch: Option<Patch>,
+    job: Option<Job>,
 }
 
 impl RequestContextBuilder {
@@ -250,6 +255,19 @@ impl RequestContextBuilder {
         self
     }
 
+    /// Marks the context as a job's: its lines carry the job's name, id and attempt.
+    #[inline]
+    pub fn job(mut self, job: Job) -> Self {
+        self.job = Some(job);
+        self
+    }
+
+    /// The patchable part to start with (a restored snapshot's).
+    pub(crate) fn patch(mut self, patch: Patch) -> Self {
+        self.patch = Some(patch);
+        self
+    }
+
     /// The context.
     #[inline]
     pub fn build(self) -> RequestContext {
@@ -269,9 +287,10 @@ impl RequestContextBuilder {
             client_ip: self.client_ip,
             started,
             started_at,
-            patch: PatchCell::new(empty_patch()),
+            patch: PatchCell::new(self.patch.map_or_else(empty_patch, Arc::new)),
             extensions: RwLock::new(Extensions::new()),
             finished: AtomicBool::new(false),
+            job: self.job.map(Arc::new),
         }
     }
 }
@@ -286,7 +305,16 @@ impl RequestContext {
     /// Starts building a context.
     #[inline]
     pub fn builder(id: RequestId) -> RequestContextBuilder {
-        RequestContextBuilder { id, trace: None, method: None, path: None, client_ip: None, started: None }
+        RequestContextBuilder {
+            id,
+            trace: None,
+            method: None,
+            path: None,
+            client_ip: None,
+            started: None,
+            patch: None,
+            job: None,
+        }
     }
 
     /// The context of the request being served, or `None` outside a request.
@@ -343,6 +371,7 @@ impl RequestContext {
             patch: PatchCell::new(self.patch.load_full()),
             extensions: RwLock::new(extensions),
             finished: AtomicBool::new(false),
+            job: self.job.clone(),
         }
     }
 
@@ -358,6 +387,12 @@ impl RequestContext {
     #[inline]
     pub fn is_finished(&self) -> bool {
         self.finished.load(Ordering::Acquire)
+    }
+
+    /// The job this context runs, when it is one (see [`Job`]).
+    #[inline]
+    pub fn job(&self) -> Option<&Job> {
+        self.job.as_deref()
     }
 
     /// The request id.
@@ -566,6 +601,7 @@ impl fmt::Debug for RequestContext {
             .field("client_ip", &self.client_ip)
             .field("started_at", &self.started_at())
             .field("patch", &self.patch.load_full())
+            .field("job", &self.job)
             .finish_non_exhaustive()
     }
 }

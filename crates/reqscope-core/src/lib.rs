@@ -27,9 +27,11 @@
 #![warn(missing_docs)]
 
 pub mod baggage;
+pub mod carry;
 mod context;
 mod error;
 mod id;
+pub mod job;
 mod panics;
 mod propagate;
 mod proxy;

@@ -38,6 +38,9 @@ pub(crate) struct JsonKeys {
     roles: Box<[u8]>,
     rate_limit_remaining: Box<[u8]>,
     rate_limit_reset: Box<[u8]>,
+    job: Box<[u8]>,
+    job_id: Box<[u8]>,
+    attempt: Box<[u8]>,
 }
 
 fn key(name: &str) -> Box<[u8]> {
@@ -66,6 +69,9 @@ impl JsonKeys {
             roles: key(names.roles),
             rate_limit_remaining: key(names.rate_limit_remaining),
             rate_limit_reset: key(names.rate_limit_reset),
+            job: key(names.job),
+            job_id: key(names.job_id),
+            attempt: key(names.attempt),
             reserved: Reserved::new::<JsonStyle>(names),
         }
     }
@@ -179,6 +185,16 @@ fn write_context(buf: &mut Vec<u8>, seen: &mut Seen, keys: &JsonKeys, ctx: &Requ
         if let Some(reset) = patch.rate_limit_reset {
             buf.extend_from_slice(&keys.rate_limit_reset);
             write_u64(buf, reset);
+        }
+        if let Some(job) = ctx.job() {
+            buf.extend_from_slice(&keys.job);
+            write_str(buf, job.name());
+            if let Some(id) = job.id() {
+                buf.extend_from_slice(&keys.job_id);
+                write_str(buf, id);
+            }
+            buf.extend_from_slice(&keys.attempt);
+            write_u64(buf, u64::from(job.attempt()));
         }
         for (name, value) in &patch.fields {
             write_key::<JsonStyle>(buf, seen, name, FIELD_PREFIX, |key| {

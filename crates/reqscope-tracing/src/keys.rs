@@ -7,8 +7,9 @@
 //! - a stamped key name is always taken (even when that key is absent from this line, so that
 //!   an event field `user_id` outside a request cannot pass for a stamped one);
 //! - for a custom context field, the keys of reqscope's own access and outgoing-call lines
-//!   and WebSocket close lines (`status`, `grpc_status`, `duration_ms`, `bytes`, `aborted`,
-//!   `url`, `parent_span_id`, `error`, `messages_received`, `messages_sent`) are taken too, so
+//!   WebSocket close lines and job end lines (`status`, `grpc_status`, `duration_ms`, `bytes`,
+//!   `aborted`, `url`, `parent_span_id`, `error`, `messages_received`, `messages_sent`,
+//!   `outcome`, `queue_ms`) are taken too, so
 //!   that those lines keep their meaning;
 //! - a key already written on this line is taken;
 //! - for a span field, a name the event's own fields use, or a span nearer the event, is taken
@@ -53,7 +54,8 @@ pub(crate) trait KeyStyle {
 }
 
 /// The keys reqscope's own lines add as event fields — the access line and the WebSocket
-/// close line (target `reqscope::access`), the outgoing-call line (`reqscope::outgoing`). A
+/// close line (target `reqscope::access`), the outgoing-call line (`reqscope::outgoing`), the
+/// job end line (`reqscope::job`). A
 /// custom context field never takes one of these names from them: it is renamed
 /// (`fields.status`) on every line, so `status` on an access line is always the response's.
 /// Every name here renders as its own bytes in every style.
@@ -68,6 +70,8 @@ const LINE_KEYS: &[&[u8]] = &[
     b"error",
     b"messages_received",
     b"messages_sent",
+    b"outcome",
+    b"queue_ms",
 ];
 
 /// Whether a custom context field's rendered key is taken: a stamped key or one of the keys

@@ -18,7 +18,7 @@
 //! contract: `timestamp`, `level`, `target`, `message`, `request_id`, `trace_id`, `span_id`,
 //! `user_id`, `org_id`,
 //! `method`, `path`, `route`, `client_ip`, `roles`, `rate_limit_remaining`,
-//! `rate_limit_reset`, the custom context fields, the fields of the spans in scope (root
+//! `rate_limit_reset`, `job`, `job_id`, `attempt` (in a [job](reqscope_core::job)), the custom context fields, the fields of the spans in scope (root
 //! first, as last recorded: `#[instrument(fields(order_id = 7))]` puts `"order_id":7` on every
 //! line inside), then the event's own fields. Key names are configurable with [`FieldNames`].
 //! Values are escaped by `serde_json`, so no field content can break a line or forge another.

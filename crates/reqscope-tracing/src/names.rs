@@ -37,6 +37,12 @@ pub struct FieldNames {
     pub rate_limit_remaining: &'static str,
     /// Seconds until the rate-limit budget resets.
     pub rate_limit_reset: &'static str,
+    /// The name of the job a line was written by.
+    pub job: &'static str,
+    /// The job's id.
+    pub job_id: &'static str,
+    /// Which attempt at the job this is, from 1.
+    pub attempt: &'static str,
 }
 
 impl Default for FieldNames {
@@ -58,6 +64,9 @@ impl Default for FieldNames {
             roles: "roles",
             rate_limit_remaining: "rate_limit_remaining",
             rate_limit_reset: "rate_limit_reset",
+            job: "job",
+            job_id: "job_id",
+            attempt: "attempt",
         }
     }
 }
@@ -76,7 +85,7 @@ impl FieldNames {
     }
 
     /// Every stamped key.
-    pub(crate) fn all(&self) -> [&'static str; 16] {
+    pub(crate) fn all(&self) -> [&'static str; 19] {
         [
             self.timestamp,
             self.level,
@@ -94,6 +103,9 @@ impl FieldNames {
             self.roles,
             self.rate_limit_remaining,
             self.rate_limit_reset,
+            self.job,
+            self.job_id,
+            self.attempt,
         ]
     }
 
@@ -108,6 +120,7 @@ impl FieldNames {
             client_ip: "clientIp",
             rate_limit_remaining: "rateLimitRemaining",
             rate_limit_reset: "rateLimitReset",
+            job_id: "jobId",
             ..FieldNames::default()
         }
     }

@@ -89,6 +89,13 @@ pub(crate) fn pretty_line(
             if let Some(reset) = patch.rate_limit_reset {
                 stamp(buf, names.rate_limit_reset, &reset);
             }
+            if let Some(job) = ctx.job() {
+                stamp(buf, names.job, &job.name());
+                if let Some(id) = job.id() {
+                    stamp(buf, names.job_id, &id);
+                }
+                stamp(buf, names.attempt, &job.attempt());
+            }
             for (key, value) in &patch.fields {
                 write_key::<PrettyStyle>(buf, seen, key, FIELD_PREFIX, |k| {
                     crate::keys::taken_by_context_field(reserved, k)
