@@ -41,7 +41,8 @@
 //! - [`rate_limit`]: per-user / per-ip limits with the IETF headers (feature `rate-limit`,
 //!   default; Redis with feature `redis`);
 //! - [`carry`] and [`job`]: the context carried into queued jobs and other processes, and
-//!   [`Envelope`] for messages through in-process channels; [`baggage`]: W3C baggage;
+//!   [`Envelope`] for messages through in-process channels; `amqp`: RabbitMQ messages through
+//!   lapin (feature `amqp`, off by default); [`baggage`]: W3C baggage;
 //! - [`trace`]: the W3C trace of each request (`trace_id` and `span_id` on every line), and
 //!   [`outgoing`]: calls to other services carry the request id and a `traceparent` naming a
 //!   client span of each call's own, with one `reqscope::outgoing` line per call (tower
@@ -82,6 +83,13 @@ pub mod carry {
 /// `queue_ms`.
 pub mod job {
     pub use reqscope_core::job::*;
+}
+
+/// RabbitMQ (lapin) messages that carry the request context in their headers, and jobs that
+/// run inside it (feature `amqp`).
+#[cfg(feature = "amqp")]
+pub mod amqp {
+    pub use reqscope_amqp::*;
 }
 
 /// W3C Trace Context: `traceparent` / `tracestate`, validated; the trace of a request.

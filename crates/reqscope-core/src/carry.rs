@@ -76,6 +76,9 @@ pub const CONTEXT_HEADER: HeaderName = HeaderName::from_static("reqscope-context
 /// The header that carries the request id.
 const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-request-id");
 
+/// Every header a snapshot may use, for transports that copy them one by one.
+pub const HEADERS: [HeaderName; 5] = [REQUEST_ID_HEADER, TRACEPARENT, TRACESTATE, BAGGAGE, CONTEXT_HEADER];
+
 /// The longest `reqscope-context` header accepted, in bytes.
 pub const MAX_CONTEXT_BYTES: usize = 16 * 1024;
 
@@ -100,6 +103,10 @@ pub enum InvalidCarriedContext {
     /// There is no `x-request-id`: the message was not sent with a carried context.
     #[error("no carried context: the message has no x-request-id")]
     MissingRequestId,
+    /// A header that is not text (a transport whose headers are typed gave it another type, or
+    /// bytes that cannot be a header value).
+    #[error("the carried {0} header is not text")]
+    NotText(&'static str),
     /// A header that may appear once appears more than once.
     #[error("the carried {0} header appears more than once")]
     Repeated(&'static str),
