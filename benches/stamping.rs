@@ -25,6 +25,10 @@
 //! - `trace/*`: parsing an incoming `traceparent` (with its `tracestate`), starting a new
 //!   trace, and adding the id and a child `traceparent` to an outgoing request's headers.
 //!
+//! - `carry/*`: a context with user, org, roles, a custom and a hidden field and one baggage
+//!   entry: its snapshot written as headers, the headers validated and restored into a
+//!   context, and a restored job run to its end line (no subscriber).
+//!
 //! Before the timings it prints heap allocations per event and per request, counted by a
 //! global allocator.
 
@@ -349,6 +353,28 @@ fn trace(c: &mut Criterion) {
     group.finish();
 }
 
+fn carry(c: &mut Criterion) {
+    use reqscope::carry::Carried;
+    use reqscope::job::Job;
+
+    let ctx = request_context();
+    ctx.set_roles(["admin", "billing"]);
+    ctx.set_field("tenant", "acme");
+    ctx.set_hidden_field("device_id", "d-4f2a");
+    ctx.set_baggage("session", "s-19").unwrap();
+    let headers = ctx.carry().to_headers();
+    let mut group = c.benchmark_group("carry");
+    group.bench_function("snapshot_to_headers", |b| b.iter(|| black_box(&ctx).carry().to_headers()));
+    group.bench_function("restore_from_headers", |b| {
+        b.iter(|| Carried::from_headers(black_box(&headers)).map(Carried::into_context))
+    });
+    let job = Job::new("welcome_email").with_id("m-1");
+    group.bench_function("restore_run_job_no_subscriber", |b| {
+        b.iter(|| poll_once(job.clone().run(Carried::from_headers(black_box(&headers)), async { Ok::<_, &str>(()) })))
+    });
+    group.finish();
+}
+
 /// The example's `Users` service without a database: `GetUser` answers at once.
 struct Users {
     log: bool,
@@ -439,5 +465,5 @@ fn grpc(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, context, event, layer, jwt, rate_limit, grpc, trace);
+criterion_group!(benches, context, event, layer, jwt, rate_limit, grpc, trace, carry);
 criterion_main!(benches);

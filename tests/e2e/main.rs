@@ -37,6 +37,7 @@ mod ws;
 
 mod access;
 mod auth;
+mod carry;
 mod concurrency;
 mod context;
 mod deployment;
