@@ -179,6 +179,13 @@ fn request_context(ctx: &RequestContext) -> BTreeMap<String, Value> {
     if let Some(reset) = patch.rate_limit_reset {
         map.insert("rate_limit_reset".to_owned(), reset.into());
     }
+    if let Some(job) = ctx.job() {
+        map.insert("job".to_owned(), job.name().into());
+        if let Some(id) = job.id() {
+            map.insert("job_id".to_owned(), id.into());
+        }
+        map.insert("attempt".to_owned(), job.attempt().into());
+    }
     for (key, value) in &patch.fields {
         let value = match value {
             FieldValue::Str(s) => Value::from(&**s),
