@@ -83,6 +83,13 @@ pub enum InvalidBaggage {
     BadProperty,
 }
 
+/// Whether `key` can be a baggage key: an RFC 7230 token (one or more letters, digits,
+/// backquotes or ``!#$%&'*+-.^_|~``). For checking configuration (an allow-list of keys)
+/// before it is used.
+pub fn is_valid_key(key: &str) -> bool {
+    is_token(key.as_bytes())
+}
+
 /// One list member: a key, its decoded value and its properties.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BaggageEntry {
@@ -423,6 +430,37 @@ mod tests {
             baggage.to_header_value().unwrap(),
             "key1=value1;property1;property2,key2=value2,key3=value3;propertyKey=propertyValue"
         );
+    }
+
+    #[test]
+    fn parses_the_spec_header_examples() {
+        let single = parse("userId=alice,serverNode=DF%2028,isProduction=false").unwrap();
+        let expected = [("userId", "alice", vec![]), ("serverNode", "DF 28", vec![]), ("isProduction", "false", vec![])];
+        assert_eq!(entries(&single), expected);
+        // The same context split over two headers is the same list.
+        let mut headers = HeaderMap::new();
+        headers.append(BAGGAGE, HeaderValue::from_static("userId=alice"));
+        headers.append(BAGGAGE, HeaderValue::from_static("serverNode=DF%2028,isProduction=false"));
+        assert_eq!(Baggage::from_headers(&headers), Ok(Some(single.clone())));
+        assert_eq!(single.to_header_value().unwrap(), "userId=alice,serverNode=DF%2028,isProduction=false");
+        // A value outside the baggage octets travels percent-encoded UTF-8.
+        let encoded = parse("userId=Am%C3%A9lie,serverNode=DF%2028,isProduction=false").unwrap();
+        assert_eq!(encoded.get("userId"), Some("Amélie"));
+        let mut written = Baggage::new();
+        for (key, value) in [("userId", "Amélie"), ("serverNode", "DF 28"), ("isProduction", "false")] {
+            written.insert(key, value).unwrap();
+        }
+        assert_eq!(written.to_header_value().unwrap(), "userId=Am%C3%A9lie,serverNode=DF%2028,isProduction=false");
+    }
+
+    #[test]
+    fn keys_are_tokens() {
+        for key in ["session", "user.id", "a-b_c~!#$%&'*+^`|", "K9"] {
+            assert!(is_valid_key(key), "{key:?}");
+        }
+        for key in ["", "a b", "a,b", "a;b", "a=b", "é", "a\r\n", "(x)"] {
+            assert!(!is_valid_key(key), "{key:?}");
+        }
     }
 
     #[test]
