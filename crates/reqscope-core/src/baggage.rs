@@ -435,7 +435,8 @@ mod tests {
     #[test]
     fn parses_the_spec_header_examples() {
         let single = parse("userId=alice,serverNode=DF%2028,isProduction=false").unwrap();
-        let expected = [("userId", "alice", vec![]), ("serverNode", "DF 28", vec![]), ("isProduction", "false", vec![])];
+        let expected =
+            [("userId", "alice", vec![]), ("serverNode", "DF 28", vec![]), ("isProduction", "false", vec![])];
         assert_eq!(entries(&single), expected);
         // The same context split over two headers is the same list.
         let mut headers = HeaderMap::new();

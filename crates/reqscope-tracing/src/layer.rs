@@ -670,7 +670,8 @@ mod tests {
     fn without_a_list_no_baggage_is_written() {
         let ctx = request("bag-none");
         ctx.set_baggage("session", "s-1").unwrap();
-        let logs = capture(|w| LogLayer::new().with_writer(w), || RequestContext::scope_sync(ctx, || tracing::info!("x")));
+        let logs =
+            capture(|w| LogLayer::new().with_writer(w), || RequestContext::scope_sync(ctx, || tracing::info!("x")));
         assert!(!logs.contents().contains("s-1"), "{}", logs.contents());
         assert_eq!(logs.json_lines()[0]["request_id"], "bag-none");
     }
