@@ -41,8 +41,8 @@
 //! - [`rate_limit`]: per-user / per-ip limits with the IETF headers (feature `rate-limit`,
 //!   default; Redis with feature `redis`);
 //! - [`trace`]: the W3C trace of each request (`trace_id` and `span_id` on every line), and
-//!   [`outgoing`]: calls to other services carry the request id and a `traceparent` naming a
-//!   client span of each call's own, with one `reqscope::outgoing` line per call (tower
+//!   [`outgoing`]: calls to other services carry the request id, the [`baggage`] and a
+//!   `traceparent` naming a client span of each call's own, with one `reqscope::outgoing` line per call (tower
 //!   clients; `reqwest-middleware` with feature `reqwest`; OpenTelemetry spans with feature
 //!   `otel`);
 //! - [`error_response`]: how the layers' refusals and panics are answered — JSON for HTTP
@@ -74,7 +74,7 @@ pub mod trace {
     pub use reqscope_core::trace::*;
 }
 
-/// Outgoing calls carry the request id and a `traceparent`, each call a client span with a
+/// Outgoing calls carry the request id, a `traceparent` and the baggage, each call a client span with a
 /// line of its own (feature `tower`; the `reqwest-middleware` middleware with feature
 /// `reqwest`).
 #[cfg(feature = "tower")]
