@@ -24,6 +24,8 @@
 //!   the same subscriber and line as its baseline), then with the access line as well.
 //! - `trace/*`: parsing an incoming `traceparent` (with its `tracestate`), starting a new
 //!   trace, and adding the id and a child `traceparent` to an outgoing request's headers.
+//! - `baggage/*`: parsing an incoming `baggage` of 3 members and one of 180, writing one back,
+//!   and one event stamped with a listed baggage entry (its heap allocations printed first).
 //!
 //! - `carry/*`: a context with user, org, roles, a custom and a hidden field and one baggage
 //!   entry: its snapshot written as headers, the headers validated and restored into a
@@ -375,6 +377,37 @@ fn carry(c: &mut Criterion) {
     group.finish();
 }
 
+fn baggage(c: &mut Criterion) {
+    use reqscope::baggage::Baggage;
+
+    let typical = b"session=4f1c2a9e,tenant=acme,user.name=Ren%C3%A9;visible".to_vec();
+    let full: Vec<u8> = (0..180).map(|i| format!("key{i}=value{i}")).collect::<Vec<_>>().join(",").into_bytes();
+    assert_eq!(Baggage::parse(&full).map(|b| b.len()), Ok(180));
+    let mut group = c.benchmark_group("baggage");
+    group.bench_function("parse_3_members", |b| b.iter(|| Baggage::parse(black_box(&typical))));
+    group.bench_function("parse_180_members", |b| b.iter(|| Baggage::parse(black_box(&full))));
+    let parsed = Baggage::parse(&typical).unwrap();
+    group.bench_function("write_3_members", |b| b.iter(|| black_box(&parsed).to_header_value()));
+    group.finish();
+
+    let subscriber =
+        tracing_subscriber::registry().with(LogLayer::new().baggage_fields(["session"]).with_writer(std::io::sink));
+    let ctx = request_context();
+    ctx.update(|patch| patch.baggage.clone_from(&parsed));
+    tracing::subscriber::with_default(subscriber, || {
+        RequestContext::scope_sync(ctx, || {
+            for _ in 0..100 {
+                emit();
+            }
+            println!(
+                "reqscope LogLayer with baggage.session: {} heap allocations per stamped event",
+                allocations_per_event()
+            );
+            c.bench_function("baggage/event_with_session_to_sink", |b| b.iter(emit));
+        })
+    });
+}
+
 /// The example's `Users` service without a database: `GetUser` answers at once.
 struct Users {
     log: bool,
@@ -465,5 +498,5 @@ fn grpc(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, context, event, layer, jwt, rate_limit, grpc, trace, carry);
+criterion_group!(benches, context, event, layer, jwt, rate_limit, grpc, trace, baggage, carry);
 criterion_main!(benches);

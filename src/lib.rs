@@ -44,8 +44,8 @@
 //!   [`Envelope`] for messages through in-process channels; `amqp`: RabbitMQ messages through
 //!   lapin (feature `amqp`, off by default); [`baggage`]: W3C baggage;
 //! - [`trace`]: the W3C trace of each request (`trace_id` and `span_id` on every line), and
-//!   [`outgoing`]: calls to other services carry the request id and a `traceparent` naming a
-//!   client span of each call's own, with one `reqscope::outgoing` line per call (tower
+//!   [`outgoing`]: calls to other services carry the request id, the [`baggage`] and a
+//!   `traceparent` naming a client span of each call's own, with one `reqscope::outgoing` line per call (tower
 //!   clients; `reqwest-middleware` with feature `reqwest`; OpenTelemetry spans with feature
 //!   `otel`);
 //! - [`error_response`]: how the layers' refusals and panics are answered — JSON for HTTP
@@ -97,7 +97,7 @@ pub mod trace {
     pub use reqscope_core::trace::*;
 }
 
-/// Outgoing calls carry the request id and a `traceparent`, each call a client span with a
+/// Outgoing calls carry the request id, a `traceparent` and the baggage, each call a client span with a
 /// line of its own (feature `tower`; the `reqwest-middleware` middleware with feature
 /// `reqwest`).
 #[cfg(feature = "tower")]

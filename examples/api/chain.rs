@@ -1,6 +1,7 @@
 //! `GET /chain?hops=N`: a call across services. Each hop calls the next one (`DOWNSTREAM_URL`,
 //! or this server itself) with `hops=N-1` until `hops` is 0, through a client that carries
-//! the request id and a child W3C `traceparent`.
+//! the request id, a child W3C `traceparent` and the request's W3C `baggage` (so every hop's
+//! lines carry the same `baggage.session`).
 //!
 //! Every hop's log lines share one `trace_id` and — inside this one trust boundary — one
 //! `request_id` (each hop's `RequestContextLayer` keeps a valid forwarded id); each hop has
@@ -41,7 +42,7 @@ impl Chain {
             .no_proxy()
             .build()
             .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
-        // The one line that makes outgoing calls carry the request id and the trace.
+        // The one line that makes outgoing calls carry the request id, the trace and the baggage.
         let client = ClientBuilder::new(client).with(reqscope::outgoing::PropagateContextMiddleware::new()).build();
         Ok(Chain { client, next })
     }

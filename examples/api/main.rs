@@ -11,7 +11,8 @@
 //! (`reqscope.example.v1.Users`, `proto/users.proto`, with server reflection).
 //!
 //! Environment: `ADDR` (default `127.0.0.1:3000`), `RUST_LOG` (default `info`),
-//! `LOG_FORMAT` (`json`, the default, or `pretty`), `LOG_BUFFER_BYTES` (log lines held while
+//! `LOG_FORMAT` (`json`, the default, or `pretty`), `LOG_BAGGAGE_KEYS` (the baggage keys
+//! written on every line as `baggage.<key>`, comma-separated; default `session`), `LOG_BUFFER_BYTES` (log lines held while
 //! stdout is not read, default 8 MiB; beyond it lines are dropped and counted), `JWT_SECRET` (HS256, at least 32 bytes;
 //! unset: a development secret is made and kept in the temp directory, and
 //! `cargo run --example mint_token -- 1` signs tokens with it), `DATABASE_URL` (unset: an
@@ -36,6 +37,7 @@ mod jwt;
 mod not_found;
 mod rate_limit;
 mod ready;
+mod request_fields;
 mod stream;
 mod users;
 mod ws;
@@ -61,8 +63,17 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let baggage_keys = match log_baggage_keys() {
+        Ok(keys) => keys,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
     // Every line on stdout, startup included, is a JSON log line.
-    let log_guard = match reqscope::logging::init_from_env_with(sentry.is_some().then(reqscope::sentry::layer)) {
+    let log_layer = reqscope::logging::LogLayer::new().baggage_fields(baggage_keys);
+    let sentry_layer = sentry.is_some().then(reqscope::sentry::layer);
+    let log_guard = match reqscope::logging::init_from_env_with_layer(log_layer, sentry_layer) {
         Ok(guard) => guard,
         Err(error) => {
             eprintln!("error: cannot set up logging: {error}");
@@ -132,6 +143,24 @@ async fn serve() -> Result<(), String> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// `LOG_BAGGAGE_KEYS`: the baggage keys every line carries as `baggage.<key>` (default
+/// `session`); empty entries are skipped, so an empty value writes none.
+fn log_baggage_keys() -> Result<Vec<String>, String> {
+    let value = match std::env::var("LOG_BAGGAGE_KEYS") {
+        Ok(value) => value,
+        Err(std::env::VarError::NotPresent) => return Ok(vec!["session".to_owned()]),
+        Err(std::env::VarError::NotUnicode(_)) => return Err("LOG_BAGGAGE_KEYS must be text".to_owned()),
+    };
+    let keys: Vec<String> = value.split(',').map(str::trim).filter(|key| !key.is_empty()).map(str::to_owned).collect();
+    match keys.iter().find(|key| !reqscope::baggage::is_valid_key(key)) {
+        Some(bad) => Err(format!(
+            "LOG_BAGGAGE_KEYS must be a comma-separated list of baggage keys (tokens such as `session` or \
+             `user.id`), got {value:?}: {bad:?} is not one"
+        )),
+        None => Ok(keys),
+    }
 }
 
 /// Resolves on ctrl-c or SIGTERM; the server then stops accepting and finishes in-flight

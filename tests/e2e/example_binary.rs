@@ -29,6 +29,7 @@ pub(crate) fn start_example(env: &[(&str, &str)]) -> (KillOnDrop, BufReader<std:
         .env("JWT_SECRET", std::str::from_utf8(crate::support::TEST_SECRET).unwrap())
         .env("RUST_LOG", "info")
         .env_remove("LOG_FORMAT")
+        .env_remove("LOG_BAGGAGE_KEYS")
         .env_remove("SENTRY_DSN")
         .env_remove("REDIS_URL")
         .env_remove("RATE_LIMIT_PER_MINUTE")
@@ -198,13 +199,14 @@ async fn a_bad_rate_limit_stops_the_example_with_a_clear_error() {
 }
 
 /// Starts the example with `env`, expects it to refuse to start, and returns its stderr.
-fn failed_start(env: &[(&str, &str)]) -> String {
+pub(crate) fn failed_start(env: &[(&str, &str)]) -> String {
     let child = Command::new(example_path("api"))
         .env("ADDR", "127.0.0.1:0")
         .env("JWT_SECRET", std::str::from_utf8(crate::support::TEST_SECRET).unwrap())
         .env_remove("SENTRY_DSN")
         .env_remove("DATABASE_URL")
         .env_remove("REDIS_URL")
+        .env_remove("LOG_BAGGAGE_KEYS")
         .envs(env.iter().copied())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

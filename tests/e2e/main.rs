@@ -28,6 +28,8 @@ mod not_found;
 mod rate_limit;
 #[path = "../../examples/api/ready.rs"]
 mod ready;
+#[path = "../../examples/api/request_fields.rs"]
+mod request_fields;
 #[path = "../../examples/api/stream.rs"]
 mod stream;
 #[path = "../../examples/api/users.rs"]
@@ -37,6 +39,7 @@ mod ws;
 
 mod access;
 mod auth;
+mod baggage;
 mod carry;
 mod concurrency;
 mod context;

@@ -26,7 +26,8 @@ pub fn logs() -> &'static Capture {
             .with_default(tracing::Level::TRACE)
             .with_target("h2", tracing::Level::INFO);
         tracing_subscriber::registry()
-            .with(LogLayer::new().with_writer(logs.clone()).with_filter(filter))
+            // The example server's default `LOG_BAGGAGE_KEYS`.
+            .with(LogLayer::new().baggage_fields(["session"]).with_writer(logs.clone()).with_filter(filter))
             // Sends nothing until a test binds a Sentry client (error_tracking.rs).
             .with(reqscope::sentry::layer())
             .init();

@@ -83,6 +83,13 @@ pub enum InvalidBaggage {
     BadProperty,
 }
 
+/// Whether `key` can be a baggage key: an RFC 7230 token (one or more letters, digits,
+/// backquotes or ``!#$%&'*+-.^_|~``). For checking configuration (an allow-list of keys)
+/// before it is used.
+pub fn is_valid_key(key: &str) -> bool {
+    is_token(key.as_bytes())
+}
+
 /// One list member: a key, its decoded value and its properties.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BaggageEntry {
@@ -161,23 +168,19 @@ impl Baggage {
                 return Err(InvalidBaggage::TooLong);
             }
         }
-        let mut baggage = Baggage::default();
-        let mut count = 0;
+        let mut entries = Vec::new();
         for value in values.iter().copied().map(trim_ows).filter(|v| !v.is_empty()) {
             for member in value.split(|&b| b == b',') {
-                count += 1;
-                if count > MAX_MEMBERS {
+                if entries.len() == MAX_MEMBERS {
                     return Err(InvalidBaggage::TooManyMembers);
                 }
-                let entry = parse_member(member)?;
-                // The spec gives a repeated key no meaning; keeping the first, as for
-                // `tracestate`, makes keys unique.
-                if baggage.get(&entry.key).is_none() {
-                    baggage.entries.push(entry);
-                }
+                entries.push(parse_member(member)?);
             }
         }
-        Ok(baggage)
+        // The spec gives a repeated key no meaning; keeping the first, as for `tracestate`,
+        // makes keys unique.
+        keep_first_of_each_key(&mut entries);
+        Ok(Baggage { entries })
     }
 
     /// The decoded value of `key`, if listed.
@@ -268,6 +271,40 @@ impl<'a> IntoIterator for &'a Baggage {
 
     fn into_iter(self) -> Self::IntoIter {
         self.iter()
+    }
+}
+
+/// Drops every entry whose key an earlier one has, keeping the order. A long list is sorted
+/// by key rather than searched once per entry: 180 members would cost 16,000 comparisons.
+fn keep_first_of_each_key(entries: &mut Vec<BaggageEntry>) {
+    if entries.len() <= 16 {
+        let mut i = 1;
+        while i < entries.len() {
+            if entries[..i].iter().any(|earlier| earlier.key == entries[i].key) {
+                entries.remove(i);
+            } else {
+                i += 1;
+            }
+        }
+        return;
+    }
+    let mut order: Vec<usize> = (0..entries.len()).collect();
+    // Ties broken by position, so that the first of each key comes first.
+    order.sort_unstable_by(|&a, &b| entries[a].key.cmp(&entries[b].key).then(a.cmp(&b)));
+    let mut repeated = vec![false; entries.len()];
+    let mut any = false;
+    for pair in order.windows(2) {
+        if entries[pair[0]].key == entries[pair[1]].key {
+            repeated[pair[1]] = true;
+            any = true;
+        }
+    }
+    if any {
+        let mut index = 0;
+        entries.retain(|_| {
+            index += 1;
+            !repeated[index - 1]
+        });
     }
 }
 
@@ -432,6 +469,38 @@ mod tests {
     }
 
     #[test]
+    fn parses_the_spec_header_examples() {
+        let single = parse("userId=alice,serverNode=DF%2028,isProduction=false").unwrap();
+        let expected =
+            [("userId", "alice", vec![]), ("serverNode", "DF 28", vec![]), ("isProduction", "false", vec![])];
+        assert_eq!(entries(&single), expected);
+        // The same context split over two headers is the same list.
+        let mut headers = HeaderMap::new();
+        headers.append(BAGGAGE, HeaderValue::from_static("userId=alice"));
+        headers.append(BAGGAGE, HeaderValue::from_static("serverNode=DF%2028,isProduction=false"));
+        assert_eq!(Baggage::from_headers(&headers), Ok(Some(single.clone())));
+        assert_eq!(single.to_header_value().unwrap(), "userId=alice,serverNode=DF%2028,isProduction=false");
+        // A value outside the baggage octets travels percent-encoded UTF-8.
+        let encoded = parse("userId=Am%C3%A9lie,serverNode=DF%2028,isProduction=false").unwrap();
+        assert_eq!(encoded.get("userId"), Some("Amélie"));
+        let mut written = Baggage::new();
+        for (key, value) in [("userId", "Amélie"), ("serverNode", "DF 28"), ("isProduction", "false")] {
+            written.insert(key, value).unwrap();
+        }
+        assert_eq!(written.to_header_value().unwrap(), "userId=Am%C3%A9lie,serverNode=DF%2028,isProduction=false");
+    }
+
+    #[test]
+    fn keys_are_tokens() {
+        for key in ["session", "user.id", "a-b_c~!#$%&'*+^`|", "K9"] {
+            assert!(is_valid_key(key), "{key:?}");
+        }
+        for key in ["", "a b", "a,b", "a;b", "a=b", "é", "a\r\n", "(x)"] {
+            assert!(!is_valid_key(key), "{key:?}");
+        }
+    }
+
+    #[test]
     fn whitespace_around_separators_is_optional() {
         let baggage = parse(" \t a \t = \t 1 \t ; \t p \t = \t x \t ; q \t , \t b=2\t").unwrap();
         assert_eq!(entries(&baggage), [("a", "1", vec!["p \t = \t x", "q"]), ("b", "2", vec![])]);
@@ -494,6 +563,16 @@ mod tests {
     fn a_repeated_key_keeps_its_first_value() {
         let baggage = parse("a=1,b=2,a=3").unwrap();
         assert_eq!(entries(&baggage), [("a", "1", vec![]), ("b", "2", vec![])]);
+    }
+
+    #[test]
+    fn a_long_list_keeps_the_first_of_each_key_in_order() {
+        let list: Vec<String> = (0..60).map(|i| format!("k{}={i}", i % 20)).collect();
+        let baggage = parse(&list.join(",")).unwrap();
+        assert_eq!(baggage.len(), 20);
+        for (i, entry) in baggage.iter().enumerate() {
+            assert_eq!((entry.key(), entry.value()), (format!("k{i}").as_str(), i.to_string().as_str()));
+        }
     }
 
     #[test]

@@ -37,6 +37,13 @@
 //!   exported like any other, and its parent is the current OpenTelemetry span (a handler's
 //!   `#[instrument]` span, else the request's). **`tracestate`**: the request's (the caller's,
 //!   validated, with this service's entry in front if it adds one).
+//! - **`baggage`**: the request's [baggage](reqscope_core::Patch::baggage) — what a trusted
+//!   caller sent and what the application added with `RequestContext::set_baggage` — as one
+//!   header: every entry by default, or only the keys named with
+//!   [`PropagateContextLayer::baggage_keys`] (or the middleware's). Values are
+//!   percent-encoded, so CR, LF, `,` or `;` in a value cannot break the header or the list;
+//!   beyond 180 entries or 8192 bytes the last entries are left out whole. No header when
+//!   there is nothing to send.
 //!
 //! Each call made through [`PropagateContextLayer`] or [`PropagateContextMiddleware`] (or
 //! timed with [`OutgoingCall`]) writes **one line**, target `reqscope::outgoing`, when its
@@ -57,7 +64,7 @@
 //! `error` (the kind of failure, never the error text, which can hold the full URL); a call
 //! dropped before its response logs `aborted: true`.
 //!
-//! An `x-request-id` or a `traceparent` the caller set explicitly is left alone (with whatever
+//! An `x-request-id`, a `traceparent` or a `baggage` the caller set explicitly is left alone (with whatever
 //! `tracestate` came with it; the line then names the span of that `traceparent`); when the
 //! `traceparent` is added here, any `tracestate` on the request is replaced by the trace's own
 //! (or removed). Outside any request context nothing is added and nothing is logged: there
@@ -71,9 +78,10 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::Instant;
 
-use http::{HeaderMap, HeaderName, Method, Request, Response, StatusCode, Uri};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri};
 use pin_project_lite::pin_project;
 use reqscope_core::RequestContext;
+use reqscope_core::baggage::{BAGGAGE, Baggage};
 use reqscope_core::trace::{SpanId, TraceContext, TraceParent};
 use reqscope_core::trace::{TRACEPARENT, TRACESTATE};
 use tower_layer::Layer;
@@ -85,19 +93,47 @@ use crate::request_context::X_REQUEST_ID;
 /// The target of the line each outgoing call writes.
 pub const OUTGOING_TARGET: &str = "reqscope::outgoing";
 
-/// Adds the current request's id, `traceparent` and `tracestate` to `headers`, for a client
-/// that none of the layers here fit. The `traceparent` names a new client span (a new span id
-/// each call, whose parent is the request's span), but **no line is written** for it: use
-/// [`OutgoingCall::start`] and [`OutgoingCall::finish`] to have the call's line (and, with
-/// `otel`, its exported span). An id or a `traceparent` already set is left alone (a
-/// `tracestate` goes with its `traceparent`). Returns `false` (and adds nothing) outside a
-/// request context.
+/// Adds the current request's id, `traceparent`, `tracestate` and `baggage` (every entry) to
+/// `headers`, for a client that none of the layers here fit. The `traceparent` names a new
+/// client span (a new span id each call, whose parent is the request's span), but **no line
+/// is written** for it: use [`OutgoingCall::start`] and [`OutgoingCall::finish`] to have the
+/// call's line (and, with `otel`, its exported span). An id, a `traceparent` or a `baggage`
+/// already set is left alone (a `tracestate` goes with its `traceparent`): to send only some
+/// baggage entries, set the header first from a filtered copy of
+/// [`RequestContext::baggage`]. Returns `false` (and adds nothing) outside a request context.
 pub fn inject_headers(headers: &mut HeaderMap, request_id_header: &HeaderName) -> bool {
     RequestContext::with(|ctx| {
         let request = ctx.trace_or_start();
-        inject(ctx, headers, request_id_header, || request.child());
+        inject(ctx, headers, request_id_header, None, || request.child());
     })
     .is_some()
+}
+
+/// The baggage keys an outgoing call sends: `None` for every entry.
+type BaggageKeys = Option<Arc<[Box<str>]>>;
+
+fn baggage_keys<I, K>(keys: I) -> BaggageKeys
+where
+    I: IntoIterator<Item = K>,
+    K: AsRef<str>,
+{
+    Some(keys.into_iter().map(|key| Box::from(key.as_ref())).collect())
+}
+
+/// The `baggage` header for `baggage`, keeping only `keys` if given; `None` when nothing is
+/// left to send.
+fn baggage_header(baggage: &Baggage, keys: Option<&[Box<str>]>) -> Option<HeaderValue> {
+    if baggage.is_empty() {
+        return None;
+    }
+    match keys {
+        None => baggage.to_header_value(),
+        Some(keys) => {
+            let mut sent = baggage.clone();
+            sent.retain(|entry| keys.iter().any(|key| **key == *entry.key()));
+            sent.to_header_value()
+        }
+    }
 }
 
 /// Adds the headers for a call whose client span `client` makes; returns the call's span as
@@ -106,10 +142,16 @@ fn inject(
     ctx: &RequestContext,
     headers: &mut HeaderMap,
     request_id_header: &HeaderName,
+    baggage_keys: Option<&[Box<str>]>,
     client: impl FnOnce() -> TraceContext,
 ) -> Option<TraceContext> {
     if !headers.contains_key(request_id_header) {
         headers.insert(request_id_header.clone(), ctx.id().to_header_value());
+    }
+    if !headers.contains_key(BAGGAGE)
+        && let Some(value) = ctx.read_patch(|patch| baggage_header(&patch.baggage, baggage_keys))
+    {
+        headers.insert(BAGGAGE, value);
     }
     if headers.contains_key(TRACEPARENT) {
         // The caller chose the parent: the line names that span, in the trace it names.
@@ -164,7 +206,8 @@ pub struct OutgoingCall {
 
 impl OutgoingCall {
     /// Starts a call of `method` to `uri` on behalf of the current request: adds the
-    /// `x-request-id`, `traceparent` and `tracestate` headers to `headers` and starts its clock.
+    /// `x-request-id`, `traceparent`, `tracestate` and `baggage` (every entry) headers to
+    /// `headers`, as [`inject_headers`] does, and starts its clock.
     /// `None` (and nothing added) outside a request context.
     pub fn start(method: &Method, uri: &Uri, headers: &mut HeaderMap) -> Option<Self> {
         Self::start_with_header(method, uri, headers, &X_REQUEST_ID)
@@ -178,7 +221,7 @@ impl OutgoingCall {
         request_id_header: &HeaderName,
     ) -> Option<Self> {
         let (url, path) = uri_without_secrets(uri);
-        Self::begin(method, url, path, headers, request_id_header)
+        Self::begin(method, url, path, headers, request_id_header, None)
     }
 
     pub(crate) fn begin(
@@ -187,10 +230,11 @@ impl OutgoingCall {
         path: Box<str>,
         headers: &mut HeaderMap,
         request_id_header: &HeaderName,
+        baggage_keys: Option<&[Box<str>]>,
     ) -> Option<Self> {
         let ctx = RequestContext::current()?;
         let mut span = Span::none();
-        let trace = inject(&ctx, headers, request_id_header, || {
+        let trace = inject(&ctx, headers, request_id_header, baggage_keys, || {
             let (client_span, trace) = client_span(ctx.trace_or_start(), method, &url);
             span = client_span;
             trace
@@ -302,11 +346,12 @@ fn client_span(request: &TraceContext, _method: &Method, _url: &str) -> (Span, T
     (Span::none(), request.child())
 }
 
-/// Adds the request id and the trace to every request a tower client sends, with a client
-/// span and a line per call; see the [module docs](self).
+/// Adds the request id, the trace and the baggage to every request a tower client sends,
+/// with a client span and a line per call; see the [module docs](self).
 #[derive(Clone, Debug)]
 pub struct PropagateContextLayer {
     header: HeaderName,
+    baggage_keys: BaggageKeys,
 }
 
 impl Default for PropagateContextLayer {
@@ -316,14 +361,25 @@ impl Default for PropagateContextLayer {
 }
 
 impl PropagateContextLayer {
-    /// Sends the id as `x-request-id`.
+    /// Sends the id as `x-request-id`, and every baggage entry.
     pub fn new() -> Self {
-        PropagateContextLayer { header: X_REQUEST_ID }
+        PropagateContextLayer { header: X_REQUEST_ID, baggage_keys: None }
     }
 
     /// Sends the id in another header (e.g. `x-correlation-id`).
     pub fn header_name(mut self, header: HeaderName) -> Self {
         self.header = header;
+        self
+    }
+
+    /// Sends only the baggage entries with one of these keys (none for an empty list), for a
+    /// call that leaves the trust boundary or a service that needs only some of them.
+    pub fn baggage_keys<I, K>(mut self, keys: I) -> Self
+    where
+        I: IntoIterator<Item = K>,
+        K: AsRef<str>,
+    {
+        self.baggage_keys = baggage_keys(keys);
         self
     }
 }
@@ -332,7 +388,7 @@ impl<S> Layer<S> for PropagateContextLayer {
     type Service = PropagateContext<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        PropagateContext { inner, header: self.header.clone() }
+        PropagateContext { inner, header: self.header.clone(), baggage_keys: self.baggage_keys.clone() }
     }
 }
 
@@ -341,6 +397,7 @@ impl<S> Layer<S> for PropagateContextLayer {
 pub struct PropagateContext<S> {
     inner: S,
     header: HeaderName,
+    baggage_keys: BaggageKeys,
 }
 
 impl<S, B, ResBody> Service<Request<B>> for PropagateContext<S>
@@ -358,7 +415,9 @@ where
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         // `call` runs in the caller's task, where the request context is.
         let (method, uri) = (req.method().clone(), req.uri().clone());
-        let call = OutgoingCall::start_with_header(&method, &uri, req.headers_mut(), &self.header);
+        let (url, path) = uri_without_secrets(&uri);
+        let keys = self.baggage_keys.as_deref();
+        let call = OutgoingCall::begin(&method, url, path, req.headers_mut(), &self.header, keys);
         let inner = match &call {
             Some(call) => call.span.in_scope(|| self.inner.call(req)),
             None => self.inner.call(req),
@@ -413,11 +472,11 @@ mod reqwest {
     use reqwest_middleware::{Error, Middleware, Next, Result};
     use tracing::Instrument;
 
-    use super::OutgoingCall;
+    use super::{BaggageKeys, OutgoingCall, baggage_keys};
     use crate::request_context::X_REQUEST_ID;
 
-    /// A `reqwest-middleware` middleware that adds the request id and the trace to every
-    /// request the client sends, with a client span and a line per call; see the
+    /// A `reqwest-middleware` middleware that adds the request id, the trace and the baggage
+    /// to every request the client sends, with a client span and a line per call; see the
     /// [module docs](super).
     ///
     /// ```
@@ -431,6 +490,7 @@ mod reqwest {
     #[derive(Clone, Debug)]
     pub struct PropagateContextMiddleware {
         header: HeaderName,
+        baggage_keys: BaggageKeys,
     }
 
     impl Default for PropagateContextMiddleware {
@@ -440,14 +500,25 @@ mod reqwest {
     }
 
     impl PropagateContextMiddleware {
-        /// Sends the id as `x-request-id`.
+        /// Sends the id as `x-request-id`, and every baggage entry.
         pub fn new() -> Self {
-            PropagateContextMiddleware { header: X_REQUEST_ID }
+            PropagateContextMiddleware { header: X_REQUEST_ID, baggage_keys: None }
         }
 
         /// Sends the id in another header (e.g. `x-correlation-id`).
         pub fn header_name(mut self, header: HeaderName) -> Self {
             self.header = header;
+            self
+        }
+
+        /// Sends only the baggage entries with one of these keys (none for an empty list),
+        /// for a call that leaves the trust boundary or a service that needs only some of them.
+        pub fn baggage_keys<I, K>(mut self, keys: I) -> Self
+        where
+            I: IntoIterator<Item = K>,
+            K: AsRef<str>,
+        {
+            self.baggage_keys = baggage_keys(keys);
             self
         }
     }
@@ -481,7 +552,8 @@ mod reqwest {
             // The middleware future is polled by the caller, inside its request context.
             let method = req.method().clone();
             let (url, path) = url_without_secrets(req.url());
-            let Some(call) = OutgoingCall::begin(&method, url, path, req.headers_mut(), &self.header) else {
+            let keys = self.baggage_keys.as_deref();
+            let Some(call) = OutgoingCall::begin(&method, url, path, req.headers_mut(), &self.header, keys) else {
                 return next.run(req, extensions).await;
             };
             let result = next.run(req, extensions).instrument(call.span().clone()).await;
@@ -546,6 +618,37 @@ mod tests {
             inject_headers(&mut explicit, &X_REQUEST_ID);
             assert_eq!(explicit["x-request-id"], "chosen");
             assert_eq!(explicit[TRACEPARENT], "00-11111111111111111111111111111111-2222222222222222-00");
+        });
+    }
+
+    #[test]
+    fn sends_the_baggage_whole_filtered_or_not_at_all() {
+        let ctx = std::sync::Arc::new(RequestContext::new(RequestId::parse("r-bag").unwrap()));
+        RequestContext::scope_sync(ctx.clone(), || {
+            let mut empty = HeaderMap::new();
+            inject_headers(&mut empty, &X_REQUEST_ID);
+            assert!(empty.get(BAGGAGE).is_none(), "no header for an empty baggage");
+
+            ctx.set_baggage("session", "s-1").unwrap();
+            ctx.set_baggage("note", "a\r\nb, c;d").unwrap();
+            let mut all = HeaderMap::new();
+            inject_headers(&mut all, &X_REQUEST_ID);
+            assert_eq!(all[BAGGAGE], "session=s-1,note=a%0D%0Ab%2C%20c%3Bd");
+            assert_eq!(Baggage::parse(all[BAGGAGE].as_bytes()).unwrap(), ctx.baggage());
+
+            let mut only = HeaderMap::new();
+            let keys = baggage_keys(["note", "absent"]);
+            OutgoingCall::begin(&Method::GET, "u".into(), "/".into(), &mut only, &X_REQUEST_ID, keys.as_deref());
+            assert_eq!(only[BAGGAGE], "note=a%0D%0Ab%2C%20c%3Bd");
+            let mut none = HeaderMap::new();
+            let keys = baggage_keys(["absent"]);
+            OutgoingCall::begin(&Method::GET, "u".into(), "/".into(), &mut none, &X_REQUEST_ID, keys.as_deref());
+            assert!(none.get(BAGGAGE).is_none());
+
+            let mut explicit = HeaderMap::new();
+            explicit.insert(BAGGAGE, "chosen=1".parse().unwrap());
+            inject_headers(&mut explicit, &X_REQUEST_ID);
+            assert_eq!(explicit.get_all(BAGGAGE).iter().collect::<Vec<_>>(), ["chosen=1"]);
         });
     }
 

@@ -40,20 +40,29 @@
 //!    Log lines carry `trace_id` and `span_id`; outgoing calls carry a child
 //!    `traceparent` (see [`outgoing`](crate::outgoing)). With the `otel` feature and a
 //!    `tracing-opentelemetry` layer installed, the ids are those of the OpenTelemetry span.
-//! 3. **Client ip.** The connection's peer address — found by the
+//! 3. **Baggage.** A W3C `baggage` (every header so named, read as one list; see
+//!    [`baggage`](reqscope_core::baggage)) becomes the context's
+//!    [baggage](reqscope_core::Patch::baggage) when the
+//!    [`baggage_policy`](RequestContextLayer::baggage_policy) trusts the peer: outgoing calls
+//!    carry it on (see [`outgoing`](crate::outgoing)), and a log layer writes the keys it is
+//!    told to. A malformed header, or one over 8192 bytes or 180 members, is ignored as a
+//!    whole — never an error response — with one DEBUG event on `reqscope::baggage` that
+//!    names only the reason, never the value. A request without the header costs one lookup.
+//!    The request's own headers are left as sent.
+//! 4. **Client ip.** The connection's peer address — found by the
 //!    [`peer_addr`](RequestContextLayer::peer_addr) reader: by default axum's
 //!    `ConnectInfo<SocketAddr>` (feature `axum`), tonic's `TcpConnectInfo` (feature `tonic`) or a `SocketAddr`
 //!    request extension, see [`peer`](crate::peer) — or, only when the peer is one of the
 //!    [`TrustedProxies`], the client named in the one forwarding header you chose with
 //!    them ([`ClientIpHeader`]: the header your proxies append to; never picked for you).
-//!    The same peer is what the forwarded-id and `traceparent` policies judge.
-//! 4. **Scope.** The context is the task-local for the inner service's future and for every
+//!    The same peer is what the forwarded-id, `traceparent` and `baggage` policies judge.
+//! 5. **Scope.** The context is the task-local for the inner service's future and for every
 //!    `poll_frame` of the response body, so streaming bodies log with the request id. A
 //!    `request` span (target `reqscope::request`) is entered around both; it carries the
 //!    context to threads that only see the span.
-//! 5. **Echo.** Every response carries the final id in the same header: handler responses,
+//! 6. **Echo.** Every response carries the final id in the same header: handler responses,
 //!    404s and error responses built by inner layers alike.
-//! 6. **Access line.** One event (target `reqscope::access`) per request: "request
+//! 7. **Access line.** One event (target `reqscope::access`) per request: "request
 //!    completed" when the body ends — or has sent all of its declared length (exact size
 //!    hint or `Content-Length`), after which hyper drops it without polling it to its end —,
 //!    an **ERROR** when the [failure classifier](crate::classify) says the request failed
@@ -85,6 +94,7 @@ use bytes::Buf;
 use http::{HeaderName, HeaderValue, Request, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
+use reqscope_core::baggage::{BAGGAGE, Baggage};
 use reqscope_core::trace::{TRACEPARENT, TRACESTATE, TraceParent, TraceState, TraceStateEntry};
 use reqscope_core::{
     ClientIpHeader, ForwardedIdPolicy, IdGenerator, REQUEST_SPAN_TARGET, RequestContext, RequestId, TrustedProxies,
@@ -106,6 +116,7 @@ struct Config {
     generator: IdGenerator,
     policy: ForwardedIdPolicy,
     trace_policy: ForwardedIdPolicy,
+    baggage_policy: ForwardedIdPolicy,
     proxies: TrustedProxies,
     client_ip_header: ClientIpHeader,
     peer: Arc<dyn PeerAddr>,
@@ -127,6 +138,7 @@ impl fmt::Debug for Config {
             .field("generator", &self.generator)
             .field("policy", &self.policy)
             .field("trace_policy", &self.trace_policy)
+            .field("baggage_policy", &self.baggage_policy)
             .field("proxies", &self.proxies)
             .field("client_ip_header", &self.client_ip_header)
             .field("access_log", &self.access_log)
@@ -149,7 +161,7 @@ impl Default for RequestContextLayer {
 }
 
 impl RequestContextLayer {
-    /// `x-request-id`, UUID v4 ids, valid forwarded ids and `traceparent`s kept, no trusted
+    /// `x-request-id`, UUID v4 ids, valid forwarded ids, `traceparent`s and `baggage` kept, no trusted
     /// proxies, the peer from the server's connection info ([`DefaultPeerAddr`]), access log
     /// on with HTTP 5xx and server-side gRPC statuses as failures ([`DefaultClassifier`]).
     pub fn new() -> Self {
@@ -159,6 +171,7 @@ impl RequestContextLayer {
                 generator: IdGenerator::default(),
                 policy: ForwardedIdPolicy::default(),
                 trace_policy: ForwardedIdPolicy::default(),
+                baggage_policy: ForwardedIdPolicy::default(),
                 proxies: TrustedProxies::default(),
                 // Read only when proxies are trusted, and then always named by the caller.
                 client_ip_header: ClientIpHeader::XForwardedFor,
@@ -200,6 +213,15 @@ impl RequestContextLayer {
     /// At a public edge, `ForwardedIdPolicy::NeverTrust` makes every request start its own trace.
     pub fn traceparent_policy(mut self, policy: ForwardedIdPolicy) -> Self {
         self.config_mut().trace_policy = policy;
+        self
+    }
+
+    /// Decides when an incoming `baggage` becomes the request's (default: whenever it is
+    /// valid). At a public edge, `ForwardedIdPolicy::NeverTrust` keeps callers from putting
+    /// entries on this service's lines and onto its outgoing calls; an untrusted `baggage` is
+    /// ignored without a line.
+    pub fn baggage_policy(mut self, policy: ForwardedIdPolicy) -> Self {
+        self.config_mut().baggage_policy = policy;
         self
     }
 
@@ -345,11 +367,23 @@ where
         // services see it replaced like a `traceparent` is.
         let sent_traceparent = sent_traceparent || req.headers().contains_key(TRACESTATE);
 
+        // Parsed only when sent and trusted: a request without baggage pays one lookup.
+        let baggage = (req.headers().contains_key(BAGGAGE) && config.baggage_policy.trusts(peer))
+            .then(|| Baggage::from_headers(req.headers()));
+
         let mut builder = RequestContext::builder(id).method(req.method().clone()).uri(req.uri());
         if let Some(ip) = config.proxies.client_ip(peer, req.headers(), &config.client_ip_header) {
             builder = builder.client_ip(ip);
         }
         let ctx = Arc::new(builder.build());
+        let invalid_baggage = match baggage {
+            Some(Ok(Some(baggage))) if !baggage.is_empty() => {
+                ctx.update(|patch| patch.baggage.clone_from(&baggage));
+                None
+            }
+            Some(Err(reason)) => Some(reason),
+            _ => None,
+        };
 
         let (span, future) = RequestContext::scope_sync(Arc::clone(&ctx), || {
             let span = tracing::info_span!(target: REQUEST_SPAN_TARGET, "request");
@@ -376,6 +410,10 @@ where
             if let Some(reason) = invalid {
                 // The reason only: the value is untrusted input and never reaches a log line.
                 tracing::debug!(target: "reqscope::trace", %reason, "ignored an invalid traceparent; this request starts a new trace");
+            }
+            if let Some(reason) = invalid_baggage {
+                // As for the traceparent: the reason only, never the caller's value.
+                tracing::debug!(target: "reqscope::baggage", %reason, "ignored an invalid baggage; this request carries none from its caller");
             }
             let future = span.in_scope(|| self.inner.call(req));
             (span, future)

@@ -14,7 +14,7 @@ use reqscope_core::{FieldValue, RequestContext};
 use tracing::field::{Field, Visit};
 use tracing::{Event, Metadata};
 
-use crate::keys::{FIELD_PREFIX, KeyStyle, Reserved, Seen, write_key};
+use crate::keys::{BaggageField, FIELD_PREFIX, KeyStyle, Reserved, Seen, write_baggage, write_key};
 use crate::names::FieldNames;
 use crate::spans::Fragment;
 
@@ -78,6 +78,12 @@ impl JsonKeys {
 
     pub(crate) fn reserved(&self) -> &Reserved {
         &self.reserved
+    }
+
+    /// The same keys, with `baggage` written on lines (see [`crate::keys`]).
+    pub(crate) fn with_baggage(mut self, baggage: Arc<[BaggageField]>) -> Self {
+        self.reserved = self.reserved.with_baggage::<JsonStyle>(baggage);
+        self
     }
 
     /// Writes the key of a context or event field (see [`crate::keys`]).
@@ -208,6 +214,7 @@ fn write_context(buf: &mut Vec<u8>, seen: &mut Seen, keys: &JsonKeys, ctx: &Requ
                 FieldValue::Bool(v) => write_bool(buf, *v),
             }
         }
+        write_baggage::<JsonStyle>(buf, seen, &keys.reserved, &patch.baggage, write_str);
     });
 }
 

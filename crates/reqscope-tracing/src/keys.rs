@@ -1,11 +1,14 @@
 //! Unique keys on every line, in every format.
 //!
-//! A line's keys come from four places, in this order: the stamped keys ([`FieldNames`]),
-//! the custom context fields, the fields of the spans in scope (root to leaf), the event's own
-//! fields. A key is written as it is unless it is *taken*:
+//! A line's keys come from five places, in this order: the stamped keys ([`FieldNames`]),
+//! the custom context fields, the allow-listed baggage entries (`baggage.<key>`), the fields
+//! of the spans in scope (root to leaf), the event's own fields. A key is written as it is
+//! unless it is *taken*:
 //!
 //! - a stamped key name is always taken (even when that key is absent from this line, so that
-//!   an event field `user_id` outside a request cannot pass for a stamped one);
+//!   an event field `user_id` outside a request cannot pass for a stamped one); so is the
+//!   name of every allow-listed baggage entry, for every other source (a `baggage.<key>`
+//!   key is always the baggage's, or absent);
 //! - for a custom context field, the keys of reqscope's own access and outgoing-call lines
 //!   WebSocket close lines and job end lines (`status`, `grpc_status`, `duration_ms`, `bytes`,
 //!   `aborted`, `url`, `parent_span_id`, `error`, `messages_received`, `messages_sent`,
@@ -20,6 +23,9 @@
 //! case that `fields.x` is taken too). Comparisons are made on the key as rendered (escaped
 //! JSON, or the pretty form), which is one-to-one with the name.
 
+use std::sync::Arc;
+
+use reqscope_core::baggage::Baggage;
 use tracing::Event;
 
 use crate::names::FieldNames;
@@ -80,13 +86,36 @@ pub(crate) fn taken_by_context_field(reserved: &Reserved, rendered: &[u8]) -> bo
     reserved.contains(rendered) || LINE_KEYS.contains(&rendered)
 }
 
-/// The stamped key names, rendered in one style.
+/// A baggage entry written on every line where the baggage has it: `key` in the baggage,
+/// `name` (`baggage.<key>`) on the line.
+#[derive(Debug)]
+pub(crate) struct BaggageField {
+    key: Box<str>,
+    name: Box<str>,
+}
+
+/// The baggage fields for an allow-list of keys, each once, in the order given.
+pub(crate) fn baggage_fields<K: AsRef<str>>(keys: impl IntoIterator<Item = K>) -> Arc<[BaggageField]> {
+    let mut fields: Vec<BaggageField> = Vec::new();
+    for key in keys {
+        let key = key.as_ref();
+        if !fields.iter().any(|field| &*field.key == key) {
+            fields.push(BaggageField { key: key.into(), name: format!("baggage.{key}").into() });
+        }
+    }
+    fields.into()
+}
+
+/// The stamped key names and the baggage fields' names, rendered in one style.
 #[derive(Clone, Debug)]
 pub(crate) struct Reserved {
+    /// The stamped names, then the baggage fields' names.
     names: Box<[Box<[u8]>]>,
-    /// Bit `n` is set when a stamped key renders in `n` bytes: most names are cleared by one
-    /// bit test.
+    /// How many of `names` are stamped names.
+    stamped: usize,
+    /// Bit `n` is set when a name renders in `n` bytes: most names are cleared by one bit test.
     lengths: u128,
+    baggage: Arc<[BaggageField]>,
 }
 
 impl Reserved {
@@ -101,11 +130,55 @@ impl Reserved {
             })
             .collect();
         let lengths = names.iter().fold(0u128, |mask, name| mask | length_bit(name.len()));
-        Reserved { names, lengths }
+        Reserved { stamped: names.len(), names, lengths, baggage: Arc::new([]) }
     }
 
+    /// The same stamped names, with `baggage` written on lines and its names taken.
+    pub(crate) fn with_baggage<S: KeyStyle>(self, baggage: Arc<[BaggageField]>) -> Self {
+        let mut names = self.names.into_vec();
+        names.truncate(self.stamped);
+        for field in baggage.iter() {
+            let mut rendered = Vec::new();
+            S::render(&mut rendered, &field.name);
+            names.push(rendered.into_boxed_slice());
+        }
+        let lengths = names.iter().fold(0u128, |mask, name| mask | length_bit(name.len()));
+        Reserved { names: names.into_boxed_slice(), stamped: self.stamped, lengths, baggage }
+    }
+
+    /// The baggage fields lines carry.
+    pub(crate) fn baggage(&self) -> &Arc<[BaggageField]> {
+        &self.baggage
+    }
+
+    /// Whether `rendered` is a stamped key or a baggage field's.
     pub(crate) fn contains(&self, rendered: &[u8]) -> bool {
         self.lengths & length_bit(rendered.len()) != 0 && self.names.iter().any(|name| **name == *rendered)
+    }
+
+    fn contains_stamped(&self, rendered: &[u8]) -> bool {
+        self.lengths & length_bit(rendered.len()) != 0 && self.names[..self.stamped].iter().any(|n| **n == *rendered)
+    }
+}
+
+/// Writes ` baggage.<key>` and its decoded value (by `write_value`) for each baggage field
+/// whose key `baggage` has; after the custom context fields, which cannot take these names.
+pub(crate) fn write_baggage<S: KeyStyle>(
+    buf: &mut Vec<u8>,
+    seen: &mut Seen,
+    reserved: &Reserved,
+    baggage: &Baggage,
+    write_value: impl Fn(&mut Vec<u8>, &str),
+) {
+    if baggage.is_empty() {
+        return;
+    }
+    for field in reserved.baggage.iter() {
+        if let Some(value) = baggage.get(&field.key) {
+            // Only a stamped name (a `FieldNames` set to `baggage.…`) can be in the way.
+            write_key::<S>(buf, seen, &field.name, FIELD_PREFIX, |key| reserved.contains_stamped(key));
+            write_value(buf, value);
+        }
     }
 }
 

@@ -15,7 +15,7 @@ use tracing_subscriber::registry::{LookupSpan, SpanRef};
 
 use crate::InitError;
 use crate::json::{self, JsonKeys, JsonStyle, json_line};
-use crate::keys::{Reserved, Seen, write_span_fields};
+use crate::keys::{Reserved, Seen, baggage_fields, write_span_fields};
 use crate::names::FieldNames;
 use crate::pretty::{self, PrettyStyle, pretty_line};
 use crate::spans::{EMPTY, Fragment, LIVE_JSON, LIVE_PRETTY, SpanFields};
@@ -114,9 +114,28 @@ impl<W> LogLayer<W> {
 
     /// Uses other key names.
     pub fn with_field_names(mut self, names: FieldNames) -> Self {
-        self.keys = JsonKeys::new(&names);
-        self.pretty_reserved = Reserved::new::<PrettyStyle>(&names);
+        // The baggage fields stay as they were set.
+        let baggage = Arc::clone(self.pretty_reserved.baggage());
+        self.keys = JsonKeys::new(&names).with_baggage(Arc::clone(&baggage));
+        self.pretty_reserved = Reserved::new::<PrettyStyle>(&names).with_baggage::<PrettyStyle>(baggage);
         self.names = names;
+        self
+    }
+
+    /// Writes these baggage entries on every line where the request's
+    /// [baggage](reqscope_core::Patch::baggage) has them, as `"baggage.<key>":"<decoded value>"`
+    /// right after the custom context fields, in every format. Empty by default: baggage
+    /// comes from callers and travels to other services, so only keys you name reach a line.
+    /// No other field can take a `baggage.<key>` name of the list, on any line (an event field
+    /// so named is written `fields.baggage.<key>`). Replaces an earlier list.
+    pub fn baggage_fields<I, K>(mut self, keys: I) -> Self
+    where
+        I: IntoIterator<Item = K>,
+        K: AsRef<str>,
+    {
+        let baggage = baggage_fields(keys);
+        self.keys = JsonKeys::new(&self.names).with_baggage(Arc::clone(&baggage));
+        self.pretty_reserved = Reserved::new::<PrettyStyle>(&self.names).with_baggage::<PrettyStyle>(baggage);
         self
     }
 
@@ -587,6 +606,74 @@ mod tests {
         assert_eq!(v["fields.request_id"], "forged");
         assert_eq!(v["fields.level"], "x");
         assert_eq!(v["fields.user_id"], "forged-by-context");
+    }
+
+    #[test]
+    fn listed_baggage_entries_follow_the_context_fields_and_own_their_keys() {
+        let ctx = request("bag-json");
+        ctx.set_field("tenant", "eu");
+        ctx.set_field("baggage.session", "forged-by-context");
+        ctx.set_baggage("session", "s 1\n\"x\"").unwrap();
+        ctx.set_baggage("secret", "hidden").unwrap();
+        let layer = |w| LogLayer::new().baggage_fields(["session", "absent", "session"]).with_writer(w);
+        let logs = capture(layer, || {
+            RequestContext::scope_sync(ctx, || {
+                let span = tracing::info_span!("op", baggage.session = "span");
+                let _entered = span.enter();
+                tracing::info!(baggage.session = "event", baggage.absent = "event", "hi");
+            })
+        });
+        let raw = &logs.lines()[0];
+        let line = &logs.json_lines()[0];
+        assert_eq!(line["baggage.session"], "s 1\n\"x\"", "{raw}");
+        assert_eq!(raw.matches("\"baggage.session\":").count(), 1, "{raw}");
+        assert_eq!(line["fields.baggage.session"], "forged-by-context", "{raw}");
+        assert_eq!(line["span.baggage.session"], "span", "{raw}");
+        assert_eq!(line["fields.fields.baggage.session"], "event", "{raw}");
+        // Absent from the baggage, a listed name still belongs to it.
+        assert!(line.get("baggage.absent").is_none(), "{raw}");
+        assert_eq!(line["fields.baggage.absent"], "event", "{raw}");
+        assert!(!raw.contains("hidden") && line.get("baggage.secret").is_none(), "not listed: {raw}");
+        let order = ["\"tenant\":", "\"baggage.session\":", "\"span.baggage.session\":"];
+        let positions: Vec<usize> = order.iter().map(|k| raw.find(k).unwrap()).collect();
+        assert!(positions.is_sorted(), "after the custom context fields: {raw}");
+    }
+
+    #[test]
+    fn baggage_entries_are_written_in_pretty_lines_and_kept_across_field_names() {
+        let ctx = request("bag-pretty");
+        ctx.set_baggage("session", "s=1 \"x\"\r\nforged=1").unwrap();
+        let logs = capture(
+            |w| LogLayer::new().baggage_fields(["session"]).pretty().with_writer(w),
+            || RequestContext::scope_sync(ctx.clone(), || tracing::info!(baggage.session = "event", "hi")),
+        );
+        let line = &logs.lines()[0];
+        assert_eq!(logs.lines().len(), 1, "{line}");
+        let pairs = pretty_pairs(line);
+        assert!(pairs.contains(&("baggage.session".into(), r#""s=1 \"x\"\r\nforged=1""#.into())), "{line}");
+        assert!(pairs.contains(&("fields.baggage.session".into(), "\"event\"".into())), "{line}");
+        assert!(!pairs.iter().any(|(k, _)| k == "forged"), "{line}");
+
+        let logs = capture(
+            |w| {
+                LogLayer::new()
+                    .baggage_fields(["session"])
+                    .with_field_names(crate::FieldNames::camel_case())
+                    .with_writer(w)
+            },
+            || RequestContext::scope_sync(ctx, || tracing::info!("x")),
+        );
+        assert_eq!(logs.json_lines()[0]["baggage.session"], "s=1 \"x\"\r\nforged=1");
+    }
+
+    #[test]
+    fn without_a_list_no_baggage_is_written() {
+        let ctx = request("bag-none");
+        ctx.set_baggage("session", "s-1").unwrap();
+        let logs =
+            capture(|w| LogLayer::new().with_writer(w), || RequestContext::scope_sync(ctx, || tracing::info!("x")));
+        assert!(!logs.contents().contains("s-1"), "{}", logs.contents());
+        assert_eq!(logs.json_lines()[0]["request_id"], "bag-none");
     }
 
     #[test]

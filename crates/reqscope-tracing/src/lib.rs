@@ -18,7 +18,10 @@
 //! contract: `timestamp`, `level`, `target`, `message`, `request_id`, `trace_id`, `span_id`,
 //! `user_id`, `org_id`,
 //! `method`, `path`, `route`, `client_ip`, `roles`, `rate_limit_remaining`,
-//! `rate_limit_reset`, `job`, `job_id`, `attempt` (in a [job](reqscope_core::job)), the custom context fields, the fields of the spans in scope (root
+//! `rate_limit_reset`, `job`, `job_id`, `attempt` (in a [job](reqscope_core::job)), the custom
+//! context fields, the baggage entries named with
+//! [`LogLayer::baggage_fields`] (`"baggage.<key>":"<decoded value>"`; none by default), the
+//! fields of the spans in scope (root
 //! first, as last recorded: `#[instrument(fields(order_id = 7))]` puts `"order_id":7` on every
 //! line inside), then the event's own fields. Key names are configurable with [`FieldNames`].
 //! Values are escaped by `serde_json`, so no field content can break a line or forge another.
@@ -27,7 +30,7 @@
 //! `fields.` (custom context and event fields) or `span.` (span fields), repeated until it is
 //! unique. Taken are: the stamped keys, always (so `info!(request_id = %x)` is written
 //! `"fields.request_id"`, and no event field can pass for a stamped one even outside a
-//! request); a key already on the line (an event field named like a custom context field
+//! request) and the `baggage.<key>` names of the baggage allow-list; a key already on the line (an event field named like a custom context field
 //! becomes `fields.<name>`; the context field keeps its name); and, for a span field, a name
 //! the event or a nearer span uses (the field nearest the event wins). Pretty lines follow the
 //! same rule and read like logfmt: bare keys only of `[A-Za-z0-9_.:@/-]`, strings quoted, and
@@ -102,11 +105,32 @@ pub fn init_from_env_with<L>(extra: L) -> Result<WriterGuard, InitError>
 where
     L: tracing_subscriber::Layer<tracing_subscriber::Registry> + Send + Sync + 'static,
 {
+    init_from_env_with_layer(LogLayer::new(), extra)
+}
+
+/// [`init_from_env_with`], writing through `layer` as you built it — its
+/// [field names](LogLayer::with_field_names) and [baggage fields](LogLayer::baggage_fields),
+/// say — instead of `LogLayer::new()`. The environment still decides the rest: the filter,
+/// the buffer, and the format when `LOG_FORMAT` is set (otherwise `layer`'s own).
+///
+/// ```no_run
+/// let layer = reqscope_tracing::LogLayer::new().baggage_fields(["session"]);
+/// let _guard = reqscope_tracing::init_from_env_with_layer(layer, None::<tracing_subscriber::layer::Identity>)?;
+/// # Ok::<(), reqscope_tracing::InitError>(())
+/// ```
+///
+/// # Errors
+///
+/// As [`init_from_env`].
+pub fn init_from_env_with_layer<L>(layer: LogLayer, extra: L) -> Result<WriterGuard, InitError>
+where
+    L: tracing_subscriber::Layer<tracing_subscriber::Registry> + Send + Sync + 'static,
+{
     use tracing_subscriber::prelude::*;
 
-    let format = match std::env::var("LOG_FORMAT") {
-        Ok(value) => value.parse()?,
-        Err(_) => Format::Json,
+    let layer = match std::env::var("LOG_FORMAT") {
+        Ok(value) => layer.with_format(value.parse()?),
+        Err(_) => layer,
     };
     let directives = std::env::var("RUST_LOG").ok();
     let filter = env_filter(directives.as_deref())?;
@@ -118,10 +142,7 @@ where
         }
     }
     let (writer, guard) = writer.finish(std::io::stdout());
-    let subscriber = tracing_subscriber::registry()
-        .with(extra)
-        .with(filter)
-        .with(LogLayer::new().with_format(format).with_writer(writer));
+    let subscriber = tracing_subscriber::registry().with(extra).with(filter).with(layer.with_writer(writer));
     // Not `try_init`: whether that also installs the `log` bridge depends on a cargo feature
     // another crate may turn on; the bridge is installed below, exactly once.
     tracing::subscriber::set_global_default(subscriber).map_err(|e| InitError::AlreadyInstalled(e.to_string()))?;

@@ -14,7 +14,7 @@ use reqscope_core::{FieldValue, RequestContext};
 use tracing::field::{Field, Visit};
 use tracing::{Event, Metadata};
 
-use crate::keys::{FIELD_PREFIX, KeyStyle, Reserved, Seen, write_key};
+use crate::keys::{FIELD_PREFIX, KeyStyle, Reserved, Seen, write_baggage, write_key};
 use crate::names::FieldNames;
 use crate::spans::Fragment;
 
@@ -108,6 +108,9 @@ pub(crate) fn pretty_line(
                     FieldValue::Bool(v) => write!(Escaped(buf), "{v}"),
                 };
             }
+            write_baggage::<PrettyStyle>(buf, seen, reserved, &patch.baggage, |buf, value| {
+                let _ = write!(Escaped(buf), "{value:?}");
+            });
         });
     }
     spans(buf, seen);
