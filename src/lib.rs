@@ -62,9 +62,9 @@
 #![warn(missing_docs)]
 
 pub use reqscope_core::{
-    Captured, ClientIpHeader, Envelope, FieldValue, ForwardedIdPolicy, FutureExt, IdGenerator, InContext, InvalidProxy,
-    InvalidRequestId, NoRequestContext, Patch, REQUEST_SPAN_TARGET, RequestContext, RequestContextBuilder, RequestId,
-    Scoped, TrustedProxies, bind, bind_fn, elapsed, spawn, spawn_blocking,
+    Captured, ClientIpHeader, ContextField, Envelope, FieldValue, ForwardedIdPolicy, FutureExt, IdGenerator, InContext,
+    InvalidProxy, InvalidRequestId, NoRequestContext, Patch, REQUEST_SPAN_TARGET, RequestContext,
+    RequestContextBuilder, RequestId, Scoped, TrustedProxies, bind, bind_fn, elapsed, spawn, spawn_blocking,
 };
 
 /// W3C Baggage: the `baggage` header, parsed, edited (allow-lists) and written back.

@@ -8,8 +8,14 @@
 
 use axum::extract::Request;
 use http::HeaderName;
-use reqscope::RequestContext;
+use reqscope::{ContextField, RequestContext};
 use tower::util::MapRequestLayer;
+
+/// The tenant of an authenticated request: on every later line.
+pub static TENANT: ContextField = ContextField::new("tenant");
+
+/// The client's device: carried (into the welcome-email job too), never logged.
+pub static DEVICE_ID: ContextField = ContextField::hidden("device_id");
 
 /// The header a client names its device in.
 pub const X_DEVICE_ID: HeaderName = HeaderName::from_static("x-device-id");
@@ -34,7 +40,7 @@ pub fn device_id_layer() -> MapRequestLayer<Step> {
 fn tenant(request: Request) -> Request {
     RequestContext::with(|ctx| {
         if let Some(org) = ctx.read_patch(|patch| patch.org_id.clone()) {
-            ctx.set_field("tenant", org.clone());
+            TENANT.set_on(ctx, org.clone());
             // An org id that is no valid baggage value cannot exist: values are encoded.
             let _ = ctx.set_baggage("tenant", &*org);
         }
@@ -47,7 +53,7 @@ fn device_id(request: Request) -> Request {
     if let Some(bytes) = value.filter(|bytes| bytes.len() <= MAX_DEVICE_ID_BYTES)
         && let Ok(device) = std::str::from_utf8(bytes)
     {
-        RequestContext::with(|ctx| ctx.set_hidden_field("device_id", device));
+        DEVICE_ID.set(device);
     }
     request
 }

@@ -197,6 +197,80 @@ field_from! {
     bool => Bool(|v| v),
 }
 
+/// A custom context field, declared once and then set and read like `user_id` — visible
+/// (stamped on every later line, after the standard keys) or [hidden](ContextField::hidden)
+/// (carried, never written).
+///
+/// ```
+/// use reqscope_core::{ContextField, RequestContext, RequestId};
+///
+/// static TENANT: ContextField = ContextField::new("tenant");
+/// static DEVICE_ID: ContextField = ContextField::hidden("device_id");
+///
+/// RequestContext::scope_sync(RequestContext::new(RequestId::new_v4()), || {
+///     TENANT.set("acme"); // "tenant":"acme" on every later line
+///     DEVICE_ID.set("d-41"); // on no line
+///     assert_eq!(TENANT.get(), Some("acme".into()));
+///     assert_eq!(DEVICE_ID.get(), Some("d-41".into()));
+/// });
+/// assert!(!TENANT.set("outside a request"));
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ContextField {
+    name: &'static str,
+    hidden: bool,
+}
+
+impl ContextField {
+    /// A field written on every line as `name`.
+    pub const fn new(name: &'static str) -> Self {
+        ContextField { name, hidden: false }
+    }
+
+    /// A hidden field: carried with the context (into forks, spawned tasks, jobs) and
+    /// readable in code, written to no line, in any format, and no error report.
+    pub const fn hidden(name: &'static str) -> Self {
+        ContextField { name, hidden: true }
+    }
+
+    /// The field's name.
+    pub const fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// Whether the field is hidden.
+    pub const fn is_hidden(&self) -> bool {
+        self.hidden
+    }
+
+    /// Sets the field on the current context; `false` (and nothing set) outside a request.
+    pub fn set(&self, value: impl Into<FieldValue>) -> bool {
+        let value = value.into();
+        RequestContext::with(|ctx| self.set_on(ctx, value)).is_some()
+    }
+
+    /// Sets the field on `ctx`.
+    pub fn set_on(&self, ctx: &RequestContext, value: impl Into<FieldValue>) {
+        if self.hidden {
+            ctx.set_hidden_field(self.name, value);
+        } else {
+            ctx.set_field(self.name, value);
+        }
+    }
+
+    /// The field's value in the current context.
+    pub fn get(&self) -> Option<FieldValue> {
+        RequestContext::with(|ctx| self.get_from(ctx)).flatten()
+    }
+
+    /// The field's value in `ctx`.
+    pub fn get_from(&self, ctx: &RequestContext) -> Option<FieldValue> {
+        ctx.read_patch(|patch| {
+            if self.hidden { patch.hidden_field(self.name) } else { patch.field(self.name) }.cloned()
+        })
+    }
+}
+
 /// Builds a [`RequestContext`]; start with [`RequestContext::builder`].
 #[derive(Debug)]
 pub struct RequestContextBuilder {

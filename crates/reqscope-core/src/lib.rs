@@ -44,7 +44,7 @@ pub mod trace;
 /// this target enabled in your filter.
 pub const REQUEST_SPAN_TARGET: &str = "reqscope::request";
 
-pub use context::{FieldValue, Patch, RequestContext, RequestContextBuilder, Scoped};
+pub use context::{ContextField, FieldValue, Patch, RequestContext, RequestContextBuilder, Scoped};
 pub use error::{InvalidRequestId, NoRequestContext};
 pub use id::{ForwardedIdPolicy, IdGenerator, RequestId};
 pub use propagate::{Captured, Envelope, FutureExt, InContext, bind, bind_fn, elapsed, spawn, spawn_blocking};
