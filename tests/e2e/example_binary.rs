@@ -33,6 +33,8 @@ pub(crate) fn start_example(env: &[(&str, &str)]) -> (KillOnDrop, BufReader<std:
         .env_remove("REDIS_URL")
         .env_remove("RATE_LIMIT_PER_MINUTE")
         .env_remove("DATABASE_URL")
+        .env_remove("AMQP_URL")
+        .env_remove("WORKER")
         .env_remove("RUST_BACKTRACE")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
@@ -57,7 +59,7 @@ pub(crate) fn start_example(env: &[(&str, &str)]) -> (KillOnDrop, BufReader<std:
 }
 
 /// A token for `user` from the documented tool, the mint_token example, with the same secret.
-fn mint_token(user: &str) -> String {
+pub(crate) fn mint_token(user: &str) -> String {
     let minted = Command::new(example_path("mint_token"))
         .arg(user)
         .env("JWT_SECRET", std::str::from_utf8(crate::support::TEST_SECRET).unwrap())
@@ -198,13 +200,15 @@ async fn a_bad_rate_limit_stops_the_example_with_a_clear_error() {
 }
 
 /// Starts the example with `env`, expects it to refuse to start, and returns its stderr.
-fn failed_start(env: &[(&str, &str)]) -> String {
+pub(crate) fn failed_start(env: &[(&str, &str)]) -> String {
     let child = Command::new(example_path("api"))
         .env("ADDR", "127.0.0.1:0")
         .env("JWT_SECRET", std::str::from_utf8(crate::support::TEST_SECRET).unwrap())
         .env_remove("SENTRY_DSN")
         .env_remove("DATABASE_URL")
         .env_remove("REDIS_URL")
+        .env_remove("AMQP_URL")
+        .env_remove("WORKER")
         .envs(env.iter().copied())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -227,7 +231,7 @@ fn failed_start(env: &[(&str, &str)]) -> String {
     stderr
 }
 
-pub(crate) struct KillOnDrop(Option<std::process::Child>);
+pub(crate) struct KillOnDrop(pub(crate) Option<std::process::Child>);
 
 impl Drop for KillOnDrop {
     fn drop(&mut self) {
