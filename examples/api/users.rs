@@ -77,8 +77,8 @@ pub async fn create(
             // user is removed again, and the client can simply retry. Removed rather than held in
             // an open transaction: that would keep a pool connection (SQLite's only one) for as
             // long as the queue takes to answer.
-            if let Err(error) = jobs.welcome_email(&WelcomeEmail { user_id: user.id, email: user.email.clone() }).await
-            {
+            let welcome = WelcomeEmail { user_id: user.id, email: user.email.clone() };
+            if let Err(error) = jobs.welcome_email(&welcome).await {
                 remove(&pool, user.id).await;
                 return Err(ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
