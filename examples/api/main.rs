@@ -22,7 +22,12 @@
 //! client ip on `/users/…`; default 600), `REDIS_URL` (set: the rate-limit budgets live in
 //! Redis, shared by every instance), `DOWNSTREAM_URL` (the next hop of `GET /chain`; default:
 //! this server itself), `SHUTDOWN_GRACE_SECS` (how long SIGTERM / ctrl-c waits for in-flight
-//! requests before cutting them off, which takes up to another second; default 10).
+//! requests before cutting them off, which takes up to another second; default 10),
+//! `AMQP_URL` (unset: the welcome-email jobs of `POST /users` go through an embedded queue,
+//! run by a worker in this process; `amqp://…`: through RabbitMQ, run by
+//! `cargo run --example worker` processes; a broker unreachable at start is a WARN, and
+//! `POST /users` answers 503 until it is reachable), `WORKER` (`1`: with `AMQP_URL`, this
+//! process runs jobs from RabbitMQ too; `0` or unset: it does not).
 #![forbid(unsafe_code)]
 
 mod app;
@@ -33,6 +38,7 @@ mod error_tracking;
 mod fanout;
 mod grpc;
 mod health;
+mod jobs;
 mod jwt;
 mod not_found;
 mod rate_limit;
@@ -124,9 +130,12 @@ async fn serve() -> Result<(), String> {
     let limit = rate_limit::from_env()?;
     let downstream = std::env::var("DOWNSTREAM_URL").unwrap_or_else(|_| format!("http://{local_addr}"));
     let next_hop = chain::Chain::new(&downstream)?;
+    let jobs = jobs::from_env().await?;
     tracing::info!(addr = %local_addr, rate_limit = ?limit, downstream = %downstream, "listening");
 
-    let service = app::app(auth, limit, pool, next_hop).into_make_service_with_connect_info::<SocketAddr>();
+    let service = app::app(auth, limit, pool, next_hop)
+        .layer(axum::Extension(jobs))
+        .into_make_service_with_connect_info::<SocketAddr>();
     let stopping = Arc::new(tokio::sync::Notify::new());
     let signalled = stopping.clone();
     let server = axum::serve(listener, service).with_graceful_shutdown(async move {

@@ -3,11 +3,13 @@
 
 use axum::Json;
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{Path, State};
+use axum::extract::{Extension, Path, State};
 use axum::http::StatusCode;
 use reqscope::{ApiError, RequestContext};
 use serde::{Deserialize, Serialize};
 use sqlx::AnyPool;
+
+use crate::jobs::{Jobs, WelcomeEmail};
 
 #[derive(Serialize, sqlx::FromRow)]
 pub struct User {
@@ -38,10 +40,12 @@ pub struct NewUser {
     pub email: String,
 }
 
-/// `POST /users` (token required): stores a user, 201 with the stored record. Malformed JSON
-/// → 400; missing or invalid fields → 422; an email already taken → 409.
+/// `POST /users` (token required): stores a user and queues its welcome email, 201 with the
+/// stored record. Malformed JSON → 400; missing or invalid fields → 422; an email already
+/// taken → 409; a queue that does not take the job in time → 503 `queue_unavailable`.
 pub async fn create(
     State(pool): State<AnyPool>,
+    Extension(jobs): Extension<Jobs>,
     body: Result<Json<NewUser>, JsonRejection>,
 ) -> Result<(StatusCode, Json<User>), ApiError> {
     let Json(new) = body.map_err(|rejection| match rejection {
@@ -69,12 +73,33 @@ pub async fn create(
     match inserted {
         Ok(user) => {
             tracing::info!(user = user.id, "user created");
+            // The 201 promises the welcome email, so it waits for the queue; without the job the
+            // user is removed again, and the client can simply retry. Removed rather than held in
+            // an open transaction: that would keep a pool connection (SQLite's only one) for as
+            // long as the queue takes to answer.
+            let welcome = WelcomeEmail { user_id: user.id, email: user.email.clone() };
+            if let Err(error) = jobs.welcome_email(&welcome).await {
+                remove(&pool, user.id).await;
+                return Err(ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "queue_unavailable",
+                    "the job queue is unavailable; try again later",
+                )
+                .with_source(error));
+            }
             Ok((StatusCode::CREATED, Json(user)))
         }
         Err(err) if err.as_database_error().is_some_and(|e| e.is_unique_violation()) => {
             Err(ApiError::conflict("a user with this email exists"))
         }
         Err(err) => Err(unavailable(err)),
+    }
+}
+
+/// Takes back a user whose welcome email could not be queued.
+async fn remove(pool: &AnyPool, id: i64) {
+    if let Err(error) = sqlx::query("DELETE FROM users WHERE id = $1").bind(id).execute(pool).await {
+        tracing::error!(user = id, %error, "a user whose welcome email was not queued could not be removed");
     }
 }
 

@@ -34,6 +34,8 @@ pub(crate) fn start_example(env: &[(&str, &str)]) -> (KillOnDrop, BufReader<std:
         .env_remove("REDIS_URL")
         .env_remove("RATE_LIMIT_PER_MINUTE")
         .env_remove("DATABASE_URL")
+        .env_remove("AMQP_URL")
+        .env_remove("WORKER")
         .env_remove("RUST_BACKTRACE")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
@@ -58,7 +60,7 @@ pub(crate) fn start_example(env: &[(&str, &str)]) -> (KillOnDrop, BufReader<std:
 }
 
 /// A token for `user` from the documented tool, the mint_token example, with the same secret.
-fn mint_token(user: &str) -> String {
+pub(crate) fn mint_token(user: &str) -> String {
     let minted = Command::new(example_path("mint_token"))
         .arg(user)
         .env("JWT_SECRET", std::str::from_utf8(crate::support::TEST_SECRET).unwrap())
@@ -207,6 +209,8 @@ pub(crate) fn failed_start(env: &[(&str, &str)]) -> String {
         .env_remove("DATABASE_URL")
         .env_remove("REDIS_URL")
         .env_remove("LOG_BAGGAGE_KEYS")
+        .env_remove("AMQP_URL")
+        .env_remove("WORKER")
         .envs(env.iter().copied())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -229,7 +233,7 @@ pub(crate) fn failed_start(env: &[(&str, &str)]) -> String {
     stderr
 }
 
-pub(crate) struct KillOnDrop(Option<std::process::Child>);
+pub(crate) struct KillOnDrop(pub(crate) Option<std::process::Child>);
 
 impl Drop for KillOnDrop {
     fn drop(&mut self) {

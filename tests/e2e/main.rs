@@ -18,6 +18,9 @@ mod fanout;
 mod grpc;
 #[path = "../../examples/api/health.rs"]
 mod health;
+#[path = "../../examples/api/jobs.rs"]
+#[allow(dead_code)] // the tests make their queues themselves, not from the environment
+mod jobs;
 #[path = "../../examples/api/jwt.rs"]
 #[allow(dead_code)] // the tests use the example's constants, not its secret handling
 mod jwt;
@@ -39,6 +42,7 @@ mod ws;
 
 mod access;
 mod auth;
+mod background_jobs;
 mod baggage;
 mod carry;
 mod concurrency;

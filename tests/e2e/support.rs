@@ -24,7 +24,10 @@ pub fn logs() -> &'static Capture {
         // most of what a thousand-stream test keeps in memory.
         let filter = tracing_subscriber::filter::Targets::new()
             .with_default(tracing::Level::TRACE)
-            .with_target("h2", tracing::Level::INFO);
+            .with_target("h2", tracing::Level::INFO)
+            // Likewise RabbitMQ's client, frame by frame.
+            .with_target("lapin", tracing::Level::INFO)
+            .with_target("amq_protocol", tracing::Level::INFO);
         tracing_subscriber::registry()
             // The example server's default `LOG_BAGGAGE_KEYS`.
             .with(LogLayer::new().baggage_fields(["session"]).with_writer(logs.clone()).with_filter(filter))
@@ -209,28 +212,40 @@ pub async fn send(method: http::Method, addr: SocketAddr, path: &str, headers: &
 /// The HS256 secret the tests' example server verifies with.
 pub const TEST_SECRET: &[u8] = b"a test secret that is at least 32 bytes long";
 
-/// The example server's router, with the test secret and a fresh in-memory SQLite database
-/// of its own (so tests never share rows or race on migrations).
+/// The example server's router, with the test secret, a fresh in-memory SQLite database
+/// of its own (so tests never share rows or race on migrations) and an embedded job queue
+/// with its worker, as the server runs without `AMQP_URL`.
 pub async fn example_app() -> Router {
     example_app_with_pool().await.0
 }
 
 /// [`example_app`] and its database pool, for tests that break the database.
 pub async fn example_app_with_pool() -> (Router, sqlx::AnyPool) {
-    example_app_with(default_limit()).await
+    example_app_with(default_limit(), crate::jobs::Jobs::embedded()).await
 }
 
 /// [`example_app`] with a budget of `per_minute` requests per user or client ip.
 pub async fn example_app_limited(per_minute: u32) -> Router {
-    example_app_with(crate::rate_limit::layer(per_minute, None).expect("a valid quota")).await.0
+    example_app_with(crate::rate_limit::layer(per_minute, None).expect("a valid quota"), crate::jobs::Jobs::embedded())
+        .await
+        .0
 }
 
-async fn example_app_with(limit: reqscope::rate_limit::RateLimitLayer) -> (Router, sqlx::AnyPool) {
+/// [`example_app`] whose jobs go to `jobs` (RabbitMQ, say).
+pub async fn example_app_with_jobs(jobs: crate::jobs::Jobs) -> Router {
+    example_app_with(default_limit(), jobs).await.0
+}
+
+async fn example_app_with(
+    limit: reqscope::rate_limit::RateLimitLayer,
+    jobs: crate::jobs::Jobs,
+) -> (Router, sqlx::AnyPool) {
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let url = format!("sqlite:file:reqscope-test-{}-{n}?mode=memory&cache=shared", std::process::id());
     let pool = crate::db::connect(&url, Duration::from_millis(100)).await.expect("open the test database");
-    (crate::app::app(crate::app::auth_layer(TEST_SECRET), limit, pool.clone(), unused_next_hop()), pool)
+    let app = crate::app::app(crate::app::auth_layer(TEST_SECRET), limit, pool.clone(), unused_next_hop());
+    (app.layer(axum::Extension(jobs)), pool)
 }
 
 /// A `/chain` next hop for apps whose tests do not call it: a port that was just free, so
@@ -314,7 +329,8 @@ pub async fn postgres_app_via(via: Option<SocketAddr>) -> Option<(Router, sqlx::
         url.replace_range(host_start..authority_end, &via.to_string());
     }
     let pool = crate::db::connect(&url, Duration::from_millis(100)).await.expect("open the test schema");
-    let app = crate::app::app(crate::app::auth_layer(TEST_SECRET), default_limit(), pool.clone(), unused_next_hop());
+    let app = crate::app::app(crate::app::auth_layer(TEST_SECRET), default_limit(), pool.clone(), unused_next_hop())
+        .layer(axum::Extension(crate::jobs::Jobs::embedded()));
     Some((app, pool, PgSchema { admin, name: schema }))
 }
 
@@ -333,7 +349,7 @@ impl PgSchema {
     }
 }
 
-/// A TCP proxy in front of a service (PostgreSQL, Redis) that can be cut (every connection dropped, new ones
+/// A TCP proxy in front of a service (PostgreSQL, Redis, RabbitMQ) that can be cut (every connection dropped, new ones
 /// refused) and restored: the service "goes away" and "comes back" without touching it.
 pub struct CuttableProxy {
     pub addr: std::net::SocketAddr,
