@@ -393,7 +393,8 @@ fn baggage(c: &mut Criterion) {
     let subscriber =
         tracing_subscriber::registry().with(LogLayer::new().baggage_fields(["session"]).with_writer(std::io::sink));
     let ctx = request_context();
-    ctx.update(|patch| patch.baggage.clone_from(&parsed));
+    let shared = Arc::new(parsed);
+    ctx.update(|patch| patch.baggage = Arc::clone(&shared));
     tracing::subscriber::with_default(subscriber, || {
         RequestContext::scope_sync(ctx, || {
             for _ in 0..100 {

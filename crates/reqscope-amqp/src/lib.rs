@@ -45,12 +45,12 @@
 use std::fmt;
 use std::future::Future;
 
-use http::{HeaderMap, HeaderValue};
+use http::{HeaderMap, HeaderName, HeaderValue};
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable, ShortString};
-use reqscope_core::RequestContext;
 use reqscope_core::carry::{Carried, HEADERS, InvalidCarriedContext};
 use reqscope_core::job::Job;
+use reqscope_core::{RequestContext, RequestId};
 
 /// The header that counts a job's attempts, from 1: set by [`retry_properties`], read by
 /// [`attempt`] and [`run`].
@@ -68,7 +68,16 @@ pub fn properties(properties: BasicProperties) -> BasicProperties {
 /// `properties` with `carried` in its headers (replacing headers of the same names, keeping
 /// the others).
 pub fn properties_for(carried: &Carried, properties: BasicProperties) -> BasicProperties {
-    let mut table = properties.headers().clone().unwrap_or_default();
+    // An earlier snapshot's headers go first: a `tracestate` or `baggage` this one lacks must
+    // not stay beside its `traceparent`.
+    let kept: std::collections::BTreeMap<ShortString, AMQPValue> = properties
+        .headers()
+        .iter()
+        .flat_map(|table| table.inner())
+        .filter(|(name, _)| !HEADERS.contains(&name.as_str()))
+        .map(|(name, value)| (name.clone(), value.clone()))
+        .collect();
+    let mut table = FieldTable::from(kept);
     for (name, value) in &carried.to_headers() {
         table.insert(ShortString::from(name.as_str()), AMQPValue::LongString(value.as_bytes().into()));
     }
@@ -79,17 +88,15 @@ pub fn properties_for(carried: &Carried, properties: BasicProperties) -> BasicPr
 pub fn carried(properties: &BasicProperties) -> Result<Carried, InvalidCarriedContext> {
     let mut headers = HeaderMap::new();
     if let Some(table) = properties.headers() {
-        for (name, label) in
-            HEADERS.iter().zip(["x-request-id", "traceparent", "tracestate", "baggage", "reqscope-context"])
-        {
-            let Some(value) = table.inner().get(name.as_str()) else { continue };
+        for name in HEADERS {
+            let Some(value) = table.inner().get(name) else { continue };
             let bytes = match value {
                 AMQPValue::LongString(text) => text.as_bytes(),
                 AMQPValue::ShortString(text) => text.as_str().as_bytes(),
-                _ => return Err(InvalidCarriedContext::NotText(label)),
+                _ => return Err(InvalidCarriedContext::NotText(name)),
             };
-            let value = HeaderValue::from_bytes(bytes).map_err(|_| InvalidCarriedContext::NotText(label))?;
-            headers.insert(name.clone(), value);
+            let value = HeaderValue::from_bytes(bytes).map_err(|_| InvalidCarriedContext::NotText(name))?;
+            headers.insert(HeaderName::from_static(name), value);
         }
     }
     Carried::from_headers(&headers)
@@ -125,11 +132,12 @@ pub fn retry_properties(properties: &BasicProperties) -> BasicProperties {
     properties.clone().with_headers(table)
 }
 
-/// The job a message with these properties stands for: `name`, the message id as its id,
-/// its attempt.
+/// The job a message with these properties stands for: `name`, the message id as its id
+/// (when it is a valid id by the request-id grammar: it comes from the broker and goes on
+/// every line), its attempt.
 pub fn job(name: &str, properties: &BasicProperties) -> Job {
     let job = Job::new(name).with_attempt(attempt(properties));
-    match properties.message_id() {
+    match properties.message_id().as_ref().filter(|id| RequestId::validate(id.as_str().as_bytes()).is_ok()) {
         Some(id) => job.with_id(id.as_str()),
         None => job,
     }
@@ -147,7 +155,6 @@ where
 
 #[cfg(test)]
 mod tests {
-    use reqscope_core::RequestId;
     use reqscope_core::trace::TraceContext;
 
     use super::*;
@@ -172,6 +179,15 @@ mod tests {
         assert_eq!(restored.id().as_str(), "req-9");
         assert_eq!(restored.hidden_field("device_id"), Some("d-9".into()));
         assert_eq!(carried(&BasicProperties::default()), Err(InvalidCarriedContext::MissingRequestId));
+
+        // Carried again (a retry published from a job), the earlier snapshot's headers go.
+        let mut table = properties.headers().clone().unwrap();
+        table.insert("tracestate".into(), AMQPValue::LongString("old=1".into()));
+        let other = RequestContext::new(RequestId::parse("other").unwrap());
+        let again = properties_for(&other.carry(), properties.with_headers(table));
+        let table = again.headers().clone().unwrap();
+        assert!(!table.contains_key("tracestate") && table.contains_key("x-app"));
+        assert_eq!(carried(&again).unwrap().request_id().as_str(), "other");
     }
 
     #[test]

@@ -50,10 +50,11 @@
 //! the request layer checks incoming headers — the id's grammar, the `traceparent` and
 //! `tracestate` rules, the baggage rules and limits, at most [`MAX_CONTEXT_BYTES`] bytes and
 //! [`MAX_CONTEXT_ENTRIES`] members of `reqscope-context`, at most [`MAX_VALUE_BYTES`] bytes in
-//! any of its values. Any violation rejects the whole snapshot with an
-//! [`InvalidCarriedContext`] that names the part, never the value. When taking a snapshot, the
-//! values that would break those limits are left out (the last fields first; a user, org or
-//! role with a control character), so that every snapshot taken here restores.
+//! any of its values, no control character in a user, org, role or field name, no field name
+//! twice. Any violation rejects the whole snapshot with an [`InvalidCarriedContext`] that names
+//! the part, never the value. When taking a snapshot, what would break those rules is left out
+//! — a value too long or with a control character, a repeated field name, the members that no
+//! longer fit in the header's limits —, so that every snapshot taken here restores.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -76,8 +77,8 @@ pub const CONTEXT_HEADER: HeaderName = HeaderName::from_static("reqscope-context
 /// The header that carries the request id.
 const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-request-id");
 
-/// Every header a snapshot may use, for transports that copy them one by one.
-pub const HEADERS: [HeaderName; 5] = [REQUEST_ID_HEADER, TRACEPARENT, TRACESTATE, BAGGAGE, CONTEXT_HEADER];
+/// The name of every header a snapshot may use, for transports that copy them one by one.
+pub const HEADERS: [&str; 5] = ["x-request-id", "traceparent", "tracestate", "baggage", "reqscope-context"];
 
 /// The longest `reqscope-context` header accepted, in bytes.
 pub const MAX_CONTEXT_BYTES: usize = 16 * 1024;
@@ -116,7 +117,7 @@ pub enum InvalidCarriedContext {
     /// The `traceparent` breaks the W3C rules.
     #[error("the carried traceparent is invalid: {0}")]
     TraceParent(InvalidTraceParent),
-    /// The `tracestate` breaks the W3C rules, or comes without a `traceparent`.
+    /// The `tracestate` breaks the W3C rules.
     #[error("the carried tracestate is invalid: {0}")]
     TraceState(InvalidTraceState),
     /// A `tracestate` without a `traceparent`.
@@ -142,8 +143,9 @@ pub enum InvalidCarriedContext {
     ContextValue(&'static str),
 }
 
-/// A serializable snapshot of a request context; see the [module docs](self).
-#[derive(Clone, Debug, PartialEq)]
+/// A serializable snapshot of a request context; see the [module docs](self). Its `Debug`
+/// shows the keys of hidden fields and baggage, never their values.
+#[derive(Clone, PartialEq)]
 pub struct Carried {
     id: RequestId,
     parent: Option<(TraceParent, Option<TraceState>)>,
@@ -152,21 +154,36 @@ pub struct Carried {
     roles: Vec<Arc<str>>,
     fields: Vec<(Arc<str>, FieldValue)>,
     hidden: Vec<(Arc<str>, FieldValue)>,
-    baggage: Baggage,
+    baggage: Arc<Baggage>,
     carried_at: Option<SystemTime>,
+}
+
+impl std::fmt::Debug for Carried {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use crate::context::KeysOnly;
+        f.debug_struct("Carried")
+            .field("id", &self.id)
+            .field("parent", &self.parent)
+            .field("user_id", &self.user_id)
+            .field("org_id", &self.org_id)
+            .field("roles", &self.roles)
+            .field("fields", &self.fields)
+            .field("hidden", &KeysOnly(self.hidden.iter().map(|(k, _)| &**k)))
+            .field("baggage", &KeysOnly(self.baggage.iter().map(|e| e.key())))
+            .field("carried_at", &self.carried_at)
+            .finish()
+    }
 }
 
 impl RequestContext {
     /// A snapshot of this context to carry into a job or message: see [`carry`](crate::carry).
     pub fn carry(&self) -> Carried {
-        let parent = self.trace().map(|trace| {
-            let parent = TraceParent {
-                trace_id: *trace.trace_id(),
-                parent_id: *trace.span_id(),
-                flags: u8::from(trace.sampled()),
-            };
-            (parent, trace.state().cloned())
-        });
+        // A context without a trace starts one here, so that the job and this context's later
+        // outgoing calls share it.
+        let trace = self.trace_or_start();
+        let parent =
+            TraceParent { trace_id: *trace.trace_id(), parent_id: *trace.span_id(), flags: u8::from(trace.sampled()) };
+        let parent = Some((parent, trace.state().cloned()));
         self.read_patch(|patch| Carried {
             id: self.id().clone(),
             parent,
@@ -175,7 +192,7 @@ impl RequestContext {
             roles: patch.roles.to_vec(),
             fields: patch.fields.clone(),
             hidden: patch.hidden.clone(),
-            baggage: patch.baggage.clone(),
+            baggage: Arc::clone(&patch.baggage),
             carried_at: Some(SystemTime::now()),
         })
     }
@@ -255,21 +272,22 @@ impl Carried {
             let millis = at.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis();
             push(&mut out, "at", &millis.to_string());
         }
-        let fits = |value: &str| value.len() <= MAX_VALUE_BYTES;
-        let is_name = |value: &str| fits(value) && !value.chars().any(char::is_control);
-        if let Some(user) = self.user_id.as_deref().filter(|v| is_name(v)) {
+        // The rules restoring applies, so that every snapshot taken here restores.
+        if let Some(user) = self.user_id.as_deref().filter(|v| is_valid_name(v)) {
             push(&mut out, "user_id", user);
         }
-        if let Some(org) = self.org_id.as_deref().filter(|v| is_name(v)) {
+        if let Some(org) = self.org_id.as_deref().filter(|v| is_valid_name(v)) {
             push(&mut out, "org_id", org);
         }
-        for role in self.roles.iter().filter(|v| is_name(v)) {
+        for role in self.roles.iter().filter(|v| is_valid_name(v)) {
             push(&mut out, "role", role);
         }
         for (prefix, fields) in [("f.", &self.fields), ("h.", &self.hidden)] {
-            for (name, value) in fields.iter() {
+            for (i, (name, value)) in fields.iter().enumerate() {
                 let value = encode_field(value);
-                if !fits(name) || !fits(&value) {
+                // A name given twice (possible through `Patch`'s public lists) goes once: the first.
+                let repeated = fields[..i].iter().any(|(earlier, _)| earlier == name);
+                if !is_valid_name(name) || !is_valid_value(&value) || repeated {
                     continue;
                 }
                 let mut key = String::from(prefix);
@@ -304,7 +322,7 @@ impl Carried {
             roles: Vec::new(),
             fields: Vec::new(),
             hidden: Vec::new(),
-            baggage,
+            baggage: Arc::new(baggage),
             carried_at: None,
         };
         if let Some(rest) = once(headers, &CONTEXT_HEADER, "reqscope-context")? {
@@ -333,7 +351,7 @@ impl Carried {
             }
             let value = decode_value(trim_ows(&member[eq + 1..])).map_err(|_| ContextMalformed)?;
             let checked = |name: &'static str| -> Result<Arc<str>, InvalidCarriedContext> {
-                if value.len() > MAX_VALUE_BYTES || value.chars().any(char::is_control) {
+                if !is_valid_name(&value) {
                     return Err(ContextValue(name));
                 }
                 Ok(Arc::from(value.as_str()))
@@ -354,7 +372,7 @@ impl Carried {
                 [b'f' | b'h', b'.', name @ ..] => {
                     let field = if key[0] == b'f' { "f" } else { "h" };
                     let name = decode_value(name).map_err(|_| ContextMalformed)?;
-                    if name.is_empty() || name.len() > MAX_VALUE_BYTES {
+                    if !is_valid_name(&name) || !is_valid_value(&value) {
                         return Err(ContextValue(field));
                     }
                     let value = decode_field(&value).ok_or(ContextValue(field))?;
@@ -398,6 +416,17 @@ impl Carried {
         };
         RequestContext::builder(self.id).trace(trace).patch(patch)
     }
+}
+
+/// A user, org, role or field name that travels: 1 to [`MAX_VALUE_BYTES`] bytes (a user, org
+/// or role may not be empty either way: it is `None` or absent then), no control character.
+fn is_valid_name(text: &str) -> bool {
+    !text.is_empty() && text.len() <= MAX_VALUE_BYTES && !text.chars().any(char::is_control)
+}
+
+/// A field value that travels, as written (`s:text`, `i:-3`, …): at most [`MAX_VALUE_BYTES`].
+fn is_valid_value(encoded: &str) -> bool {
+    encoded.len() <= MAX_VALUE_BYTES
 }
 
 /// The one value of a header that may appear once.
@@ -489,14 +518,37 @@ mod tests {
     }
 
     #[test]
-    fn a_context_without_trace_or_patch_carries_its_id() {
+    fn a_context_without_a_trace_starts_the_one_its_job_continues() {
         let ctx = RequestContext::new(RequestId::parse("bare").unwrap());
         let headers = ctx.carry().to_headers();
-        assert!(headers.get(TRACEPARENT).is_none());
         assert!(headers.get(BAGGAGE).is_none());
         let restored = Carried::from_headers(&headers).unwrap().into_context();
         assert_eq!(restored.id().as_str(), "bare");
-        assert!(restored.trace().unwrap().parent_id().is_none());
+        let (started, continued) = (ctx.trace().expect("started by carry"), restored.trace().unwrap());
+        assert_eq!(continued.trace_id(), started.trace_id());
+        assert_eq!(continued.parent_id(), Some(started.span_id()));
+    }
+
+    #[test]
+    fn what_would_not_restore_is_left_out_when_carrying() {
+        let ctx = RequestContext::new(RequestId::parse("odd").unwrap());
+        ctx.set_user_id("line\nbreak");
+        ctx.set_field("", "no name");
+        ctx.set_field("long", "x".repeat(MAX_VALUE_BYTES));
+        ctx.set_field("kept", 1u64);
+        ctx.update(|p| p.hidden.extend([("twice".into(), 1u64.into()), ("twice".into(), 2u64.into())]));
+        let restored = Carried::from_headers(&ctx.carry().to_headers()).unwrap();
+        assert_eq!(restored.user_id(), None);
+        assert_eq!(restored.fields, [(Arc::from("kept"), FieldValue::U64(1))]);
+        assert_eq!(restored.hidden, [(Arc::from("twice"), FieldValue::U64(1))]);
+    }
+
+    #[test]
+    fn debug_shows_no_hidden_value_and_no_baggage_value() {
+        let ctx = full();
+        let shown = format!("{:?} {:?}", ctx.carry(), ctx);
+        assert!(shown.contains("device_id") && shown.contains("session"), "{shown}");
+        assert!(!shown.contains("d\\r\\n1") && !shown.contains("s 1"), "{shown}");
     }
 
     #[test]
@@ -519,6 +571,7 @@ mod tests {
     #[test]
     fn every_bad_part_has_its_error() {
         use InvalidCarriedContext as E;
+        let long_field = format!("v=1,f.x=s:{}", "a".repeat(MAX_VALUE_BYTES));
         let cases: &[(&str, &str, E)] = &[
             ("traceparent", "00-zz", E::TraceParent(InvalidTraceParent::Length)),
             ("tracestate", "a=1", E::TraceStateWithoutParent),
@@ -537,6 +590,8 @@ mod tests {
             ("reqscope-context", "v=1,f.x=i:1.5", E::ContextValue("f")),
             ("reqscope-context", "v=1,f.=s:1", E::ContextValue("f")),
             ("reqscope-context", "v=1,h.x=s:1,h.x=s:2", E::ContextValue("h")),
+            ("reqscope-context", "v=1,f.a%0Ab=s:1", E::ContextValue("f")),
+            ("reqscope-context", &long_field, E::ContextValue("f")),
         ];
         for (header, value, expected) in cases {
             assert_eq!(Carried::from_headers(&with(header, value)), Err(*expected), "{header}: {value}");
@@ -599,7 +654,8 @@ mod tests {
             headers
         }
 
-        const TEXT: &str = "\\PC{0,24}";
+        /// Text with now and then a control character.
+        const TEXT: &str = "(\\PC|[\\x00-\\x1f]){0,24}";
 
         proptest! {
             #[test]
@@ -626,18 +682,40 @@ mod tests {
             }
 
             #[test]
-            fn mutated_context_headers_never_panic(index in 0usize..400, byte in any::<u8>()) {
-                let mut rest = full().carry().to_headers()[CONTEXT_HEADER].as_bytes().to_vec();
-                let at = index % rest.len();
-                rest[at] = byte;
-                let _ = Carried::from_headers(&headers_from(&[("x-request-id", b"abc".to_vec()), ("reqscope-context", rest)]));
+            fn mutated_snapshots_never_panic_and_what_restores_carries_on(
+                header in 0usize..5,
+                edits in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..4),
+            ) {
+                let mut headers = full().carry().to_headers();
+                let name = HeaderName::from_static(HEADERS[header]);
+                let mut bytes = headers.get(&name).map(|v| v.as_bytes().to_vec()).unwrap_or_default();
+                for (index, byte) in edits {
+                    if bytes.is_empty() {
+                        bytes.push(byte);
+                    } else {
+                        let at = index % bytes.len();
+                        bytes[at] = byte;
+                    }
+                }
+                match HeaderValue::from_bytes(&bytes) {
+                    Ok(value) => { headers.insert(name, value); }
+                    Err(_) => { headers.remove(name); }
+                }
+                if let Ok(carried) = Carried::from_headers(&headers) {
+                    let again = Carried::from_headers(&carried.to_headers());
+                    prop_assert!(again.is_ok(), "{:?}", again);
+                    let again = again.unwrap();
+                    prop_assert_eq!(&again.fields, &carried.fields);
+                    prop_assert_eq!(&again.hidden, &carried.hidden);
+                    prop_assert_eq!(again.user_id(), carried.user_id());
+                }
             }
 
             #[test]
             fn any_context_round_trips(
                 user in TEXT,
                 roles in proptest::collection::vec(TEXT, 0..5),
-                fields in proptest::collection::vec((TEXT.prop_filter("a name", |s| !s.is_empty()), TEXT), 0..5),
+                fields in proptest::collection::vec((TEXT, TEXT), 0..5),
                 number in any::<i64>(),
             ) {
                 let ctx = RequestContext::new(RequestId::parse("p").unwrap());
@@ -649,13 +727,18 @@ mod tests {
                 }
                 let restored = Carried::from_headers(&ctx.carry().to_headers()).unwrap().into_context();
                 let (sent, got) = (ctx.patch(), restored.patch());
-                // A user or role with a control character is left out; everything else comes back.
-                if !user.chars().chain(roles.concat().chars()).any(char::is_control) {
-                    prop_assert_eq!(&sent.user_id, &got.user_id);
-                    prop_assert_eq!(&sent.roles, &got.roles);
-                }
-                prop_assert_eq!(&sent.fields, &got.fields);
-                prop_assert_eq!(&sent.hidden, &got.hidden);
+                // A user, role or field name that is empty or has a control character is left
+                // out; everything else comes back.
+                let valid = |text: &str| !text.is_empty() && !text.chars().any(char::is_control);
+                let user_sent = sent.user_id.as_deref().filter(|u| valid(u));
+                prop_assert_eq!(user_sent, got.user_id.as_deref());
+                let roles_sent: Vec<_> = sent.roles.iter().filter(|r| valid(r)).collect();
+                prop_assert_eq!(roles_sent, got.roles.iter().collect::<Vec<_>>());
+                let named = |list: &[(Arc<str>, FieldValue)]| -> Vec<(Arc<str>, FieldValue)> {
+                    list.iter().filter(|(name, _)| valid(name)).cloned().collect()
+                };
+                prop_assert_eq!(named(&sent.fields), got.fields.clone());
+                prop_assert_eq!(named(&sent.hidden), got.hidden.clone());
             }
         }
     }

@@ -107,7 +107,7 @@ fn empty_patch() -> Arc<Patch> {
 /// Change it through [`RequestContext::update`] or the `set_*` shortcuts. Every field is
 /// stamped on log lines; typed data that must not be logged goes into
 /// [extensions](RequestContext::insert_extension) instead.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Default, PartialEq)]
 #[non_exhaustive]
 pub struct Patch {
     /// The authenticated user (the JWT `sub`), if any.
@@ -129,8 +129,36 @@ pub struct Patch {
     pub hidden: Vec<(Arc<str>, FieldValue)>,
     /// The W3C baggage this request passes on: what the caller sent (when the request layer
     /// trusts it) and what the application added. It travels on outgoing calls and into
-    /// jobs; only the keys a log layer is told to write ever reach a line.
-    pub baggage: Baggage,
+    /// jobs; only the keys a log layer is told to write ever reach a line. Shared: a patch
+    /// update copies the pointer, not the list (`Arc::make_mut` to change it).
+    pub baggage: Arc<Baggage>,
+}
+
+/// Hidden values and baggage stay out of `{:?}` (a `debug!(?ctx)` must not log them): only
+/// their keys are shown.
+impl fmt::Debug for Patch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Patch")
+            .field("user_id", &self.user_id)
+            .field("org_id", &self.org_id)
+            .field("roles", &self.roles)
+            .field("route", &self.route)
+            .field("rate_limit_remaining", &self.rate_limit_remaining)
+            .field("rate_limit_reset", &self.rate_limit_reset)
+            .field("fields", &self.fields)
+            .field("hidden", &KeysOnly(self.hidden.iter().map(|(k, _)| &**k)))
+            .field("baggage", &KeysOnly(self.baggage.iter().map(|e| e.key())))
+            .finish()
+    }
+}
+
+/// Formats the keys of a list whose values are not to be shown.
+pub(crate) struct KeysOnly<I>(pub(crate) I);
+
+impl<'a, I: Iterator<Item = &'a str> + Clone> fmt::Debug for KeysOnly<I> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.0.clone()).finish()
+    }
 }
 
 impl Patch {
@@ -622,8 +650,8 @@ impl RequestContext {
 
     /// A copy of this request's [baggage](Patch::baggage); read one entry without a copy
     /// through [`read_patch`](Self::read_patch).
-    pub fn baggage(&self) -> Baggage {
-        self.read_patch(|p| p.baggage.clone())
+    pub fn baggage(&self) -> Arc<Baggage> {
+        self.read_patch(|p| Arc::clone(&p.baggage))
     }
 
     /// Adds a baggage entry (or replaces the one under `key`) that travels on with this
@@ -633,7 +661,7 @@ impl RequestContext {
         // Checked once here, so that the update (which may run more than once) cannot fail.
         Baggage::new().insert(key.clone(), value.clone())?;
         self.update(|p| {
-            let _ = p.baggage.insert(key.clone(), value.clone());
+            let _ = Arc::make_mut(&mut p.baggage).insert(key.clone(), value.clone());
         });
         Ok(())
     }

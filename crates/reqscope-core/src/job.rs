@@ -43,7 +43,9 @@
 //! said when it took it).
 //!
 //! A carried context that does not validate is never an error for the job: it runs in a
-//! context of its own (a new request id and trace), and one WARN line gives the reason.
+//! context of its own (a new request id and trace), and one WARN line gives the reason. A
+//! message that carries no context at all (no `x-request-id`: a producer that does not use
+//! reqscope) runs the same way with a DEBUG line instead.
 
 use std::fmt;
 use std::future::Future;
@@ -138,8 +140,15 @@ impl Job {
         let ctx = Arc::new(ctx);
         crate::panics::install_panic_location_hook();
         let run = async {
-            if let Some(reason) = rejected {
-                tracing::warn!(target: JOB_TARGET, reason = %reason, "carried context rejected; the job runs in a context of its own");
+            match rejected {
+                // A producer that carries no context is no fault of the message.
+                Some(InvalidCarriedContext::MissingRequestId) => {
+                    tracing::debug!(target: JOB_TARGET, "no carried context; the job runs in a context of its own");
+                }
+                Some(reason) => {
+                    tracing::warn!(target: JOB_TARGET, reason = %reason, "carried context rejected; the job runs in a context of its own");
+                }
+                None => {}
             }
             // Created inside the scope: the log layer keeps the context in it.
             let span = tracing::info_span!(target: crate::REQUEST_SPAN_TARGET, "request");

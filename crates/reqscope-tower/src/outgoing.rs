@@ -634,7 +634,7 @@ mod tests {
             let mut all = HeaderMap::new();
             inject_headers(&mut all, &X_REQUEST_ID);
             assert_eq!(all[BAGGAGE], "session=s-1,note=a%0D%0Ab%2C%20c%3Bd");
-            assert_eq!(Baggage::parse(all[BAGGAGE].as_bytes()).unwrap(), ctx.baggage());
+            assert_eq!(Baggage::parse(all[BAGGAGE].as_bytes()).unwrap(), *ctx.baggage());
 
             let mut only = HeaderMap::new();
             let keys = baggage_keys(["note", "absent"]);

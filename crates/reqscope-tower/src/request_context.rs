@@ -378,7 +378,8 @@ where
         let ctx = Arc::new(builder.build());
         let invalid_baggage = match baggage {
             Some(Ok(Some(baggage))) if !baggage.is_empty() => {
-                ctx.update(|patch| patch.baggage.clone_from(&baggage));
+                let baggage = Arc::new(baggage);
+                ctx.update(|patch| patch.baggage = Arc::clone(&baggage));
                 None
             }
             Some(Err(reason)) => Some(reason),

@@ -221,6 +221,8 @@ where
         )
 }
 
+/// reqscope's own summary lines: a failure they sum up is reported where it happens (the
+/// handler's or job's ERROR event, the panic by the panic integration), not a second time.
 fn is_access_or_panic(metadata: &Metadata<'_>) -> bool {
-    matches!(metadata.target(), "reqscope::access" | "reqscope::panic")
+    matches!(metadata.target(), "reqscope::access" | "reqscope::panic" | "reqscope::job")
 }

@@ -12,7 +12,7 @@
 //! - for a custom context field, the keys of reqscope's own access and outgoing-call lines
 //!   WebSocket close lines and job end lines (`status`, `grpc_status`, `duration_ms`, `bytes`,
 //!   `aborted`, `url`, `parent_span_id`, `error`, `messages_received`, `messages_sent`,
-//!   `outcome`, `queue_ms`) are taken too, so
+//!   `outcome`, `queue_ms`, `panic`, `location`, `reason`) are taken too, so
 //!   that those lines keep their meaning;
 //! - a key already written on this line is taken;
 //! - for a span field, a name the event's own fields use, or a span nearer the event, is taken
@@ -78,6 +78,9 @@ const LINE_KEYS: &[&[u8]] = &[
     b"messages_sent",
     b"outcome",
     b"queue_ms",
+    b"panic",
+    b"location",
+    b"reason",
 ];
 
 /// Whether a custom context field's rendered key is taken: a stamped key or one of the keys
@@ -99,7 +102,8 @@ pub(crate) fn baggage_fields<K: AsRef<str>>(keys: impl IntoIterator<Item = K>) -
     let mut fields: Vec<BaggageField> = Vec::new();
     for key in keys {
         let key = key.as_ref();
-        if !fields.iter().any(|field| &*field.key == key) {
+        // A key that is not a token is in no baggage: it would only reserve a name.
+        if reqscope_core::baggage::is_valid_key(key) && !fields.iter().any(|field| &*field.key == key) {
             fields.push(BaggageField { key: key.into(), name: format!("baggage.{key}").into() });
         }
     }
@@ -182,8 +186,9 @@ pub(crate) fn write_baggage<S: KeyStyle>(
     }
 }
 
+/// Names of 127 bytes and more share the last bit: they are compared in full.
 fn length_bit(len: usize) -> u128 {
-    1u128.checked_shl(len as u32).unwrap_or(0)
+    1u128 << len.min(127)
 }
 
 /// The keys written so far on the line being built (positions in its buffer); reused from

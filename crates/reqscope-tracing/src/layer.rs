@@ -127,7 +127,9 @@ impl<W> LogLayer<W> {
     /// right after the custom context fields, in every format. Empty by default: baggage
     /// comes from callers and travels to other services, so only keys you name reach a line.
     /// No other field can take a `baggage.<key>` name of the list, on any line (an event field
-    /// so named is written `fields.baggage.<key>`). Replaces an earlier list.
+    /// so named is written `fields.baggage.<key>`). Keys that are not baggage keys (tokens,
+    /// see [`is_valid_key`](reqscope_core::baggage::is_valid_key)) can never match and are
+    /// left out. Replaces an earlier list.
     pub fn baggage_fields<I, K>(mut self, keys: I) -> Self
     where
         I: IntoIterator<Item = K>,
