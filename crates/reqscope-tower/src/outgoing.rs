@@ -43,7 +43,10 @@
 //!   [`PropagateContextLayer::baggage_keys`] (or the middleware's). Values are
 //!   percent-encoded, so CR, LF, `,` or `;` in a value cannot break the header or the list;
 //!   beyond 180 entries or 8192 bytes the last entries are left out whole. No header when
-//!   there is nothing to send.
+//!   there is nothing to send. [Hidden fields](reqscope_core::ContextField::hidden) stay in
+//!   the process, except those named with
+//!   [`PropagateContextLayer::hidden_fields_as_baggage`] (or the middleware's), sent as
+//!   entries of their own for a downstream service trusted with them.
 //!
 //! Each call made through [`PropagateContextLayer`] or [`PropagateContextMiddleware`] (or
 //! timed with [`OutgoingCall`]) writes **one line**, target `reqscope::outgoing`, when its
@@ -80,10 +83,10 @@ use std::time::Instant;
 
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri};
 use pin_project_lite::pin_project;
-use reqscope_core::RequestContext;
 use reqscope_core::baggage::{BAGGAGE, Baggage};
 use reqscope_core::trace::{SpanId, TraceContext, TraceParent};
 use reqscope_core::trace::{TRACEPARENT, TRACESTATE};
+use reqscope_core::{FieldValue, Patch, RequestContext};
 use tower_layer::Layer;
 use tower_service::Service;
 use tracing::Span;
@@ -104,35 +107,67 @@ pub const OUTGOING_TARGET: &str = "reqscope::outgoing";
 pub fn inject_headers(headers: &mut HeaderMap, request_id_header: &HeaderName) -> bool {
     RequestContext::with(|ctx| {
         let request = ctx.trace_or_start();
-        inject(ctx, headers, request_id_header, None, || request.child());
+        inject(ctx, headers, request_id_header, &OutgoingBaggage::default(), || request.child());
     })
     .is_some()
 }
 
-/// The baggage keys an outgoing call sends: `None` for every entry.
-type BaggageKeys = Option<Arc<[Box<str>]>>;
-
-fn baggage_keys<I, K>(keys: I) -> BaggageKeys
-where
-    I: IntoIterator<Item = K>,
-    K: AsRef<str>,
-{
-    Some(keys.into_iter().map(|key| Box::from(key.as_ref())).collect())
+/// What an outgoing call sends as `baggage`: the request's entries (all, or those of a list
+/// of keys), and the hidden fields named to go along as entries of their own.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct OutgoingBaggage {
+    /// `None`: every entry.
+    keys: Option<Arc<[Box<str>]>>,
+    hidden: Arc<[Box<str>]>,
 }
 
-/// The `baggage` header for `baggage`, keeping only `keys` if given; `None` when nothing is
-/// left to send.
-fn baggage_header(baggage: &Baggage, keys: Option<&[Box<str>]>) -> Option<HeaderValue> {
-    if baggage.is_empty() {
-        return None;
+impl OutgoingBaggage {
+    fn keys<I, K>(mut self, keys: I) -> Self
+    where
+        I: IntoIterator<Item = K>,
+        K: AsRef<str>,
+    {
+        self.keys = Some(keys.into_iter().map(|key| Box::from(key.as_ref())).collect());
+        self
     }
-    match keys {
-        None => baggage.to_header_value(),
-        Some(keys) => {
-            let mut sent = baggage.clone();
-            sent.retain(|entry| keys.iter().any(|key| **key == *entry.key()));
-            sent.to_header_value()
+
+    fn hidden<I, K>(mut self, names: I) -> Self
+    where
+        I: IntoIterator<Item = K>,
+        K: AsRef<str>,
+    {
+        self.hidden = names.into_iter().map(|name| Box::from(name.as_ref())).collect();
+        self
+    }
+
+    /// The `baggage` header for a request with this patch; `None` when nothing is to be sent.
+    fn header(&self, patch: &Patch) -> Option<HeaderValue> {
+        let mut hidden = self.hidden.iter().filter_map(|name| Some((name, patch.hidden_field(name)?))).peekable();
+        if hidden.peek().is_none() {
+            if patch.baggage.is_empty() {
+                return None;
+            }
+            if self.keys.is_none() {
+                // The common case: the whole list, without a copy.
+                return patch.baggage.to_header_value();
+            }
         }
+        let mut sent = Baggage::clone(&patch.baggage);
+        if let Some(keys) = &self.keys {
+            sent.retain(|entry| keys.iter().any(|key| **key == *entry.key()));
+        }
+        for (name, value) in hidden {
+            let text = match value {
+                FieldValue::Str(text) => text.to_string(),
+                FieldValue::I64(n) => n.to_string(),
+                FieldValue::U64(n) => n.to_string(),
+                FieldValue::F64(n) => n.to_string(),
+                FieldValue::Bool(b) => b.to_string(),
+            };
+            // A name that is no baggage key cannot be sent as one.
+            let _ = sent.insert(&**name, text);
+        }
+        sent.to_header_value()
     }
 }
 
@@ -142,14 +177,14 @@ fn inject(
     ctx: &RequestContext,
     headers: &mut HeaderMap,
     request_id_header: &HeaderName,
-    baggage_keys: Option<&[Box<str>]>,
+    baggage: &OutgoingBaggage,
     client: impl FnOnce() -> TraceContext,
 ) -> Option<TraceContext> {
     if !headers.contains_key(request_id_header) {
         headers.insert(request_id_header.clone(), ctx.id().to_header_value());
     }
     if !headers.contains_key(BAGGAGE)
-        && let Some(value) = ctx.read_patch(|patch| baggage_header(&patch.baggage, baggage_keys))
+        && let Some(value) = ctx.read_patch(|patch| baggage.header(patch))
     {
         headers.insert(BAGGAGE, value);
     }
@@ -221,7 +256,7 @@ impl OutgoingCall {
         request_id_header: &HeaderName,
     ) -> Option<Self> {
         let (url, path) = uri_without_secrets(uri);
-        Self::begin(method, url, path, headers, request_id_header, None)
+        Self::begin(method, url, path, headers, request_id_header, &OutgoingBaggage::default())
     }
 
     pub(crate) fn begin(
@@ -230,11 +265,11 @@ impl OutgoingCall {
         path: Box<str>,
         headers: &mut HeaderMap,
         request_id_header: &HeaderName,
-        baggage_keys: Option<&[Box<str>]>,
+        baggage: &OutgoingBaggage,
     ) -> Option<Self> {
         let ctx = RequestContext::current()?;
         let mut span = Span::none();
-        let trace = inject(&ctx, headers, request_id_header, baggage_keys, || {
+        let trace = inject(&ctx, headers, request_id_header, baggage, || {
             let (client_span, trace) = client_span(ctx.trace_or_start(), method, &url);
             span = client_span;
             trace
@@ -351,7 +386,7 @@ fn client_span(request: &TraceContext, _method: &Method, _url: &str) -> (Span, T
 #[derive(Clone, Debug)]
 pub struct PropagateContextLayer {
     header: HeaderName,
-    baggage_keys: BaggageKeys,
+    baggage: OutgoingBaggage,
 }
 
 impl Default for PropagateContextLayer {
@@ -363,7 +398,7 @@ impl Default for PropagateContextLayer {
 impl PropagateContextLayer {
     /// Sends the id as `x-request-id`, and every baggage entry.
     pub fn new() -> Self {
-        PropagateContextLayer { header: X_REQUEST_ID, baggage_keys: None }
+        PropagateContextLayer { header: X_REQUEST_ID, baggage: OutgoingBaggage::default() }
     }
 
     /// Sends the id in another header (e.g. `x-correlation-id`).
@@ -379,7 +414,21 @@ impl PropagateContextLayer {
         I: IntoIterator<Item = K>,
         K: AsRef<str>,
     {
-        self.baggage_keys = baggage_keys(keys);
+        self.baggage = self.baggage.keys(keys);
+        self
+    }
+
+    /// Also sends these hidden fields, when the request has them, as baggage entries of the
+    /// same name (their values percent-encoded like any): for a service downstream that needs
+    /// one (a device id) and is trusted with it. None by default; a name that is not a
+    /// baggage key (a token) is not sent. The next service receives them as baggage — it
+    /// decides whether to log them.
+    pub fn hidden_fields_as_baggage<I, K>(mut self, names: I) -> Self
+    where
+        I: IntoIterator<Item = K>,
+        K: AsRef<str>,
+    {
+        self.baggage = self.baggage.hidden(names);
         self
     }
 }
@@ -388,7 +437,7 @@ impl<S> Layer<S> for PropagateContextLayer {
     type Service = PropagateContext<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        PropagateContext { inner, header: self.header.clone(), baggage_keys: self.baggage_keys.clone() }
+        PropagateContext { inner, header: self.header.clone(), baggage: self.baggage.clone() }
     }
 }
 
@@ -397,7 +446,7 @@ impl<S> Layer<S> for PropagateContextLayer {
 pub struct PropagateContext<S> {
     inner: S,
     header: HeaderName,
-    baggage_keys: BaggageKeys,
+    baggage: OutgoingBaggage,
 }
 
 impl<S, B, ResBody> Service<Request<B>> for PropagateContext<S>
@@ -416,8 +465,7 @@ where
         // `call` runs in the caller's task, where the request context is.
         let (method, uri) = (req.method().clone(), req.uri().clone());
         let (url, path) = uri_without_secrets(&uri);
-        let keys = self.baggage_keys.as_deref();
-        let call = OutgoingCall::begin(&method, url, path, req.headers_mut(), &self.header, keys);
+        let call = OutgoingCall::begin(&method, url, path, req.headers_mut(), &self.header, &self.baggage);
         let inner = match &call {
             Some(call) => call.span.in_scope(|| self.inner.call(req)),
             None => self.inner.call(req),
@@ -472,7 +520,7 @@ mod reqwest {
     use reqwest_middleware::{Error, Middleware, Next, Result};
     use tracing::Instrument;
 
-    use super::{BaggageKeys, OutgoingCall, baggage_keys};
+    use super::{OutgoingBaggage, OutgoingCall};
     use crate::request_context::X_REQUEST_ID;
 
     /// A `reqwest-middleware` middleware that adds the request id, the trace and the baggage
@@ -490,7 +538,7 @@ mod reqwest {
     #[derive(Clone, Debug)]
     pub struct PropagateContextMiddleware {
         header: HeaderName,
-        baggage_keys: BaggageKeys,
+        baggage: OutgoingBaggage,
     }
 
     impl Default for PropagateContextMiddleware {
@@ -502,7 +550,7 @@ mod reqwest {
     impl PropagateContextMiddleware {
         /// Sends the id as `x-request-id`, and every baggage entry.
         pub fn new() -> Self {
-            PropagateContextMiddleware { header: X_REQUEST_ID, baggage_keys: None }
+            PropagateContextMiddleware { header: X_REQUEST_ID, baggage: OutgoingBaggage::default() }
         }
 
         /// Sends the id in another header (e.g. `x-correlation-id`).
@@ -518,7 +566,21 @@ mod reqwest {
             I: IntoIterator<Item = K>,
             K: AsRef<str>,
         {
-            self.baggage_keys = baggage_keys(keys);
+            self.baggage = self.baggage.keys(keys);
+            self
+        }
+
+        /// Also sends these hidden fields, when the request has them, as baggage entries of the
+        /// same name (their values percent-encoded like any): for a service downstream that needs
+        /// one (a device id) and is trusted with it. None by default; a name that is not a
+        /// baggage key (a token) is not sent. The next service receives them as baggage — it
+        /// decides whether to log them.
+        pub fn hidden_fields_as_baggage<I, K>(mut self, names: I) -> Self
+        where
+            I: IntoIterator<Item = K>,
+            K: AsRef<str>,
+        {
+            self.baggage = self.baggage.hidden(names);
             self
         }
     }
@@ -552,8 +614,8 @@ mod reqwest {
             // The middleware future is polled by the caller, inside its request context.
             let method = req.method().clone();
             let (url, path) = url_without_secrets(req.url());
-            let keys = self.baggage_keys.as_deref();
-            let Some(call) = OutgoingCall::begin(&method, url, path, req.headers_mut(), &self.header, keys) else {
+            let Some(call) = OutgoingCall::begin(&method, url, path, req.headers_mut(), &self.header, &self.baggage)
+            else {
                 return next.run(req, extensions).await;
             };
             let result = next.run(req, extensions).instrument(call.span().clone()).await;
@@ -637,13 +699,24 @@ mod tests {
             assert_eq!(Baggage::parse(all[BAGGAGE].as_bytes()).unwrap(), *ctx.baggage());
 
             let mut only = HeaderMap::new();
-            let keys = baggage_keys(["note", "absent"]);
-            OutgoingCall::begin(&Method::GET, "u".into(), "/".into(), &mut only, &X_REQUEST_ID, keys.as_deref());
+            let keys = OutgoingBaggage::default().keys(["note", "absent"]);
+            OutgoingCall::begin(&Method::GET, "u".into(), "/".into(), &mut only, &X_REQUEST_ID, &keys);
             assert_eq!(only[BAGGAGE], "note=a%0D%0Ab%2C%20c%3Bd");
             let mut none = HeaderMap::new();
-            let keys = baggage_keys(["absent"]);
-            OutgoingCall::begin(&Method::GET, "u".into(), "/".into(), &mut none, &X_REQUEST_ID, keys.as_deref());
+            let keys = OutgoingBaggage::default().keys(["absent"]);
+            OutgoingCall::begin(&Method::GET, "u".into(), "/".into(), &mut none, &X_REQUEST_ID, &keys);
             assert!(none.get(BAGGAGE).is_none());
+
+            // Hidden fields go only when named, as entries of their own.
+            ctx.set_hidden_field("device_id", "d 7");
+            ctx.set_hidden_field("secret", "never-sent");
+            let mut with_hidden = HeaderMap::new();
+            let hidden = OutgoingBaggage::default().keys(["session"]).hidden(["device_id", "absent", "not a key"]);
+            OutgoingCall::begin(&Method::GET, "u".into(), "/".into(), &mut with_hidden, &X_REQUEST_ID, &hidden);
+            assert_eq!(with_hidden[BAGGAGE], "session=s-1,device_id=d%207");
+            let mut default = HeaderMap::new();
+            inject_headers(&mut default, &X_REQUEST_ID);
+            assert!(!default[BAGGAGE].to_str().unwrap().contains("device_id"), "hidden fields stay by default");
 
             let mut explicit = HeaderMap::new();
             explicit.insert(BAGGAGE, "chosen=1".parse().unwrap());
