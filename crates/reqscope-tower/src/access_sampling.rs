@@ -322,7 +322,8 @@ impl AccessSampler {
 
     fn is_skipped(&self, ctx: &RequestContext) -> bool {
         !self.skip.is_empty()
-            && ctx.read_patch(|patch| patch.route.as_deref().is_some_and(|route| self.skip.iter().any(|s| **s == *route)))
+            && ctx
+                .read_patch(|patch| patch.route.as_deref().is_some_and(|route| self.skip.iter().any(|s| **s == *route)))
     }
 }
 
@@ -425,16 +426,19 @@ mod tests {
         assert_eq!(sampler.sample(&aborted), AccessDecision::Log);
         let failed = AccessRequest::new(&health, Some(StatusCode::OK), Classification::FAILURE, fast, true);
         assert_eq!(sampler.sample(&failed), AccessDecision::Log);
-        let slow = AccessRequest::new(&health, Some(StatusCode::OK), Classification::SUCCESS, Duration::from_secs(1), true);
+        let slow =
+            AccessRequest::new(&health, Some(StatusCode::OK), Classification::SUCCESS, Duration::from_secs(1), true);
         assert_eq!(sampler.sample(&slow), AccessDecision::Log);
-        let grpc_ok = AccessRequest::new(&health, Some(StatusCode::OK), Classification::from_grpc_status(0), fast, true);
+        let grpc_ok =
+            AccessRequest::new(&health, Some(StatusCode::OK), Classification::from_grpc_status(0), fast, true);
         assert_eq!(sampler.sample(&grpc_ok), AccessDecision::Skip);
     }
 
     #[test]
     fn the_rate_keeps_by_id_and_predicates_keep_the_rest() {
         let half = SampleRate::new(0.5).unwrap();
-        let sampler = AccessSampler::new().sample_rate(half).always_log_when(|ctx| ctx.user_id().as_deref() == Some("7"));
+        let sampler =
+            AccessSampler::new().sample_rate(half).always_log_when(|ctx| ctx.user_id().as_deref() == Some("7"));
         let (mut kept, mut dropped) = (0, 0);
         for i in 0..200 {
             let request = ctx(&format!("id-{i}"), Some("/x"));
