@@ -20,8 +20,9 @@ cargo build --release -q -p reqscope-bench-servers
 
 out="$(mktemp -d)"
 export JWT_SECRET="soak-secret-of-at-least-thirty-two-bytes"
-# Budgets far beyond the run: this measures the stack, not the limiter saying no.
-RATE_LIMIT_PER_MINUTE=1000000000 ADDR="$ADDR" RUST_LOG=info \
+# Budgets far beyond the run: this measures the stack, not the limiter saying no. Every
+# access line is written (no route skipped), so that each request's lines can be counted.
+RATE_LIMIT_PER_MINUTE=1000000000 ACCESS_LOG_SKIP= ACCESS_LOG_SAMPLE=1 ADDR="$ADDR" RUST_LOG=info \
     "$CARGO_TARGET_DIR/release/examples/api" >"$out/stdout.jsonl" 2>"$out/stderr" &
 server=$!
 trap 'kill "$server" 2>/dev/null || true' EXIT

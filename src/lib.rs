@@ -51,7 +51,9 @@
 //! - [`error_response`]: how the layers' refusals and panics are answered — JSON for HTTP
 //!   clients, a trailers-only gRPC status for gRPC clients (tonic), or a format of your own;
 //! - [`classify`]: which requests failed (an ERROR access line: HTTP 5xx, gRPC statuses read
-//!   from the trailers) and [`peer`]: where the client's address is found;
+//!   from the trailers), [`access_sampling`]: which access lines are written (successful
+//!   health checks skipped, a share of the successful requests kept by request id), and
+//!   [`peer`]: where the client's address is found;
 //! - gRPC: [`RequestContextLayer`] wraps a `tonic::transport::Server` as it wraps a router
 //!   (`Server::builder().layer(RequestContextLayer::new())`); with feature `tonic` (off by
 //!   default) `client_ip` comes from tonic's `TcpConnectInfo`;
@@ -110,6 +112,14 @@ pub mod outgoing {
 #[cfg(feature = "tower")]
 pub mod classify {
     pub use reqscope_tower::classify::*;
+}
+
+/// Which access lines are written: every one by default, or successful health checks
+/// skipped and a share of the successful requests kept by request id, failures and slow
+/// requests always (feature `tower`).
+#[cfg(feature = "tower")]
+pub mod access_sampling {
+    pub use reqscope_tower::access_sampling::*;
 }
 
 /// Where the connection's peer address is found: axum's `ConnectInfo`, tonic's

@@ -2,6 +2,7 @@
 
 use axum::Router;
 use axum::routing::{get, post, post_service};
+use reqscope::access_sampling::AccessSampler;
 use reqscope::auth::AuthLayer;
 use reqscope::rate_limit::RateLimitLayer;
 use reqscope::{CatchPanicLayer, MatchedRouteLayer, RequestContextLayer};
@@ -11,8 +12,20 @@ use crate::chain::Chain;
 use crate::request_fields::{device_id_layer, tenant_layer};
 use crate::{boom, chain, fanout, grpc, health, jwt, not_found, ready, stream, users, ws};
 
-/// The whole application, ready to serve.
+/// The whole application, ready to serve, writing every access line.
+#[allow(dead_code)] // the server takes its access-log settings from the environment; the tests use this
 pub fn app(auth: AuthLayer, limit: RateLimitLayer, pool: AnyPool, next_hop: Chain) -> Router {
+    app_with_access_log(auth, limit, pool, next_hop, AccessSampler::new())
+}
+
+/// The whole application, its access lines chosen by `access_log` (see `access_log.rs`).
+pub fn app_with_access_log(
+    auth: AuthLayer,
+    limit: RateLimitLayer,
+    pool: AnyPool,
+    next_hop: Chain,
+    access_log: AccessSampler,
+) -> Router {
     let users = grpc::service(pool.clone());
     // Built from descriptors compiled into the binary (and checked by the reflection test).
     let (reflection_v1, reflection_v1alpha) = grpc::reflection().expect("the compiled-in descriptors are valid");
@@ -56,7 +69,7 @@ pub fn app(auth: AuthLayer, limit: RateLimitLayer, pool: AnyPool, next_hop: Chai
         // Inside the context layer: the hidden `device_id` goes into the request's context.
         .layer(device_id_layer())
         // Outermost: every request, the 404s included, gets its context and request id.
-        .layer(RequestContextLayer::new())
+        .layer(RequestContextLayer::new().access_sampling(access_log))
         .with_state(pool)
 }
 

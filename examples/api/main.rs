@@ -27,9 +27,14 @@
 //! run by a worker in this process; `amqp://…`: through RabbitMQ, run by
 //! `cargo run --example worker` processes; a broker unreachable at start is a WARN, and
 //! `POST /users` answers 503 until it is reachable), `WORKER` (`1`: with `AMQP_URL`, this
-//! process runs jobs from RabbitMQ too; `0` or unset: it does not).
+//! process runs jobs from RabbitMQ too; `0` or unset: it does not), `ACCESS_LOG_SKIP` (route
+//! templates whose successful requests write no access line, comma-separated; default
+//! `/health,/ready`), `ACCESS_LOG_SAMPLE` (the share of the other successful requests whose
+//! access line is written, chosen by request id, `0.0`–`1.0`; default `1.0`),
+//! `SLOW_REQUEST_MS` (a request this slow always writes its access line; default 1000).
 #![forbid(unsafe_code)]
 
+mod access_log;
 mod app;
 mod boom;
 mod chain;
@@ -113,6 +118,7 @@ async fn serve() -> Result<(), String> {
         );
     }
     let auth = app::auth_layer(&jwt::secret(true)?);
+    let access_log = access_log::from_env()?;
     let database_url = std::env::var("DATABASE_URL").unwrap_or_else(|_| db::DEFAULT_URL.to_owned());
     let slow_ms: u64 = match std::env::var("SLOW_QUERY_MS") {
         Ok(ms) => ms.parse().map_err(|_| format!("SLOW_QUERY_MS must be a number of milliseconds, got {ms:?}"))?,
@@ -133,7 +139,7 @@ async fn serve() -> Result<(), String> {
     let jobs = jobs::from_env().await?;
     tracing::info!(addr = %local_addr, rate_limit = ?limit, downstream = %downstream, "listening");
 
-    let service = app::app(auth, limit, pool, next_hop)
+    let service = app::app_with_access_log(auth, limit, pool, next_hop, access_log)
         .layer(axum::Extension(jobs))
         .into_make_service_with_connect_info::<SocketAddr>();
     let stopping = Arc::new(tokio::sync::Notify::new());

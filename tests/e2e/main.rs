@@ -3,6 +3,9 @@
 mod support;
 
 // The example server's own modules, so that its routes are tested exactly as they ship.
+#[path = "../../examples/api/access_log.rs"]
+#[allow(dead_code)] // the tests build the sampler from values, not from the environment
+mod access_log;
 #[path = "../../examples/api/app.rs"]
 mod app;
 #[path = "../../examples/api/boom.rs"]
@@ -41,6 +44,7 @@ mod users;
 mod ws;
 
 mod access;
+mod access_sampling;
 mod auth;
 mod background_jobs;
 mod baggage;

@@ -8,6 +8,9 @@
 //!   5xx and server-side gRPC statuses, read from the trailers, by default; where the peer
 //!   address comes from is the [`peer`] module's (axum's `ConnectInfo`, tonic's
 //!   `TcpConnectInfo` with feature `tonic`, or your own reader).
+//!   Which access lines are written is the [`access_sampling`] module's: every one by
+//!   default; or successful health checks skipped and a share of the successful requests
+//!   kept, chosen by request id so that every service of a chain keeps the same ones.
 //! - [`MatchedRouteLayer`](route::MatchedRouteLayer) (feature `axum`) records axum's matched route template into the
 //!   context.
 //! - [`CatchPanicLayer`](catch_panic::CatchPanicLayer) turns a panicking handler into 500 JSON (gRPC: `INTERNAL`) and one
@@ -32,6 +35,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod access_sampling;
 #[cfg(feature = "axum")]
 pub mod api_error;
 #[cfg(feature = "jwt")]

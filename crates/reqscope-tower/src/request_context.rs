@@ -79,6 +79,10 @@
 //!    instead of a response (never with axum, whose errors are `Infallible`), there is no
 //!    response to echo the id on; the access line is a WARN without `status`. Turn errors
 //!    into responses *inside* this layer (e.g. `HandleErrorLayer` after it) so they get the id.
+//!    Every access line is written, unless the
+//!    [`access_sampling`](RequestContextLayer::access_sampling) says otherwise: successful
+//!    health checks skipped, a share of the successful requests kept by request id (those
+//!    lines with `sample_rate`), see [`access_sampling`](crate::access_sampling).
 //!
 //! [`ForwardedIdPolicy`]: reqscope_core::ForwardedIdPolicy
 //! [`TrustedProxies`]: reqscope_core::TrustedProxies
@@ -103,6 +107,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 use tracing::Span;
 
+use crate::access_sampling::{AccessDecision, AccessRequest, AccessSampler, SampleAccess};
 use crate::classify::{Classification, ClassifyFailure, DefaultClassifier};
 use crate::error_response::is_grpc_content_type;
 use crate::peer::{DefaultPeerAddr, PeerAddr};
@@ -126,6 +131,7 @@ struct Config {
     /// tonic's `Server::timeout`, which cuts calls off as `grpc-timeout` does.
     grpc_server_timeout: Option<std::time::Duration>,
     access_log: bool,
+    sampler: Arc<dyn SampleAccess>,
     root_sampled: bool,
     tracestate_entry: Option<TraceStateEntry>,
 }
@@ -180,6 +186,7 @@ impl RequestContextLayer {
                 classifier: Arc::new(DefaultClassifier),
                 grpc_server_timeout: None,
                 access_log: true,
+                sampler: Arc::new(AccessSampler::new()),
                 root_sampled: true,
                 tracestate_entry: None,
             }),
@@ -266,6 +273,15 @@ impl RequestContextLayer {
     /// Turns the access-log event off (or back on).
     pub fn access_log(mut self, enabled: bool) -> Self {
         self.config_mut().access_log = enabled;
+        self
+    }
+
+    /// Decides which access lines are written with `sampler` instead of writing every one
+    /// (see [`access_sampling`](crate::access_sampling)): an [`AccessSampler`] that skips
+    /// successful health checks and keeps a share of the other successful requests by request
+    /// id, or a [`SampleAccess`] of your own.
+    pub fn access_sampling(mut self, sampler: impl SampleAccess) -> Self {
+        self.config_mut().sampler = Arc::new(sampler);
         self
     }
 
@@ -431,6 +447,7 @@ where
                 head,
                 log: config.access_log,
                 classifier: Arc::clone(&config.classifier),
+                sampler: Arc::clone(&config.sampler),
                 grpc_timeout,
                 classification: Classification::SUCCESS,
                 finished: false,
@@ -581,6 +598,7 @@ struct RequestState {
     head: bool,
     log: bool,
     classifier: Arc<dyn ClassifyFailure>,
+    sampler: Arc<dyn SampleAccess>,
     /// The call's `grpc-timeout`: a call dropped after it passed was cut off at its deadline
     /// (by tonic's server, or by the client), which is `DEADLINE_EXCEEDED`, not a client who left.
     grpc_timeout: Option<std::time::Duration>,
@@ -600,7 +618,8 @@ impl RequestState {
             return;
         }
         let _entered = self.span.enter();
-        let duration_ms = self.ctx.elapsed().as_micros() as f64 / 1000.0;
+        let elapsed = self.ctx.elapsed();
+        let duration_ms = elapsed.as_micros() as f64 / 1000.0;
         let status = self.status.map(|s| s.as_u16());
         let bytes = self.bytes;
         let grpc_status = self.classification.grpc_status();
@@ -611,7 +630,7 @@ impl RequestState {
         // context, so its cut always comes later.
         let deadline_passed = self.grpc_timeout.is_some_and(|timeout| {
             let margin = (timeout / 10).min(std::time::Duration::from_millis(10));
-            self.ctx.elapsed() + margin >= timeout
+            elapsed + margin >= timeout
         });
         // Judged like a status in trailers, so a classifier of your own decides the level.
         let deadline = (deadline_passed && grpc_status.is_none()).then(|| {
@@ -619,31 +638,41 @@ impl RequestState {
             trailers.insert(crate::classify::GRPC_STATUS, HeaderValue::from(DEADLINE_EXCEEDED));
             self.classifier.classify_trailers(self.classification, &trailers)
         });
+        let verdict = match (outcome, deadline) {
+            (Outcome::Aborted, Some(deadline)) => deadline,
+            _ => self.classification,
+        };
+        let request = AccessRequest::new(&self.ctx, self.status, verdict, elapsed, outcome == Outcome::Completed);
+        let sample_rate = match self.sampler.sample(&request) {
+            AccessDecision::Log => None,
+            AccessDecision::Sampled(rate) => Some(rate.get()),
+            AccessDecision::Skip => return,
+        };
         RequestContext::scope_sync(Arc::clone(&self.ctx), || match outcome {
             Outcome::Completed if failed => {
-                tracing::error!(target: "reqscope::access", status, grpc_status, duration_ms, bytes, "request completed")
+                tracing::error!(target: "reqscope::access", status, grpc_status, duration_ms, bytes, sample_rate, "request completed")
             }
             Outcome::Completed => {
-                tracing::info!(target: "reqscope::access", status, grpc_status, duration_ms, bytes, "request completed")
+                tracing::info!(target: "reqscope::access", status, grpc_status, duration_ms, bytes, sample_rate, "request completed")
             }
             Outcome::Aborted if deadline.is_some_and(|verdict| verdict.is_failure()) => tracing::error!(
-                target: "reqscope::access", status, grpc_status = DEADLINE_EXCEEDED, duration_ms, bytes, aborted = true,
+                target: "reqscope::access", status, grpc_status = DEADLINE_EXCEEDED, duration_ms, bytes, sample_rate, aborted = true,
                 "request aborted at its gRPC deadline"
             ),
             Outcome::Aborted if deadline.is_some() => tracing::info!(
-                target: "reqscope::access", status, grpc_status = DEADLINE_EXCEEDED, duration_ms, bytes, aborted = true,
+                target: "reqscope::access", status, grpc_status = DEADLINE_EXCEEDED, duration_ms, bytes, sample_rate, aborted = true,
                 "request aborted at its gRPC deadline"
             ),
             Outcome::Aborted => tracing::info!(
-                target: "reqscope::access", status, grpc_status, duration_ms, bytes, aborted = true,
+                target: "reqscope::access", status, grpc_status, duration_ms, bytes, sample_rate, aborted = true,
                 "request aborted before the response was complete"
             ),
             Outcome::BodyError => tracing::warn!(
-                target: "reqscope::access", status, grpc_status, duration_ms, bytes, aborted = true,
+                target: "reqscope::access", status, grpc_status, duration_ms, bytes, sample_rate, aborted = true,
                 "response body failed"
             ),
             Outcome::ServiceError => tracing::warn!(
-                target: "reqscope::access", duration_ms, "service failed without a response"
+                target: "reqscope::access", duration_ms, sample_rate, "service failed without a response"
             ),
         });
     }

@@ -12,7 +12,7 @@
 //! - for a custom context field, the keys of reqscope's own access and outgoing-call lines
 //!   WebSocket close lines and job end lines (`status`, `grpc_status`, `duration_ms`, `bytes`,
 //!   `aborted`, `url`, `parent_span_id`, `error`, `messages_received`, `messages_sent`,
-//!   `outcome`, `queue_ms`, `panic`, `location`, `reason`) are taken too, so
+//!   `outcome`, `queue_ms`, `panic`, `location`, `reason`, `sample_rate`) are taken too, so
 //!   that those lines keep their meaning;
 //! - a key already written on this line is taken;
 //! - for a span field, a name the event's own fields use, or a span nearer the event, is taken
@@ -81,6 +81,7 @@ const LINE_KEYS: &[&[u8]] = &[
     b"panic",
     b"location",
     b"reason",
+    b"sample_rate",
 ];
 
 /// Whether a custom context field's rendered key is taken: a stamped key or one of the keys
