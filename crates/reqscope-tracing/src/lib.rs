@@ -64,6 +64,7 @@ mod layer;
 mod memory;
 mod names;
 mod pretty;
+mod redact;
 mod spans;
 mod time;
 mod writer;
