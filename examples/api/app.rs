@@ -9,10 +9,23 @@ use sqlx::AnyPool;
 
 use crate::chain::Chain;
 use crate::request_fields::{device_id_layer, tenant_layer};
-use crate::{boom, chain, fanout, grpc, health, jwt, not_found, ready, stream, users, ws};
+use crate::{boom, chain, fanout, grpc, health, jwt, log_settings, not_found, ready, stream, users, ws};
 
-/// The whole application, ready to serve.
+/// The whole application, ready to serve, with the default `LOG_HEADERS`.
+#[allow(dead_code)] // the tests serve it as it ships; the server passes its own LOG_HEADERS
 pub fn app(auth: AuthLayer, limit: RateLimitLayer, pool: AnyPool, next_hop: Chain) -> Router {
+    let headers = log_settings::headers(log_settings::DEFAULT_HEADERS).expect("the default list is valid");
+    app_with_headers(auth, limit, pool, next_hop, headers)
+}
+
+/// [`app`] with `headers` on the access line.
+pub fn app_with_headers(
+    auth: AuthLayer,
+    limit: RateLimitLayer,
+    pool: AnyPool,
+    next_hop: Chain,
+    headers: Vec<http::HeaderName>,
+) -> Router {
     let users = grpc::service(pool.clone());
     // Built from descriptors compiled into the binary (and checked by the reflection test).
     let (reflection_v1, reflection_v1alpha) = grpc::reflection().expect("the compiled-in descriptors are valid");
@@ -55,8 +68,9 @@ pub fn app(auth: AuthLayer, limit: RateLimitLayer, pool: AnyPool, next_hop: Chai
         .layer(CatchPanicLayer::new())
         // Inside the context layer: the hidden `device_id` goes into the request's context.
         .layer(device_id_layer())
-        // Outermost: every request, the 404s included, gets its context and request id.
-        .layer(RequestContextLayer::new())
+        // Outermost: every request, the 404s included, gets its context and request id; the
+        // access line names the chosen request headers.
+        .layer(RequestContextLayer::new().log_request_headers(headers))
         .with_state(pool)
 }
 
