@@ -8,7 +8,9 @@
 //!   it, reading it back.
 //! - `event/*`: one event with 8 context fields (request id, trace id, span id, user, org,
 //!   method, path, route) and 2 event fields, written to a sink, by reqscope's `LogLayer` and
-//!   by `tracing_subscriber::fmt().json()` with the same 8 fields on an entered span.
+//!   by `tracing_subscriber::fmt().json()` with the same 8 fields on an entered span;
+//!   `event/reqscope_json_to_sink` with the default redaction (on, no sensitive key in the
+//!   event) and `event/reqscope_json_redaction_off` with `Redaction::none()`.
 //! - `request/*`: one `GET /hello` through axum in process (no socket): bare, with
 //!   `RequestContextLayer` added by `Router::layer`, and wrapping the finished router.
 //! - `request_logged/*`: the same with a subscriber and one log line from the handler.
@@ -135,6 +137,13 @@ fn event(c: &mut Criterion) {
             }
             println!("reqscope LogLayer: {} heap allocations per stamped event", allocations_per_event());
             c.bench_function("event/reqscope_json_to_sink", |b| b.iter(emit));
+        })
+    });
+    let unredacted = tracing_subscriber::registry()
+        .with(LogLayer::new().redaction(reqscope::redact::Redaction::none()).with_writer(std::io::sink));
+    tracing::subscriber::with_default(unredacted, || {
+        RequestContext::scope_sync(ctx.clone(), || {
+            c.bench_function("event/reqscope_json_redaction_off", |b| b.iter(emit));
         })
     });
 

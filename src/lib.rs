@@ -36,7 +36,9 @@
 //!   [`ApiError`] (feature `axum`: add it for axum apps; it reads the peer address from
 //!   `ConnectInfo`) — from `reqscope-tower`; their service, future and body types in [`tower`];
 //! - [`logging`]: the stamping [`LogLayer`](logging::LogLayer) and its non-blocking writer — from
-//!   `reqscope-tracing`, feature `tracing` (default);
+//!   `reqscope-tracing`, feature `tracing` (default); [`redact`]: the values lines and Sentry
+//!   events write as `"[redacted]"` (on by default), and [`logged_headers`]: the request
+//!   headers an access line carries;
 //! - [`auth`]: the JWT layer (feature `jwt`, default);
 //! - [`rate_limit`]: per-user / per-ip limits with the IETF headers (feature `rate-limit`,
 //!   default; Redis with feature `redis`);
@@ -85,6 +87,18 @@ pub mod carry {
 /// `queue_ms`.
 pub mod job {
     pub use reqscope_core::job::*;
+}
+
+/// Redaction: which values log lines and error reports write as `"[redacted]"` — the
+/// default keys (`password`, `token`, `api_key`, …), keys you add, a hook for values.
+pub mod redact {
+    pub use reqscope_core::redact::*;
+}
+
+/// The request headers kept with the context for the access line
+/// (`RequestContextLayer::log_request_headers`), credentials never kept.
+pub mod logged_headers {
+    pub use reqscope_core::logged_headers::*;
 }
 
 /// RabbitMQ (lapin) messages that carry the request context in their headers, and jobs that

@@ -2,7 +2,6 @@
 
 use axum::Router;
 use axum::routing::{get, post, post_service};
-use reqscope::access_sampling::AccessSampler;
 use reqscope::auth::AuthLayer;
 use reqscope::rate_limit::RateLimitLayer;
 use reqscope::{CatchPanicLayer, MatchedRouteLayer, RequestContextLayer};
@@ -10,21 +9,24 @@ use sqlx::AnyPool;
 
 use crate::chain::Chain;
 use crate::request_fields::{device_id_layer, tenant_layer};
-use crate::{boom, chain, fanout, grpc, health, jwt, not_found, ready, stream, users, ws};
+use crate::{boom, chain, fanout, grpc, health, jwt, log_settings, not_found, ready, stream, users, ws};
 
-/// The whole application, ready to serve, writing every access line.
-#[allow(dead_code)] // the server takes its access-log settings from the environment; the tests use this
+/// The whole application, ready to serve, as it ships: every access line written, with the
+/// default `LOG_HEADERS`.
+#[allow(dead_code)] // the server builds its context layer from the environment; the tests use this
 pub fn app(auth: AuthLayer, limit: RateLimitLayer, pool: AnyPool, next_hop: Chain) -> Router {
-    app_with_access_log(auth, limit, pool, next_hop, AccessSampler::new())
+    let headers = log_settings::headers(log_settings::DEFAULT_HEADERS).expect("the default list is valid");
+    app_with_context_layer(auth, limit, pool, next_hop, RequestContextLayer::new().log_request_headers(headers))
 }
 
-/// The whole application, its access lines chosen by `access_log` (see `access_log.rs`).
-pub fn app_with_access_log(
+/// [`app`] behind `context`: the request-context layer as configured (its access lines, the
+/// request headers they name).
+pub fn app_with_context_layer(
     auth: AuthLayer,
     limit: RateLimitLayer,
     pool: AnyPool,
     next_hop: Chain,
-    access_log: AccessSampler,
+    context: RequestContextLayer,
 ) -> Router {
     let users = grpc::service(pool.clone());
     // Built from descriptors compiled into the binary (and checked by the reflection test).
@@ -69,7 +71,7 @@ pub fn app_with_access_log(
         // Inside the context layer: the hidden `device_id` goes into the request's context.
         .layer(device_id_layer())
         // Outermost: every request, the 404s included, gets its context and request id.
-        .layer(RequestContextLayer::new().access_sampling(access_log))
+        .layer(context)
         .with_state(pool)
 }
 

@@ -12,7 +12,11 @@
 //!
 //! Environment: `ADDR` (default `127.0.0.1:3000`), `RUST_LOG` (default `info`),
 //! `LOG_FORMAT` (`json`, the default, or `pretty`), `LOG_BAGGAGE_KEYS` (the baggage keys
-//! written on every line as `baggage.<key>`, comma-separated; default `session`), `LOG_BUFFER_BYTES` (log lines held while
+//! written on every line as `baggage.<key>`, comma-separated; default `session`), `LOG_REDACT`
+//! (field names whose values lines and Sentry events write as `"[redacted]"`, besides
+//! reqscope's defaults — `password`, `token`, `api_key`, …; comma-separated; default `email`),
+//! `LOG_HEADERS` (the request headers on the access line as `header.<name>`, comma-separated;
+//! default `user-agent`), `LOG_BUFFER_BYTES` (log lines held while
 //! stdout is not read, default 8 MiB; beyond it lines are dropped and counted), `JWT_SECRET` (HS256, at least 32 bytes;
 //! unset: a development secret is made and kept in the temp directory, and
 //! `cargo run --example mint_token -- 1` signs tokens with it), `DATABASE_URL` (unset: an
@@ -45,6 +49,7 @@ mod grpc;
 mod health;
 mod jobs;
 mod jwt;
+mod log_settings;
 mod not_found;
 mod rate_limit;
 mod ready;
@@ -66,8 +71,22 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let redaction = match log_settings::redaction_from_env() {
+        Ok(redaction) => redaction,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let headers = match log_settings::headers_from_env() {
+        Ok(headers) => headers,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
     // First, so that the panic hook and every thread's Sentry hub see the client.
-    let sentry = match error_tracking::init_from_env() {
+    let sentry = match error_tracking::init_from_env(redaction.clone()) {
         Ok(sentry) => sentry,
         Err(error) => {
             eprintln!("error: {error}");
@@ -82,7 +101,7 @@ fn main() -> ExitCode {
         }
     };
     // Every line on stdout, startup included, is a JSON log line.
-    let log_layer = reqscope::logging::LogLayer::new().baggage_fields(baggage_keys);
+    let log_layer = reqscope::logging::LogLayer::new().baggage_fields(baggage_keys).redaction(redaction);
     let sentry_layer = sentry.is_some().then(reqscope::sentry::layer);
     let log_guard = match reqscope::logging::init_from_env_with_layer(log_layer, sentry_layer) {
         Ok(guard) => guard,
@@ -91,7 +110,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = runtime.block_on(serve());
+    let result = runtime.block_on(serve(headers));
     if let Err(message) = &result {
         tracing::error!(error = %message, "server stopped");
         eprintln!("error: {message}");
@@ -105,7 +124,7 @@ fn main() -> ExitCode {
     if result.is_ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE }
 }
 
-async fn serve() -> Result<(), String> {
+async fn serve(headers: Vec<http::HeaderName>) -> Result<(), String> {
     let addr = std::env::var("ADDR").unwrap_or_else(|_| "127.0.0.1:3000".to_owned());
     let addr: SocketAddr =
         addr.parse().map_err(|_| format!("ADDR must be an address such as 127.0.0.1:3000, got {addr:?}"))?;
@@ -139,7 +158,8 @@ async fn serve() -> Result<(), String> {
     let jobs = jobs::from_env().await?;
     tracing::info!(addr = %local_addr, rate_limit = ?limit, downstream = %downstream, "listening");
 
-    let service = app::app_with_access_log(auth, limit, pool, next_hop, access_log)
+    let context = reqscope::RequestContextLayer::new().access_sampling(access_log).log_request_headers(headers);
+    let service = app::app_with_context_layer(auth, limit, pool, next_hop, context)
         .layer(axum::Extension(jobs))
         .into_make_service_with_connect_info::<SocketAddr>();
     let stopping = Arc::new(tokio::sync::Notify::new());

@@ -72,7 +72,8 @@ pub async fn create(
             .await;
     match inserted {
         Ok(user) => {
-            tracing::info!(user = user.id, "user created");
+            // `email` is a redacted key: the line says that there is one, never which.
+            tracing::info!(new_user_id = user.id, email = %user.email, "user created");
             // The 201 promises the welcome email, so it waits for the queue; without the job the
             // user is removed again, and the client can simply retry. Removed rather than held in
             // an open transaction: that would keep a pool connection (SQLite's only one) for as

@@ -109,12 +109,12 @@ async fn example_app(skip: &str, sample: &str, slow_ms: &str, next_hop: Option<S
         None => crate::support::unused_next_hop(),
     };
     let access_log = crate::access_log::sampler(skip, sample, slow_ms).expect("valid settings");
-    let app = crate::app::app_with_access_log(
+    let app = crate::app::app_with_context_layer(
         crate::app::auth_layer(crate::support::TEST_SECRET),
         crate::support::default_limit(),
         pool.clone(),
         next_hop,
-        access_log,
+        reqscope::RequestContextLayer::new().access_sampling(access_log),
     );
     (app.layer(axum::Extension(crate::jobs::Jobs::embedded())), pool)
 }

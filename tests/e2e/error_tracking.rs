@@ -35,7 +35,7 @@ fn sentry_events() -> Vec<Event<'static>> {
 }
 
 /// The events of one request, waiting briefly for late ones (a streaming body's).
-async fn events_of(request_id: &str, at_least: usize) -> Vec<Event<'static>> {
+pub(crate) async fn events_of(request_id: &str, at_least: usize) -> Vec<Event<'static>> {
     let pick = || -> Vec<Event<'static>> {
         sentry_events()
             .into_iter()
@@ -60,7 +60,7 @@ fn bearer(user: &str) -> String {
 }
 
 /// Runs `test` on a fresh multi-thread runtime made after the Sentry client is bound.
-fn with_sentry<F: Future<Output = ()>>(test: impl FnOnce() -> F) {
+pub(crate) fn with_sentry<F: Future<Output = ()>>(test: impl FnOnce() -> F) {
     sentry_events();
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -27,6 +27,9 @@ mod jobs;
 #[path = "../../examples/api/jwt.rs"]
 #[allow(dead_code)] // the tests use the example's constants, not its secret handling
 mod jwt;
+#[path = "../../examples/api/log_settings.rs"]
+#[allow(dead_code)] // the tests take the settings as the example ships them, not from the environment
+mod log_settings;
 #[path = "../../examples/api/not_found.rs"]
 mod not_found;
 #[path = "../../examples/api/rate_limit.rs"]
@@ -61,6 +64,7 @@ mod grpc_layers;
 mod grpc_service;
 mod http2;
 mod log_lines;
+mod log_redaction;
 mod opentelemetry;
 mod panics;
 mod properties;

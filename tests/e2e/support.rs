@@ -29,8 +29,14 @@ pub fn logs() -> &'static Capture {
             .with_target("lapin", tracing::Level::INFO)
             .with_target("amq_protocol", tracing::Level::INFO);
         tracing_subscriber::registry()
-            // The example server's default `LOG_BAGGAGE_KEYS`.
-            .with(LogLayer::new().baggage_fields(["session"]).with_writer(logs.clone()).with_filter(filter))
+            // The example server's default `LOG_BAGGAGE_KEYS` and `LOG_REDACT`.
+            .with(
+                LogLayer::new()
+                    .baggage_fields(["session"])
+                    .redaction(crate::log_settings::redaction(crate::log_settings::DEFAULT_REDACT).expect("valid"))
+                    .with_writer(logs.clone())
+                    .with_filter(filter),
+            )
             // Sends nothing until a test binds a Sentry client (error_tracking.rs).
             .with(reqscope::sentry::layer())
             .init();

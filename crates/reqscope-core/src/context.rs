@@ -11,6 +11,7 @@ use crate::baggage::{Baggage, InvalidBaggage};
 use crate::error::NoRequestContext;
 use crate::id::RequestId;
 use crate::job::Job;
+use crate::logged_headers::LoggedHeader;
 use crate::trace::TraceContext;
 
 tokio::task_local! {
@@ -46,6 +47,8 @@ pub struct RequestContext {
     finished: AtomicBool,
     /// The job this context runs, when it is one.
     job: Option<Arc<Job>>,
+    /// The request headers for the access line.
+    logged_headers: Box<[LoggedHeader]>,
 }
 
 /// Where the path comes from: the request's own URI (shared, no copy) or a string.
@@ -310,6 +313,7 @@ pub struct RequestContextBuilder {
     started: Option<(Instant, SystemTime)>,
     patch: Option<Patch>,
     job: Option<Job>,
+    logged_headers: Vec<LoggedHeader>,
 }
 
 impl RequestContextBuilder {
@@ -364,6 +368,13 @@ impl RequestContextBuilder {
         self
     }
 
+    /// The request headers a log layer writes on this request's access line (see
+    /// [`logged_headers`](crate::logged_headers)).
+    pub fn logged_headers(mut self, headers: impl IntoIterator<Item = LoggedHeader>) -> Self {
+        self.logged_headers = headers.into_iter().collect();
+        self
+    }
+
     /// The patchable part to start with (a restored snapshot's).
     pub(crate) fn patch(mut self, patch: Patch) -> Self {
         self.patch = Some(patch);
@@ -393,6 +404,7 @@ impl RequestContextBuilder {
             extensions: RwLock::new(Extensions::new()),
             finished: AtomicBool::new(false),
             job: self.job.map(Arc::new),
+            logged_headers: self.logged_headers.into_boxed_slice(),
         }
     }
 }
@@ -416,6 +428,7 @@ impl RequestContext {
             started: None,
             patch: None,
             job: None,
+            logged_headers: Vec::new(),
         }
     }
 
@@ -474,6 +487,7 @@ impl RequestContext {
             extensions: RwLock::new(extensions),
             finished: AtomicBool::new(false),
             job: self.job.clone(),
+            logged_headers: self.logged_headers.clone(),
         }
     }
 
@@ -489,6 +503,13 @@ impl RequestContext {
     #[inline]
     pub fn is_finished(&self) -> bool {
         self.finished.load(Ordering::Acquire)
+    }
+
+    /// The request headers kept for the access line (none unless the request layer was told
+    /// which; see [`logged_headers`](crate::logged_headers)).
+    #[inline]
+    pub fn logged_headers(&self) -> &[LoggedHeader] {
+        &self.logged_headers
     }
 
     /// The job this context runs, when it is one (see [`Job`]).

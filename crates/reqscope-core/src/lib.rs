@@ -32,9 +32,11 @@ mod context;
 mod error;
 mod id;
 pub mod job;
+pub mod logged_headers;
 mod panics;
 mod propagate;
 mod proxy;
+pub mod redact;
 pub mod trace;
 
 /// The target of the `request` span that request layers open around each request.

@@ -3,7 +3,7 @@
 //! - [`RequestContextLayer`](request_context::RequestContextLayer) gives every request its [`RequestContext`](reqscope_core::RequestContext):
 //!   it assigns or forwards the request id, echoes it on every response, scopes the context
 //!   around the inner service *and every poll of the response body*, opens the request span
-//!   and writes one access-log event per request.
+//!   and writes one access-log event per request, with the request headers you list.
 //!   Which requests failed (an ERROR access line) is the [`classify`] module's call: HTTP
 //!   5xx and server-side gRPC statuses, read from the trailers, by default; where the peer
 //!   address comes from is the [`peer`] module's (axum's `ConnectInfo`, tonic's
@@ -29,7 +29,8 @@
 //! - feature `otel`: with a `tracing-opentelemetry` layer installed, the request's
 //!   `trace_id` / `span_id` are those of its OpenTelemetry span.
 //! - [`sentry`] (feature `sentry`): Sentry events, errors and panics carry the request id,
-//!   the user and the route, from spawned tasks and streaming bodies too.
+//!   the user and the route, from spawned tasks and streaming bodies too; sensitive values
+//!   are redacted as on the log lines.
 //! - [`websocket`] (feature `websocket`): axum WebSocket connections run inside the context
 //!   of their upgrade request, with a span of their own and one `websocket closed` line.
 #![forbid(unsafe_code)]

@@ -75,7 +75,10 @@
 //!    server or the client cut it off), WARN with `aborted = true` when the body fails — each with
 //!    `status`, `duration_ms` and `bytes`, and `grpc_status` (the number) whenever the
 //!    response carried one. It is written with the context as it is *then*, so
-//!    a user id patched in by an inner layer is on it. If the inner service returns `Err`
+//!    a user id patched in by an inner layer is on it. The request headers named with
+//!    [`log_request_headers`](RequestContextLayer::log_request_headers) are kept in the
+//!    context for it, and a log layer writes them as `header.<name>` (credentials always
+//!    `"[redacted]"`). If the inner service returns `Err`
 //!    instead of a response (never with axum, whose errors are `Infallible`), there is no
 //!    response to echo the id on; the access line is a WARN without `status`. Turn errors
 //!    into responses *inside* this layer (e.g. `HandleErrorLayer` after it) so they get the id.
@@ -99,6 +102,7 @@ use http::{HeaderName, HeaderValue, Request, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 use reqscope_core::baggage::{BAGGAGE, Baggage};
+use reqscope_core::logged_headers::LoggedHeader;
 use reqscope_core::trace::{TRACEPARENT, TRACESTATE, TraceParent, TraceState, TraceStateEntry};
 use reqscope_core::{
     ClientIpHeader, ForwardedIdPolicy, IdGenerator, REQUEST_SPAN_TARGET, RequestContext, RequestId, TrustedProxies,
@@ -134,6 +138,8 @@ struct Config {
     sampler: Arc<dyn SampleAccess>,
     root_sampled: bool,
     tracestate_entry: Option<TraceStateEntry>,
+    /// The request headers kept for the access line.
+    logged_headers: Arc<[HeaderName]>,
 }
 
 impl fmt::Debug for Config {
@@ -150,6 +156,7 @@ impl fmt::Debug for Config {
             .field("access_log", &self.access_log)
             .field("root_sampled", &self.root_sampled)
             .field("tracestate_entry", &self.tracestate_entry)
+            .field("logged_headers", &self.logged_headers)
             .finish_non_exhaustive()
     }
 }
@@ -189,6 +196,7 @@ impl RequestContextLayer {
                 sampler: Arc::new(AccessSampler::new()),
                 root_sampled: true,
                 tracestate_entry: None,
+                logged_headers: Arc::new([]),
             }),
         }
     }
@@ -267,6 +275,27 @@ impl RequestContextLayer {
     /// [`DefaultClassifier`] (see [`classify`](crate::classify)).
     pub fn failure_classifier(mut self, classifier: impl ClassifyFailure) -> Self {
         self.config_mut().classifier = Arc::new(classifier);
+        self
+    }
+
+    /// Puts these request headers on the request's access line, each as
+    /// `header.<lowercase-name>` (`"header.user-agent":"curl/8.5.0"`) when the request sent
+    /// it; none by default. Values are kept up to 256 bytes; `authorization`,
+    /// `proxy-authorization`, `cookie`, `set-cookie` and `x-api-key` are always written
+    /// `"[redacted]"`, their values not even kept (see
+    /// [`logged_headers`](reqscope_core::logged_headers)), and a log layer's redaction applies
+    /// to the others. Replaces an earlier list; a request pays nothing while the list is empty.
+    pub fn log_request_headers<I>(mut self, headers: I) -> Self
+    where
+        I: IntoIterator<Item = HeaderName>,
+    {
+        let mut names: Vec<HeaderName> = Vec::new();
+        for name in headers {
+            if !names.contains(&name) {
+                names.push(name);
+            }
+        }
+        self.config_mut().logged_headers = names.into();
         self
     }
 
@@ -388,6 +417,11 @@ where
             .then(|| Baggage::from_headers(req.headers()));
 
         let mut builder = RequestContext::builder(id).method(req.method().clone()).uri(req.uri());
+        if config.access_log && !config.logged_headers.is_empty() {
+            builder = builder.logged_headers(
+                config.logged_headers.iter().filter_map(|name| LoggedHeader::from_headers(name, req.headers())),
+            );
+        }
         if let Some(ip) = config.proxies.client_ip(peer, req.headers(), &config.client_ip_header) {
             builder = builder.client_ip(ip);
         }

@@ -20,12 +20,24 @@
 //!   context current where the event was captured: `user.id` (and `user.ip_address` when
 //!   `send_default_pii` is on), the tags `request_id` and `org_id`, the route as the
 //!   transaction name (`GET /users/{id}`), and a `request` context with every stamped field.
-//!   It also keeps breadcrumbs per request (see below).
+//!   It also keeps breadcrumbs per request (see below), and redacts what the log lines
+//!   redact (see below).
 //! - [`layer`] turns `tracing` events into Sentry data: `ERROR` events become Sentry events,
 //!   `WARN` and `INFO` events become breadcrumbs. Access lines are left out, and so are the
 //!   `reqscope::panic` reports, because the `panic` integration of `sentry` (on in its default
 //!   features and in `sentry::init`'s default integrations) already reports each panic, with
 //!   the stack trace of the panicking thread; it runs in that thread, inside the request.
+//!
+//! # Redaction
+//!
+//! Every event the client sends, inside a request or not, goes through the integration's
+//! [`Redaction`] — by default [`Redaction::new`], the same keys a `LogLayer` redacts; give
+//! both the same policy with [`RequestContextIntegration::redaction`]. A value whose key is
+//! sensitive, or that the value hook redacts, becomes `"[redacted]"` in the event's fields
+//! (the `Rust Tracing Fields` context `sentry-tracing` fills, any other context map, at any
+//! depth), its tags and extra data, the custom fields of its `request` context and the data
+//! of its breadcrumbs; the message is shown to the value hook under the key `message`. The
+//! stamped fields (request id, user, route, …) are reqscope's own and are kept.
 //!
 //! # Why not a hub per request
 //!
@@ -51,6 +63,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
+use reqscope_core::redact::{REDACTED, Redaction};
 use reqscope_core::{FieldValue, RequestContext};
 use sentry_core::protocol::{Breadcrumb, Context, Event, Map, User, Value};
 use sentry_core::{ClientOptions, Integration};
@@ -66,15 +79,25 @@ pub const ORG_ID_TAG: &str = "org_id";
 /// The key of the event context holding every stamped field of the request.
 pub const REQUEST_CONTEXT_KEY: &str = "request";
 
-/// Adds the current request's context to every event the Sentry client sends; see the
-/// [module docs](self).
+/// Adds the current request's context to every event the Sentry client sends, and redacts
+/// sensitive values; see the [module docs](self).
 #[derive(Debug, Default)]
-pub struct RequestContextIntegration(());
+pub struct RequestContextIntegration {
+    redaction: Redaction,
+}
 
 impl RequestContextIntegration {
-    /// The integration; add it with `ClientOptions::add_integration`.
+    /// The integration with the default [`Redaction`]; add it with
+    /// `ClientOptions::add_integration`.
     pub fn new() -> Self {
-        RequestContextIntegration(())
+        Self::default()
+    }
+
+    /// Redacts with `redaction` instead of [`Redaction::new`] (see
+    /// [Redaction](self#redaction)); [`Redaction::none`] turns it off.
+    pub fn redaction(mut self, redaction: Redaction) -> Self {
+        self.redaction = redaction;
+        self
     }
 }
 
@@ -112,6 +135,8 @@ impl Integration for RequestContextIntegration {
     }
 
     fn process_event(&self, mut event: Event<'static>, options: &ClientOptions) -> Option<Event<'static>> {
+        // Before the integration adds its own: the stamped tags and context stay as they are.
+        redact_event(&self.redaction, &mut event);
         let Some(ctx) = RequestContext::current() else {
             return Some(event);
         };
@@ -138,11 +163,14 @@ impl Integration for RequestContextIntegration {
                 None => route.to_string(),
             });
         }
-        event.contexts.insert(REQUEST_CONTEXT_KEY.to_owned(), Context::Other(request_context(&ctx)));
+        event.contexts.insert(REQUEST_CONTEXT_KEY.to_owned(), Context::Other(request_context(&ctx, &self.redaction)));
         if let Some(kept) = ctx.extension::<RequestBreadcrumbs>() {
             let kept = kept.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
             let breadcrumbs = &mut event.breadcrumbs.values;
-            breadcrumbs.extend(kept.iter().cloned());
+            breadcrumbs.extend(kept.iter().cloned().map(|mut breadcrumb| {
+                redact_map(&self.redaction, &mut breadcrumb.data);
+                breadcrumb
+            }));
             breadcrumbs.sort_by_key(|b| b.timestamp);
             let excess = breadcrumbs.len().saturating_sub(options.max_breadcrumbs);
             breadcrumbs.drain(..excess);
@@ -151,8 +179,69 @@ impl Integration for RequestContextIntegration {
     }
 }
 
-/// Every stamped field of the request, as the log lines carry them.
-fn request_context(ctx: &RequestContext) -> BTreeMap<String, Value> {
+/// Redacts the values of `event` that came from the program: fields, tags, extra data,
+/// context maps and breadcrumb data; the message for the value hook.
+fn redact_event(redaction: &Redaction, event: &mut Event<'static>) {
+    if let Some(message) = &mut event.message
+        && redaction.redacts_value("message", message)
+    {
+        REDACTED.clone_into(message);
+    }
+    for (key, value) in &mut event.tags {
+        if redaction.redacts(key, value) {
+            REDACTED.clone_into(value);
+        }
+    }
+    redact_map(redaction, &mut event.extra);
+    for context in event.contexts.values_mut() {
+        if let Context::Other(map) = context {
+            redact_map(redaction, map);
+        }
+    }
+    for breadcrumb in &mut event.breadcrumbs.values {
+        redact_map(redaction, &mut breadcrumb.data);
+    }
+}
+
+/// Redacts the values of a map (a Sentry `Map` or a JSON object), nested maps and lists
+/// included.
+fn redact_map<'a>(redaction: &Redaction, map: impl IntoIterator<Item = (&'a String, &'a mut Value)>) {
+    for (key, value) in map {
+        redact_value(redaction, key, value);
+    }
+}
+
+/// Redacts `value`, the value of `key`: all of it when the key is sensitive, otherwise what
+/// the value hook or the keys of nested maps say.
+fn redact_value(redaction: &Redaction, key: &str, value: &mut Value) {
+    if redaction.is_sensitive_key(key) {
+        *value = Value::from(REDACTED);
+        return;
+    }
+    let redacted = match value {
+        Value::Object(map) => {
+            redact_map(redaction, map);
+            false
+        }
+        Value::Array(items) => {
+            // The items of a list are judged by the list's key.
+            for item in items {
+                redact_value(redaction, key, item);
+            }
+            false
+        }
+        Value::String(text) => redaction.redacts_value(key, text),
+        Value::Number(number) => redaction.has_value_hook() && redaction.redacts_value(key, &number.to_string()),
+        Value::Bool(flag) => redaction.redacts_value(key, if *flag { "true" } else { "false" }),
+        Value::Null => false,
+    };
+    if redacted {
+        *value = Value::from(REDACTED);
+    }
+}
+
+/// Every stamped field of the request, as the log lines carry them; custom fields redacted.
+fn request_context(ctx: &RequestContext, redaction: &Redaction) -> BTreeMap<String, Value> {
     let patch = ctx.patch();
     let mut map = Map::new();
     map.insert("request_id".to_owned(), ctx.id().as_str().into());
@@ -187,13 +276,14 @@ fn request_context(ctx: &RequestContext) -> BTreeMap<String, Value> {
         map.insert("attempt".to_owned(), job.attempt().into());
     }
     for (key, value) in &patch.fields {
-        let value = match value {
+        let mut value = match value {
             FieldValue::Str(s) => Value::from(&**s),
             FieldValue::I64(n) => Value::from(*n),
             FieldValue::U64(n) => Value::from(*n),
             FieldValue::F64(n) => Value::from(*n),
             FieldValue::Bool(b) => Value::from(*b),
         };
+        redact_value(redaction, key, &mut value);
         map.entry(key.to_string()).or_insert(value);
     }
     map.insert("elapsed_ms".to_owned(), (ctx.elapsed().as_secs_f64() * 1000.0).into());

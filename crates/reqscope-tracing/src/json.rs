@@ -10,12 +10,14 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use reqscope_core::__private::ErrorChain;
+use reqscope_core::redact::Redaction;
 use reqscope_core::{FieldValue, RequestContext};
 use tracing::field::{Field, Visit};
 use tracing::{Event, Metadata};
 
 use crate::keys::{BaggageField, FIELD_PREFIX, KeyStyle, Reserved, Seen, write_baggage, write_key};
 use crate::names::FieldNames;
+use crate::redact::{ACCESS_TARGET, REDACTED_VALUE, redacts_field, with_text, write_headers};
 use crate::spans::Fragment;
 
 /// The keys of a line, pre-escaped as `,"name":`.
@@ -113,6 +115,7 @@ pub(crate) fn json_line(
     buf: &mut Vec<u8>,
     seen: &mut Seen,
     keys: &JsonKeys,
+    redaction: &Redaction,
     timestamp: &[u8],
     event: &Event<'_>,
     meta: &Metadata<'_>,
@@ -132,16 +135,23 @@ pub(crate) fn json_line(
     buf.push(b'"');
     buf.extend_from_slice(&keys.target);
     write_str(buf, meta.target());
-    event.record(&mut Values(EventFields { buf, seen, keys, message_pass: true }));
+    event.record(&mut Values { target: EventFields { buf, seen, keys, message_pass: true }, redaction });
     if let Some(ctx) = ctx {
-        write_context(buf, seen, keys, ctx);
+        write_context(buf, seen, keys, redaction, ctx, meta.target() == ACCESS_TARGET);
     }
     spans(buf, seen);
-    event.record(&mut Values(EventFields { buf, seen, keys, message_pass: false }));
+    event.record(&mut Values { target: EventFields { buf, seen, keys, message_pass: false }, redaction });
     buf.extend_from_slice(b"}\n");
 }
 
-fn write_context(buf: &mut Vec<u8>, seen: &mut Seen, keys: &JsonKeys, ctx: &RequestContext) {
+fn write_context(
+    buf: &mut Vec<u8>,
+    seen: &mut Seen,
+    keys: &JsonKeys,
+    redaction: &Redaction,
+    ctx: &RequestContext,
+    access: bool,
+) {
     buf.extend_from_slice(&keys.request_id);
     write_str(buf, ctx.id().as_str());
     if let Some(trace) = ctx.trace() {
@@ -206,6 +216,10 @@ fn write_context(buf: &mut Vec<u8>, seen: &mut Seen, keys: &JsonKeys, ctx: &Requ
             write_key::<JsonStyle>(buf, seen, name, FIELD_PREFIX, |key| {
                 crate::keys::taken_by_context_field(&keys.reserved, key)
             });
+            if redacts_field(redaction, name, value) {
+                buf.extend_from_slice(REDACTED_VALUE);
+                continue;
+            }
             match value {
                 FieldValue::Str(v) => write_str(buf, v),
                 FieldValue::I64(v) => buf.extend_from_slice(itoa::Buffer::new().format(*v).as_bytes()),
@@ -214,8 +228,11 @@ fn write_context(buf: &mut Vec<u8>, seen: &mut Seen, keys: &JsonKeys, ctx: &Requ
                 FieldValue::Bool(v) => write_bool(buf, *v),
             }
         }
-        write_baggage::<JsonStyle>(buf, seen, &keys.reserved, &patch.baggage, write_str);
+        write_baggage::<JsonStyle>(buf, seen, &keys.reserved, redaction, &patch.baggage, write_str);
     });
+    if access && !ctx.logged_headers().is_empty() {
+        write_headers::<JsonStyle>(buf, seen, &keys.reserved, redaction, ctx.logged_headers(), write_str);
+    }
 }
 
 fn write_roles(buf: &mut Vec<u8>, roles: &[Arc<str>]) {
@@ -302,8 +319,11 @@ trait Target {
     fn finish(&mut self, _field: &Field) {}
 }
 
-/// Renders each field's value as JSON into its target.
-struct Values<T>(T);
+/// Renders each field's value as JSON into its target, or `"[redacted]"`.
+struct Values<'r, T> {
+    target: T,
+    redaction: &'r Redaction,
+}
 
 /// Visits an event's fields twice: first for `message` only (its key comes before the
 /// context), then for the rest.
@@ -353,76 +373,122 @@ impl Target for SpanValues<'_> {
 }
 
 /// A visitor that renders span fields as JSON values into `fragment`.
-pub(crate) fn span_values(fragment: &mut Fragment) -> impl Visit + '_ {
-    Values(SpanValues { fragment, start: 0 })
+pub(crate) fn span_values<'a>(fragment: &'a mut Fragment, redaction: &'a Redaction) -> impl Visit + 'a {
+    Values { target: SpanValues { fragment, start: 0 }, redaction }
 }
 
-impl<T: Target> Visit for Values<T> {
+impl<T: Target> Values<'_, T> {
+    /// Whether `field`'s value is written redacted: its key says so, or the value hook, which
+    /// `text` calls with the value as text (only when there is a hook).
+    fn redacted(&self, field: &Field, text: impl FnOnce(&dyn Fn(&str) -> bool) -> bool) -> bool {
+        let redaction = self.redaction;
+        redaction.is_sensitive_key(field.name())
+            || (redaction.has_value_hook() && text(&|value| redaction.redacts_value(field.name(), value)))
+    }
+
+    /// Writes `field`'s value with `write`, or `"[redacted]"`.
+    fn write(&mut self, field: &Field, redacted: bool, write: impl FnOnce(&mut Vec<u8>)) {
+        let buf = self.target.buf();
+        if redacted {
+            buf.extend_from_slice(REDACTED_VALUE);
+        } else {
+            write(buf);
+        }
+        self.target.finish(field);
+    }
+
+    /// Writes a value as JSON text, formatted by `format`: straight into the line without a
+    /// value hook, once into a reused buffer to be judged with one.
+    fn write_text(&mut self, field: &Field, format: impl Fn(&mut dyn fmt::Write) -> fmt::Result) {
+        if self.redaction.is_sensitive_key(field.name()) {
+            return self.write(field, true, |_| ());
+        }
+        if !self.redaction.has_value_hook() {
+            return self.write(field, false, |buf| {
+                buf.push(b'"');
+                let _ = format(&mut Escaper(buf));
+                buf.push(b'"');
+            });
+        }
+        let redaction = self.redaction;
+        let buf = self.target.buf();
+        with_text(
+            |text| {
+                let _ = format(text);
+            },
+            |text| {
+                if redaction.redacts_value(field.name(), text) {
+                    buf.extend_from_slice(REDACTED_VALUE);
+                } else {
+                    write_str(buf, text);
+                }
+            },
+        );
+        self.target.finish(field);
+    }
+}
+
+impl<T: Target> Visit for Values<'_, T> {
     fn record_f64(&mut self, field: &Field, value: f64) {
-        if self.0.start(field) {
-            write_f64(self.0.buf(), value);
-            self.0.finish(field);
+        if self.target.start(field) {
+            let redacted = self.redacted(field, |judge| judge(ryu::Buffer::new().format(value)));
+            self.write(field, redacted, |buf| write_f64(buf, value));
         }
     }
     fn record_i64(&mut self, field: &Field, value: i64) {
-        if self.0.start(field) {
-            self.0.buf().extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
-            self.0.finish(field);
+        if self.target.start(field) {
+            let redacted = self.redacted(field, |judge| judge(itoa::Buffer::new().format(value)));
+            self.write(field, redacted, |buf| buf.extend_from_slice(itoa::Buffer::new().format(value).as_bytes()));
         }
     }
     fn record_u64(&mut self, field: &Field, value: u64) {
-        if self.0.start(field) {
-            write_u64(self.0.buf(), value);
-            self.0.finish(field);
+        if self.target.start(field) {
+            let redacted = self.redacted(field, |judge| judge(itoa::Buffer::new().format(value)));
+            self.write(field, redacted, |buf| write_u64(buf, value));
         }
     }
     fn record_i128(&mut self, field: &Field, value: i128) {
-        if self.0.start(field) {
-            self.0.buf().extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
-            self.0.finish(field);
+        if self.target.start(field) {
+            let redacted = self.redacted(field, |judge| judge(itoa::Buffer::new().format(value)));
+            self.write(field, redacted, |buf| buf.extend_from_slice(itoa::Buffer::new().format(value).as_bytes()));
         }
     }
     fn record_u128(&mut self, field: &Field, value: u128) {
-        if self.0.start(field) {
-            self.0.buf().extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
-            self.0.finish(field);
+        if self.target.start(field) {
+            let redacted = self.redacted(field, |judge| judge(itoa::Buffer::new().format(value)));
+            self.write(field, redacted, |buf| buf.extend_from_slice(itoa::Buffer::new().format(value).as_bytes()));
         }
     }
     fn record_bool(&mut self, field: &Field, value: bool) {
-        if self.0.start(field) {
-            write_bool(self.0.buf(), value);
-            self.0.finish(field);
+        if self.target.start(field) {
+            let redacted = self.redacted(field, |judge| judge(if value { "true" } else { "false" }));
+            self.write(field, redacted, |buf| write_bool(buf, value));
         }
     }
     fn record_str(&mut self, field: &Field, value: &str) {
-        if self.0.start(field) {
-            write_str(self.0.buf(), value);
-            self.0.finish(field);
+        if self.target.start(field) {
+            let redacted = self.redacted(field, |judge| judge(value));
+            self.write(field, redacted, |buf| write_str(buf, value));
         }
     }
     fn record_bytes(&mut self, field: &Field, value: &[u8]) {
-        // Bytes are not text; a lossless JSON form is an array of numbers.
-        if self.0.start(field) {
-            let _ = serde_json::to_writer(&mut *self.0.buf(), value);
-            self.0.finish(field);
+        // Bytes are not text; a lossless JSON form is an array of numbers. The hook sees no
+        // text of them: only their key decides.
+        if self.target.start(field) {
+            let redacted = self.redaction.is_sensitive_key(field.name());
+            self.write(field, redacted, |buf| {
+                let _ = serde_json::to_writer(&mut *buf, value);
+            });
         }
     }
     fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
-        if self.0.start(field) {
-            let buf = self.0.buf();
-            buf.push(b'"');
-            let _ = write!(Escaper(buf), "{}", ErrorChain(value));
-            buf.push(b'"');
-            self.0.finish(field);
+        if self.target.start(field) {
+            self.write_text(field, |out| write!(out, "{}", ErrorChain(value)));
         }
     }
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        if self.0.start(field) {
-            let buf = self.0.buf();
-            buf.push(b'"');
-            let _ = write!(Escaper(buf), "{value:?}");
-            buf.push(b'"');
-            self.0.finish(field);
+        if self.target.start(field) {
+            self.write_text(field, |out| write!(out, "{value:?}"));
         }
     }
 }

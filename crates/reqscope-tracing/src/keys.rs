@@ -1,9 +1,9 @@
 //! Unique keys on every line, in every format.
 //!
-//! A line's keys come from five places, in this order: the stamped keys ([`FieldNames`]),
-//! the custom context fields, the allow-listed baggage entries (`baggage.<key>`), the fields
-//! of the spans in scope (root to leaf), the event's own fields. A key is written as it is
-//! unless it is *taken*:
+//! A line's keys come from six places, in this order: the stamped keys ([`FieldNames`]),
+//! the custom context fields, the allow-listed baggage entries (`baggage.<key>`), on access
+//! lines the request headers (`header.<name>`), the fields of the spans in scope (root to
+//! leaf), the event's own fields. A key is written as it is unless it is *taken*:
 //!
 //! - a stamped key name is always taken (even when that key is absent from this line, so that
 //!   an event field `user_id` outside a request cannot pass for a stamped one); so is the
@@ -13,7 +13,7 @@
 //!   WebSocket close lines and job end lines (`status`, `grpc_status`, `duration_ms`, `bytes`,
 //!   `aborted`, `url`, `parent_span_id`, `error`, `messages_received`, `messages_sent`,
 //!   `outcome`, `queue_ms`, `panic`, `location`, `reason`, `sample_rate`) are taken too, so
-//!   that those lines keep their meaning;
+//!   that those lines keep their meaning, and so is every `header.<name>` key;
 //! - a key already written on this line is taken;
 //! - for a span field, a name the event's own fields use, or a span nearer the event, is taken
 //!   (the event wins, then the innermost span).
@@ -26,9 +26,11 @@
 use std::sync::Arc;
 
 use reqscope_core::baggage::Baggage;
+use reqscope_core::redact::{REDACTED, Redaction};
 use tracing::Event;
 
 use crate::names::FieldNames;
+use crate::redact::{HEADER_PREFIX, REDACTED_VALUE};
 use crate::spans::Fragment;
 
 /// The prefix of a context or event field whose name is taken.
@@ -87,7 +89,10 @@ const LINE_KEYS: &[&[u8]] = &[
 /// Whether a custom context field's rendered key is taken: a stamped key or one of the keys
 /// reqscope's own lines carry.
 pub(crate) fn taken_by_context_field(reserved: &Reserved, rendered: &[u8]) -> bool {
-    reserved.contains(rendered) || LINE_KEYS.contains(&rendered)
+    reserved.contains(rendered)
+        || LINE_KEYS.contains(&rendered)
+        // A pretty key that is not bare is quoted.
+        || rendered.strip_prefix(b"\"").unwrap_or(rendered).starts_with(HEADER_PREFIX.as_bytes())
 }
 
 /// A baggage entry written on every line where the baggage has it: `key` in the baggage,
@@ -161,17 +166,19 @@ impl Reserved {
         self.lengths & length_bit(rendered.len()) != 0 && self.names.iter().any(|name| **name == *rendered)
     }
 
-    fn contains_stamped(&self, rendered: &[u8]) -> bool {
+    pub(crate) fn contains_stamped(&self, rendered: &[u8]) -> bool {
         self.lengths & length_bit(rendered.len()) != 0 && self.names[..self.stamped].iter().any(|n| **n == *rendered)
     }
 }
 
-/// Writes ` baggage.<key>` and its decoded value (by `write_value`) for each baggage field
-/// whose key `baggage` has; after the custom context fields, which cannot take these names.
+/// Writes ` baggage.<key>` and its decoded value (by `write_value`; `[redacted]` when the
+/// policy says so) for each baggage field whose key `baggage` has; after the custom context
+/// fields, which cannot take these names.
 pub(crate) fn write_baggage<S: KeyStyle>(
     buf: &mut Vec<u8>,
     seen: &mut Seen,
     reserved: &Reserved,
+    redaction: &Redaction,
     baggage: &Baggage,
     write_value: impl Fn(&mut Vec<u8>, &str),
 ) {
@@ -182,7 +189,7 @@ pub(crate) fn write_baggage<S: KeyStyle>(
         if let Some(value) = baggage.get(&field.key) {
             // Only a stamped name (a `FieldNames` set to `baggage.…`) can be in the way.
             write_key::<S>(buf, seen, &field.name, FIELD_PREFIX, |key| reserved.contains_stamped(key));
-            write_value(buf, value);
+            write_value(buf, if redaction.redacts(&field.key, value) { REDACTED } else { value });
         }
     }
 }
@@ -249,11 +256,13 @@ pub(crate) fn event_claims<S: KeyStyle>(event: &Event<'_>, key: &[u8]) -> bool {
 }
 
 /// Writes the fields of the spans in scope, `spans` from the root to the event's span: a key
-/// the event's own fields or a nearer span use is prefixed (see [`crate::keys`]).
+/// the event's own fields or a nearer span use is prefixed (see [`crate::keys`]). A field
+/// whose key `redaction` makes sensitive is written `"[redacted]"`, whichever layer rendered it.
 pub(crate) fn write_span_fields<S: KeyStyle>(
     buf: &mut Vec<u8>,
     seen: &mut Seen,
     reserved: &Reserved,
+    redaction: &Redaction,
     event: &Event<'_>,
     spans: &[&Fragment],
 ) {
@@ -264,7 +273,7 @@ pub(crate) fn write_span_fields<S: KeyStyle>(
                     || event_claims::<S>(event, key)
                     || spans[depth + 1..].iter().any(|nearer| nearer.names().any(|n| S::renders_as(n, key)))
             });
-            buf.extend_from_slice(value);
+            buf.extend_from_slice(if redaction.is_sensitive_key(name) { REDACTED_VALUE } else { value });
         }
     }
 }

@@ -4,6 +4,7 @@ use std::str::FromStr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 
+use reqscope_core::redact::Redaction;
 use reqscope_core::{REQUEST_SPAN_TARGET, RequestContext};
 use tracing::span::{Attributes, Id, Record};
 use tracing::{Event, Metadata, Subscriber};
@@ -63,18 +64,20 @@ pub struct LogLayer<W = fn() -> std::io::Stdout> {
     names: FieldNames,
     keys: JsonKeys,
     pretty_reserved: Reserved,
+    redaction: Redaction,
     format: Format,
     writer: W,
 }
 
 impl LogLayer {
-    /// JSON lines with the default key names, written to stdout (blocking; pass a
-    /// [`non_blocking`](crate::non_blocking) writer in production).
+    /// JSON lines with the default key names and the default [`Redaction`], written to
+    /// stdout (blocking; pass a [`non_blocking`](crate::non_blocking) writer in production).
     pub fn new() -> Self {
         let names = FieldNames::default();
         LogLayer {
             keys: JsonKeys::new(&names),
             pretty_reserved: Reserved::new::<PrettyStyle>(&names),
+            redaction: Redaction::new(),
             names,
             format: Format::Json,
             writer: std::io::stdout,
@@ -107,9 +110,39 @@ impl<W> LogLayer<W> {
             names: self.names,
             keys: self.keys,
             pretty_reserved: self.pretty_reserved,
+            redaction: self.redaction,
             format: self.format,
             writer,
         }
+    }
+
+    /// Writes the values `redaction` judges sensitive as `"[redacted]"`, in every format:
+    /// event fields, span fields, custom context fields, [baggage](Self::baggage_fields)
+    /// entries and the request headers of access lines — never the stamped keys, which are
+    /// reqscope's own. The default is [`Redaction::new`] (passwords, tokens, API keys,
+    /// cookies, …, see [`DEFAULT_KEYS`](reqscope_core::redact::DEFAULT_KEYS));
+    /// [`Redaction::none`] turns it off. Only what is written changes: the program's values
+    /// are left as they are.
+    ///
+    /// ```
+    /// use reqscope_core::redact::Redaction;
+    ///
+    /// let logs = reqscope_tracing::MemoryWriter::new();
+    /// let layer = reqscope_tracing::LogLayer::new()
+    ///     .redaction(Redaction::new().redact_keys(["email"]))
+    ///     .with_writer(logs.clone());
+    /// # use tracing_subscriber::prelude::*;
+    /// tracing::subscriber::with_default(tracing_subscriber::registry().with(layer), || {
+    ///     tracing::info!(email = "ann@example.com", db_password = "hunter2", rows = 3, "signed up");
+    /// });
+    /// let line = &logs.json_lines()[0];
+    /// assert_eq!(line["email"], "[redacted]");
+    /// assert_eq!(line["db_password"], "[redacted]");
+    /// assert_eq!(line["rows"], 3);
+    /// ```
+    pub fn redaction(mut self, redaction: Redaction) -> Self {
+        self.redaction = redaction;
+        self
     }
 
     /// Uses other key names.
@@ -179,8 +212,10 @@ impl<W> LogLayer<W> {
     fn render(&self, values: &impl RecordFields) -> Fragment {
         let mut fragment = Fragment::default();
         match self.format {
-            Format::Json => values.record_into(&mut json::span_values(&mut fragment)),
-            Format::Pretty => values.record_into(&mut pretty::SpanValues(&mut fragment)),
+            Format::Json => values.record_into(&mut json::span_values(&mut fragment, &self.redaction)),
+            Format::Pretty => {
+                values.record_into(&mut pretty::SpanValues { fragment: &mut fragment, redaction: &self.redaction })
+            }
         }
         fragment
     }
@@ -214,10 +249,22 @@ impl<W> LogLayer<W> {
             }
         }
         match self.format {
-            Format::Json => write_span_fields::<JsonStyle>(buf, seen, self.keys.reserved(), event, &fragments[..count]),
-            Format::Pretty => {
-                write_span_fields::<PrettyStyle>(buf, seen, &self.pretty_reserved, event, &fragments[..count])
-            }
+            Format::Json => write_span_fields::<JsonStyle>(
+                buf,
+                seen,
+                self.keys.reserved(),
+                &self.redaction,
+                event,
+                &fragments[..count],
+            ),
+            Format::Pretty => write_span_fields::<PrettyStyle>(
+                buf,
+                seen,
+                &self.pretty_reserved,
+                &self.redaction,
+                event,
+                &fragments[..count],
+            ),
         }
     }
 
@@ -238,10 +285,19 @@ impl<W> LogLayer<W> {
             let Scratch { buf, seen } = scratch;
             buf.clear();
             match self.format {
-                Format::Json => json_line(buf, seen, &self.keys, &timestamp, event, meta, ctx, spans),
-                Format::Pretty => {
-                    pretty_line(buf, seen, &self.names, &self.pretty_reserved, &timestamp, event, meta, ctx, spans)
-                }
+                Format::Json => json_line(buf, seen, &self.keys, &self.redaction, &timestamp, event, meta, ctx, spans),
+                Format::Pretty => pretty_line(
+                    buf,
+                    seen,
+                    &self.names,
+                    &self.pretty_reserved,
+                    &self.redaction,
+                    &timestamp,
+                    event,
+                    meta,
+                    ctx,
+                    spans,
+                ),
             }
             let _ = self.writer.make_writer_for(meta).write_all(buf);
             // Keep a burst's big line from pinning memory in every thread forever.

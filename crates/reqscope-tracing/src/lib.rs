@@ -20,8 +20,11 @@
 //! `method`, `path`, `route`, `client_ip`, `roles`, `rate_limit_remaining`,
 //! `rate_limit_reset`, `job`, `job_id`, `attempt` (in a [job](reqscope_core::job)), the custom
 //! context fields, the baggage entries named with
-//! [`LogLayer::baggage_fields`] (`"baggage.<key>":"<decoded value>"`; none by default), the
-//! fields of the spans in scope (root
+//! [`LogLayer::baggage_fields`] (`"baggage.<key>":"<decoded value>"`; none by default), on
+//! access lines (target `reqscope::access`) the request headers the request layer kept
+//! (`"header.<name>":"…"`, see `RequestContextLayer::log_request_headers` in
+//! `reqscope-tower` and [`logged_headers`](reqscope_core::logged_headers)), the fields of the
+//! spans in scope (root
 //! first, as last recorded: `#[instrument(fields(order_id = 7))]` puts `"order_id":7` on every
 //! line inside), then the event's own fields. Key names are configurable with [`FieldNames`].
 //! Values are escaped by `serde_json`, so no field content can break a line or forge another.
@@ -36,6 +39,13 @@
 //! same rule and read like logfmt: bare keys only of `[A-Za-z0-9_.:@/-]`, strings quoted, and
 //! a message or `%display` value with `=` or `"` in it quoted, so no content looks like a
 //! pair of its own.
+//!
+//! **Secrets are redacted as lines are written**, by the layer's
+//! [`Redaction`](reqscope_core::redact::Redaction) ([`LogLayer::redaction`]; on by default with
+//! the [default keys](reqscope_core::redact::DEFAULT_KEYS) — `password`, `token`, `api_key`,
+//! `cookie`, … — matched in any case, with `-`, `_`, `.` alike and as suffixes): a sensitive
+//! value of an event, span, custom context or baggage field, or of a request header, is
+//! written `"[redacted]"`, in every format. The stamped keys are never redacted.
 //!
 //! Records of crates that use the `log` facade are written like events — stamped, under the
 //! record's own target — once the bridge is installed: [`init_from_env`] does it, or call
@@ -64,6 +74,7 @@ mod layer;
 mod memory;
 mod names;
 mod pretty;
+mod redact;
 mod spans;
 mod time;
 mod writer;
@@ -109,8 +120,8 @@ where
 }
 
 /// [`init_from_env_with`], writing through `layer` as you built it — its
-/// [field names](LogLayer::with_field_names) and [baggage fields](LogLayer::baggage_fields),
-/// say — instead of `LogLayer::new()`. The environment still decides the rest: the filter,
+/// [field names](LogLayer::with_field_names), [baggage fields](LogLayer::baggage_fields) and
+/// [redaction](LogLayer::redaction), say — instead of `LogLayer::new()`. The environment still decides the rest: the filter,
 /// the buffer, and the format when `LOG_FORMAT` is set (otherwise `layer`'s own).
 ///
 /// ```no_run

@@ -10,12 +10,14 @@
 use std::fmt::{self, Write as _};
 use std::io::Write as _;
 
+use reqscope_core::redact::Redaction;
 use reqscope_core::{FieldValue, RequestContext};
 use tracing::field::{Field, Visit};
 use tracing::{Event, Metadata};
 
 use crate::keys::{FIELD_PREFIX, KeyStyle, Reserved, Seen, write_baggage, write_key};
 use crate::names::FieldNames;
+use crate::redact::{ACCESS_TARGET, REDACTED_VALUE, redacts_field, with_text, write_headers};
 use crate::spans::Fragment;
 
 /// Pretty keys: ` key=`.
@@ -44,6 +46,7 @@ pub(crate) fn pretty_line(
     seen: &mut Seen,
     names: &FieldNames,
     reserved: &Reserved,
+    redaction: &Redaction,
     timestamp: &[u8],
     event: &Event<'_>,
     meta: &Metadata<'_>,
@@ -54,7 +57,7 @@ pub(crate) fn pretty_line(
     buf.extend_from_slice(timestamp);
     let _ = write!(buf, " {:>5} ", meta.level().as_str());
     let _ = write!(Escaped(buf), "{}:", meta.target());
-    event.record(&mut EventFields { buf, seen, reserved, only_message: true });
+    event.record(&mut EventFields { buf, seen, reserved, redaction, only_message: true });
     if let Some(ctx) = ctx {
         stamp(buf, names.request_id, &ctx.id().as_str());
         if let Some(trace) = ctx.trace() {
@@ -100,6 +103,10 @@ pub(crate) fn pretty_line(
                 write_key::<PrettyStyle>(buf, seen, key, FIELD_PREFIX, |k| {
                     crate::keys::taken_by_context_field(reserved, k)
                 });
+                if redacts_field(redaction, key, value) {
+                    buf.extend_from_slice(REDACTED_VALUE);
+                    continue;
+                }
                 let _ = match value {
                     FieldValue::Str(v) => write!(Escaped(buf), "{:?}", &**v),
                     FieldValue::I64(v) => write!(Escaped(buf), "{v}"),
@@ -108,13 +115,18 @@ pub(crate) fn pretty_line(
                     FieldValue::Bool(v) => write!(Escaped(buf), "{v}"),
                 };
             }
-            write_baggage::<PrettyStyle>(buf, seen, reserved, &patch.baggage, |buf, value| {
+            write_baggage::<PrettyStyle>(buf, seen, reserved, redaction, &patch.baggage, |buf, value| {
                 let _ = write!(Escaped(buf), "{value:?}");
             });
         });
+        if meta.target() == ACCESS_TARGET && !ctx.logged_headers().is_empty() {
+            write_headers::<PrettyStyle>(buf, seen, reserved, redaction, ctx.logged_headers(), |buf, value| {
+                let _ = write!(Escaped(buf), "{value:?}");
+            });
+        }
     }
     spans(buf, seen);
-    event.record(&mut EventFields { buf, seen, reserved, only_message: false });
+    event.record(&mut EventFields { buf, seen, reserved, redaction, only_message: false });
     buf.push(b'\n');
 }
 
@@ -131,6 +143,7 @@ struct EventFields<'a> {
     buf: &'a mut Vec<u8>,
     seen: &'a mut Seen,
     reserved: &'a Reserved,
+    redaction: &'a Redaction,
     only_message: bool,
 }
 
@@ -139,7 +152,11 @@ impl Visit for EventFields<'_> {
         if field.name() == "message" {
             self.record_debug(field, &format_args!("{value}"));
         } else if self.key(field) {
-            let _ = write!(Escaped(self.buf), "{value:?}");
+            if self.redaction.redacts(field.name(), value) {
+                self.buf.extend_from_slice(REDACTED_VALUE);
+            } else {
+                let _ = write!(Escaped(self.buf), "{value:?}");
+            }
         }
     }
 
@@ -147,11 +164,34 @@ impl Visit for EventFields<'_> {
         if field.name() == "message" {
             if self.only_message {
                 self.buf.push(b' ');
-                write_unambiguous(self.buf, value, false);
+                write_judged(self.buf, self.redaction, field, value, false);
             }
         } else if self.key(field) {
-            write_unambiguous(self.buf, value, true);
+            write_judged(self.buf, self.redaction, field, value, true);
         }
+    }
+}
+
+/// Writes `value` as [`write_unambiguous`] does, or `"[redacted]"` when `redaction` says so;
+/// formatted once either way.
+fn write_judged(buf: &mut Vec<u8>, redaction: &Redaction, field: &Field, value: &dyn fmt::Debug, literal: bool) {
+    if redaction.is_sensitive_key(field.name()) {
+        buf.extend_from_slice(REDACTED_VALUE);
+    } else if !redaction.has_value_hook() {
+        write_unambiguous(buf, value, literal);
+    } else {
+        with_text(
+            |text| {
+                let _ = write!(text, "{value:?}");
+            },
+            |text| {
+                if redaction.redacts_value(field.name(), text) {
+                    buf.extend_from_slice(REDACTED_VALUE);
+                } else {
+                    write_unambiguous(buf, &format_args!("{text}"), literal);
+                }
+            },
+        );
     }
 }
 
@@ -167,22 +207,30 @@ impl EventFields<'_> {
 }
 
 /// Renders a span's fields into its [`Fragment`], as the event's are.
-pub(crate) struct SpanValues<'a>(pub(crate) &'a mut Fragment);
+pub(crate) struct SpanValues<'a> {
+    pub(crate) fragment: &'a mut Fragment,
+    pub(crate) redaction: &'a Redaction,
+}
 
 impl Visit for SpanValues<'_> {
     fn record_str(&mut self, field: &Field, value: &str) {
         if !field.name().starts_with("log.") {
-            let start = self.0.bytes_len();
-            let _ = write!(Escaped(self.0.bytes_mut()), "{value:?}");
-            self.0.commit(field.name(), start);
+            let start = self.fragment.bytes_len();
+            let buf = self.fragment.bytes_mut();
+            if self.redaction.redacts(field.name(), value) {
+                buf.extend_from_slice(REDACTED_VALUE);
+            } else {
+                let _ = write!(Escaped(buf), "{value:?}");
+            }
+            self.fragment.commit(field.name(), start);
         }
     }
 
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
         if !field.name().starts_with("log.") {
-            let start = self.0.bytes_len();
-            write_unambiguous(self.0.bytes_mut(), value, true);
-            self.0.commit(field.name(), start);
+            let start = self.fragment.bytes_len();
+            write_judged(self.fragment.bytes_mut(), self.redaction, field, value, true);
+            self.fragment.commit(field.name(), start);
         }
     }
 }
