@@ -1,6 +1,6 @@
 //! One request's log level, raised above the global filter; see [`RaisedLevel`].
 
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::context::RequestContext;
@@ -71,6 +71,10 @@ impl RaisedLevel {
     }
 }
 
+/// How many live contexts have a raised level: with none, a filter need not look for the
+/// request an event belongs to.
+static RAISED: AtomicUsize = AtomicUsize::new(0);
+
 /// The level in effect, and the request for one that waits on a role.
 #[derive(Debug, Default)]
 pub(crate) struct LevelState {
@@ -84,17 +88,21 @@ pub(crate) struct LevelState {
 
 impl LevelState {
     pub(crate) fn new(level: Option<RaisedLevel>) -> Self {
-        LevelState { effective: AtomicU8::new(RaisedLevel::to_u8(level)), ..LevelState::default() }
+        let state = LevelState::default();
+        state.set(level);
+        state
     }
 
     /// A copy for a fork: the same level in effect, the same request.
     pub(crate) fn copy(&self) -> Self {
         let gate = self.lock().clone();
-        LevelState {
-            effective: AtomicU8::new(self.effective.load(Ordering::Relaxed)),
+        let copy = LevelState {
+            effective: AtomicU8::new(0),
             gated: AtomicBool::new(gate.is_some()),
             gate: Mutex::new(gate),
-        }
+        };
+        copy.set(self.effective());
+        copy
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Option<(RaisedLevel, Arc<str>)>> {
@@ -107,7 +115,25 @@ impl LevelState {
     }
 
     fn set(&self, level: Option<RaisedLevel>) {
-        self.effective.store(RaisedLevel::to_u8(level), Ordering::Relaxed);
+        let new = RaisedLevel::to_u8(level);
+        let old = self.effective.swap(new, Ordering::Relaxed);
+        match (old != 0, new != 0) {
+            (false, true) => {
+                RAISED.fetch_add(1, Ordering::Relaxed);
+            }
+            (true, false) => {
+                RAISED.fetch_sub(1, Ordering::Relaxed);
+            }
+            _ => {}
+        }
+    }
+}
+
+impl Drop for LevelState {
+    fn drop(&mut self) {
+        if *self.effective.get_mut() != 0 {
+            RAISED.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 }
 
@@ -117,6 +143,13 @@ impl RequestContext {
     #[inline]
     pub fn raised_level(&self) -> Option<RaisedLevel> {
         self.level.effective()
+    }
+
+    /// Whether any context alive now has a raised level: one relaxed load, so that a log
+    /// filter can skip looking for an event's request while no request is raised.
+    #[inline]
+    pub fn any_raised_level() -> bool {
+        RAISED.load(Ordering::Relaxed) != 0
     }
 
     /// Raises this request's level (or lowers it back with `None`) unconditionally — for
@@ -189,6 +222,8 @@ mod tests {
         assert_eq!(fork.raised_level(), Some(RaisedLevel::Trace), "a fork is apart");
         fork.set_roles(["reader"]);
         assert_eq!(fork.raised_level(), None, "and keeps the request");
+        fork.set_roles(["log-debug"]);
+        assert!(RequestContext::any_raised_level());
     }
 
     #[test]

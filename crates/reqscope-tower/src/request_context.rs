@@ -79,6 +79,15 @@
 //!    instead of a response (never with axum, whose errors are `Infallible`), there is no
 //!    response to echo the id on; the access line is a WARN without `status`. Turn errors
 //!    into responses *inside* this layer (e.g. `HandleErrorLayer` after it) so they get the id.
+//! 8. **Log level.** A request that sends `x-log-level: debug` (or `trace`), once, asks for its
+//!    own lines to be written at that level while every other request stays at the global
+//!    filter's: the context records the request ([`RequestContext::raise_level_for_role`]),
+//!    and it is granted only when the context's roles include `log-debug` — set by the auth
+//!    layer from a verified token, after this layer ([`log_level_role`](RequestContextLayer::log_level_role)
+//!    names another role, [`log_level_header`](RequestContextLayer::log_level_header) another
+//!    header or none). Without the role, or with another value, the header is ignored: no
+//!    error, no line. A log filter that reads the level writes the lines: reqscope-tracing's
+//!    `RequestLevelFilter`, which `reqscope::logging::init_from_env` installs.
 //!
 //! [`ForwardedIdPolicy`]: reqscope_core::ForwardedIdPolicy
 //! [`TrustedProxies`]: reqscope_core::TrustedProxies
@@ -105,6 +114,7 @@ use tracing::Span;
 
 use crate::classify::{Classification, ClassifyFailure, DefaultClassifier};
 use crate::error_response::is_grpc_content_type;
+use crate::log_level::LevelRequests;
 use crate::peer::{DefaultPeerAddr, PeerAddr};
 
 /// The default request-id header.
@@ -128,6 +138,8 @@ struct Config {
     access_log: bool,
     root_sampled: bool,
     tracestate_entry: Option<TraceStateEntry>,
+    /// How a request asks for a raised log level.
+    log_level: LevelRequests,
 }
 
 impl fmt::Debug for Config {
@@ -144,6 +156,7 @@ impl fmt::Debug for Config {
             .field("access_log", &self.access_log)
             .field("root_sampled", &self.root_sampled)
             .field("tracestate_entry", &self.tracestate_entry)
+            .field("log_level", &self.log_level)
             .finish_non_exhaustive()
     }
 }
@@ -182,6 +195,7 @@ impl RequestContextLayer {
                 access_log: true,
                 root_sampled: true,
                 tracestate_entry: None,
+                log_level: LevelRequests::default(),
             }),
         }
     }
@@ -276,6 +290,20 @@ impl RequestContextLayer {
     /// sampler decides instead.
     pub fn sample_new_traces(mut self, sampled: bool) -> Self {
         self.config_mut().root_sampled = sampled;
+        self
+    }
+
+    /// The role a request's user needs for its `x-log-level` to count (default `log-debug`);
+    /// see item 8 of the [module docs](self).
+    pub fn log_level_role(mut self, role: impl Into<Arc<str>>) -> Self {
+        self.config_mut().log_level.role = role.into();
+        self
+    }
+
+    /// The header a request asks for a raised log level in (default `x-log-level`); `None`:
+    /// no request can raise its level, and no header is read.
+    pub fn log_level_header(mut self, header: Option<HeaderName>) -> Self {
+        self.config_mut().log_level.header = header;
         self
     }
 
@@ -376,6 +404,7 @@ where
             builder = builder.client_ip(ip);
         }
         let ctx = Arc::new(builder.build());
+        config.log_level.apply(req.headers(), &ctx);
         let invalid_baggage = match baggage {
             Some(Ok(Some(baggage))) if !baggage.is_empty() => {
                 let baggage = Arc::new(baggage);

@@ -58,9 +58,11 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod buffer;
 mod json;
 mod keys;
 mod layer;
+mod level;
 mod memory;
 mod names;
 mod pretty;
@@ -68,7 +70,9 @@ mod spans;
 mod time;
 mod writer;
 
+pub use buffer::HoldLimits;
 pub use layer::{Format, LogLayer};
+pub use level::RequestLevelFilter;
 pub use memory::MemoryWriter;
 pub use names::FieldNames;
 pub use writer::{NonBlocking, NonBlockingBuilder, WriterGuard, non_blocking};
@@ -76,9 +80,12 @@ pub use writer::{NonBlocking, NonBlockingBuilder, WriterGuard, non_blocking};
 /// Installs the standard setup as the global default: `EnvFilter` from `RUST_LOG` (default
 /// `info`; the request span, target `reqscope::request`, stays enabled — it carries the
 /// context to foreign threads and the OpenTelemetry ids — unless a directive names exactly
-/// that target, as `reqscope::request=off` does; `warn` or `reqscope=warn` keep it), the `log`
-/// bridge ([`install_log_bridge`]; if another `log` logger is installed, it stays and a WARN
-/// says so), a [`LogLayer`] in the format named by `LOG_FORMAT` (`json`, the default, or
+/// that target, as `reqscope::request=off` does; `warn` or `reqscope=warn` keep it), wrapped
+/// in a [`RequestLevelFilter`] (a [raised](reqscope_core::RaisedLevel) request logs down to
+/// its level; with `LOG_ON_ERROR` set to `debug` or `trace` — default `off` — each request's
+/// lines of that level are kept until it fails, and written just before its first ERROR
+/// line), the `log` bridge ([`install_log_bridge`]; if another `log` logger is installed, it
+/// stays and a WARN says so), a [`LogLayer`] in the format named by `LOG_FORMAT` (`json`, the default, or
 /// `pretty`) writing to a non-blocking stdout that holds at most `LOG_BUFFER_BYTES` (default
 /// 8 MiB) of lines the output has not taken yet — beyond that, lines are dropped, counted and
 /// reported once output moves again, and requests never wait.
@@ -89,7 +96,8 @@ pub use writer::{NonBlocking, NonBlockingBuilder, WriterGuard, non_blocking};
 /// # Errors
 ///
 /// Fails when `LOG_FORMAT` has another value, `RUST_LOG` does not parse, `LOG_BUFFER_BYTES`
-/// is not a positive number, or a global subscriber is already installed.
+/// is not a positive number, `LOG_ON_ERROR` is not `debug`, `trace` or `off`, or a global
+/// subscriber is already installed.
 pub fn init_from_env() -> Result<WriterGuard, InitError> {
     init_from_env_with(tracing_subscriber::layer::Identity::new())
 }
@@ -133,7 +141,7 @@ where
         Err(_) => layer,
     };
     let directives = std::env::var("RUST_LOG").ok();
-    let filter = env_filter(directives.as_deref())?;
+    let filter = RequestLevelFilter::new(env_filter(directives.as_deref())?).keep_until_error(on_error_from_env()?);
     let mut writer = NonBlockingBuilder::default();
     if let Ok(bytes) = std::env::var("LOG_BUFFER_BYTES") {
         match bytes.parse::<usize>() {
@@ -152,6 +160,20 @@ where
         tracing::warn!(target: "reqscope::logging", %error, "records of crates that use `log` are not bridged");
     }
     Ok(guard)
+}
+
+/// `LOG_ON_ERROR`: `debug` or `trace` keeps a request's lines of that level until it fails;
+/// `off`, empty or unset keeps none.
+fn on_error_from_env() -> Result<Option<reqscope_core::RaisedLevel>, InitError> {
+    std::env::var("LOG_ON_ERROR").map_or(Ok(None), |value| on_error(&value))
+}
+
+fn on_error(value: &str) -> Result<Option<reqscope_core::RaisedLevel>, InitError> {
+    let trimmed = value.trim();
+    if trimmed.is_empty() || trimmed.eq_ignore_ascii_case("off") {
+        return Ok(None);
+    }
+    reqscope_core::RaisedLevel::parse(trimmed.as_bytes()).map(Some).ok_or_else(|| InitError::OnError(value.to_owned()))
 }
 
 /// Sends the records of crates that log through the `log` facade to the tracing subscriber,
@@ -222,6 +244,9 @@ pub enum InitError {
     /// `LOG_BUFFER_BYTES` was not a positive number.
     #[error("LOG_BUFFER_BYTES must be a positive number of bytes, got {0:?}")]
     BufferLimit(String),
+    /// `LOG_ON_ERROR` was not `debug`, `trace` or `off`.
+    #[error("LOG_ON_ERROR must be `debug`, `trace` or `off`, got {0:?}")]
+    OnError(String),
     /// `RUST_LOG` did not parse.
     #[error("RUST_LOG is not a valid filter: {0}")]
     Filter(String),
@@ -260,6 +285,17 @@ mod tests {
         assert!(request_span_enabled(Some("warn,reqscope::request=debug")));
         assert!(names_request_span(" reqscope::request = off"));
         assert!(!names_request_span("reqscope::requests=off,reqscope=off"));
+    }
+
+    #[test]
+    fn log_on_error_names_a_level_or_nothing() {
+        use reqscope_core::RaisedLevel;
+        assert_eq!(on_error("debug").unwrap(), Some(RaisedLevel::Debug));
+        assert_eq!(on_error(" TRACE").unwrap(), Some(RaisedLevel::Trace));
+        assert_eq!(on_error("off").unwrap(), None);
+        assert_eq!(on_error("").unwrap(), None);
+        let error = on_error("yes").unwrap_err().to_string();
+        assert!(error.starts_with("LOG_ON_ERROR must be") && error.contains("\"yes\""), "{error}");
     }
 
     #[test]
