@@ -56,6 +56,7 @@ mod grpc_access;
 mod grpc_layers;
 mod grpc_service;
 mod http2;
+mod log_level;
 mod log_lines;
 mod opentelemetry;
 mod panics;

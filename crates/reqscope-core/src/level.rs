@@ -96,11 +96,8 @@ impl LevelState {
     /// A copy for a fork: the same level in effect, the same request.
     pub(crate) fn copy(&self) -> Self {
         let gate = self.lock().clone();
-        let copy = LevelState {
-            effective: AtomicU8::new(0),
-            gated: AtomicBool::new(gate.is_some()),
-            gate: Mutex::new(gate),
-        };
+        let copy =
+            LevelState { effective: AtomicU8::new(0), gated: AtomicBool::new(gate.is_some()), gate: Mutex::new(gate) };
         copy.set(self.effective());
         copy
     }

@@ -295,7 +295,13 @@ impl<W> LogLayer<W> {
     }
 
     /// Where the line of `event` goes: `kept` says a filter keeps it until its request fails.
-    fn route<'a>(&self, event: &Event<'_>, meta: &Metadata<'_>, ctx: Option<&'a RequestContext>, kept: bool) -> Option<Route<'a>> {
+    fn route<'a>(
+        &self,
+        event: &Event<'_>,
+        meta: &Metadata<'_>,
+        ctx: Option<&'a RequestContext>,
+        kept: bool,
+    ) -> Option<Route<'a>> {
         let Some(request) = ctx else {
             // Kept for a request that cannot be found any more: below the level, dropped.
             return (!kept).then_some(Route::Write);
@@ -501,7 +507,8 @@ where
                 self.write_spans(spans, event, buf, seen);
             }
         };
-        let written = RequestContext::with(|request| self.write_line(event, meta, Some(request), kept, &mut write_spans));
+        let written =
+            RequestContext::with(|request| self.write_line(event, meta, Some(request), kept, &mut write_spans));
         if written.is_some() {
             return;
         }

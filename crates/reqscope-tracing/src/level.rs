@@ -220,8 +220,13 @@ impl<F> RequestLevelFilter<F> {
     }
 
     /// Marks `event` as kept, for the log layers of `owner`, when only keeping lets it pass.
-    fn judge<S>(&self, event: &Event<'_>, cx: &Context<'_, S>, owner: u64, inner_enabled: impl FnOnce(&Metadata<'_>) -> bool)
-    where
+    fn judge<S>(
+        &self,
+        event: &Event<'_>,
+        cx: &Context<'_, S>,
+        owner: u64,
+        inner_enabled: impl FnOnce(&Metadata<'_>) -> bool,
+    ) where
         S: Subscriber + for<'a> LookupSpan<'a>,
     {
         // Whatever this event is, no verdict left at its address may be taken for it.
@@ -237,7 +242,8 @@ impl<F> RequestLevelFilter<F> {
             return;
         }
         match request_of(cx) {
-            Some((raised, _)) if self.raises(meta) && raised.is_some_and(|level| rank(meta.level()) <= raised_rank(level)) => {}
+            Some((raised, _))
+                if self.raises(meta) && raised.is_some_and(|level| rank(meta.level()) <= raised_rank(level)) => {}
             Some((_, false)) => buffer::keep(event, owner),
             _ => {}
         }
@@ -473,7 +479,10 @@ mod tests {
         let logs = capture(info(), || {
             let dispatch = tracing::dispatcher::get_default(|d| d.clone());
             let span_of = |ctx: &Arc<RequestContext>| {
-                RequestContext::scope_sync(Arc::clone(ctx), || tracing::info_span!(target: REQUEST_SPAN_TARGET, "request"))
+                RequestContext::scope_sync(
+                    Arc::clone(ctx),
+                    || tracing::info_span!(target: REQUEST_SPAN_TARGET, "request"),
+                )
             };
             let (raised_span, other_span) = (span_of(&ctx), span_of(&other));
             let on_a_thread = |span: &tracing::Span, message: &'static str| {
@@ -517,7 +526,10 @@ mod tests {
         assert_eq!(hint(info()), Some(LevelFilter::TRACE));
         assert_eq!(hint(info().max_raise(None)), Some(LevelFilter::INFO));
         assert_eq!(hint(info().max_raise(None).keep_until_error(Some(RaisedLevel::Debug))), Some(LevelFilter::DEBUG));
-        assert_eq!(hint(RequestLevelFilter::new(EnvFilter::new("trace")).max_raise(Some(RaisedLevel::Debug))), Some(LevelFilter::TRACE));
+        assert_eq!(
+            hint(RequestLevelFilter::new(EnvFilter::new("trace")).max_raise(Some(RaisedLevel::Debug))),
+            Some(LevelFilter::TRACE)
+        );
     }
 
     fn keeping() -> RequestLevelFilter {
@@ -557,7 +569,15 @@ mod tests {
         let lines = logs.json_lines();
         assert_eq!(
             messages(&logs),
-            ["written at once", "step one", "step two", "it broke", "after the error", "request completed", "request completed"]
+            [
+                "written at once",
+                "step one",
+                "step two",
+                "it broke",
+                "after the error",
+                "request completed",
+                "request completed"
+            ]
         );
         for (i, n) in [(1, 1), (2, 2), (4, 3)] {
             assert_eq!(lines[i]["buffered"], true, "{}", lines[i]);
@@ -589,7 +609,8 @@ mod tests {
             access_line(&failed, true);
         });
         let lines = logs.json_lines();
-        let of = |id: &str| lines.iter().filter(|l| l["request_id"] == id).map(|l| l["message"].clone()).collect::<Vec<_>>();
+        let of =
+            |id: &str| lines.iter().filter(|l| l["request_id"] == id).map(|l| l["message"].clone()).collect::<Vec<_>>();
         assert_eq!(of("fail-2"), ["kept", "request completed"]);
         assert_eq!(of("fine-2"), ["request completed"]);
     }
@@ -699,7 +720,8 @@ mod tests {
             .unwrap();
         };
         let ctx = request("log-keep");
-        let filter = RequestLevelFilter::new(EnvFilter::new("info,legacy=debug")).keep_until_error(Some(RaisedLevel::Debug));
+        let filter =
+            RequestLevelFilter::new(EnvFilter::new("info,legacy=debug")).keep_until_error(Some(RaisedLevel::Debug));
         let logs = capture(filter, || {
             RequestContext::scope_sync(Arc::clone(&ctx), || {
                 record("legacy::db", "written");

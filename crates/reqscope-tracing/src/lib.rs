@@ -23,8 +23,10 @@
 //! [`LogLayer::baggage_fields`] (`"baggage.<key>":"<decoded value>"`; none by default), the
 //! fields of the spans in scope (root
 //! first, as last recorded: `#[instrument(fields(order_id = 7))]` puts `"order_id":7` on every
-//! line inside), then the event's own fields. Key names are configurable with [`FieldNames`].
-//! Values are escaped by `serde_json`, so no field content can break a line or forge another.
+//! line inside), then the event's own fields, and last `buffered` / `buffered_dropped` on
+//! lines kept until their request failed (below). Key names are configurable with
+//! [`FieldNames`]. Values are escaped by `serde_json`, so no field content can break a line
+//! or forge another.
 //!
 //! **Every key appears once, in every format.** A key that is taken gets its source's prefix,
 //! `fields.` (custom context and event fields) or `span.` (span fields), repeated until it is
@@ -49,6 +51,16 @@
 //! is finished ([`RequestContext::mark_finished`](reqscope_core::RequestContext::mark_finished),
 //! set before the access line): a long-lived span created during a request (a pool's
 //! connection task) neither stamps that request forever nor keeps its context alive.
+//!
+//! **One request at DEBUG, and DEBUG lines kept until an error.** [`RequestLevelFilter`]
+//! wraps the global filter (an `EnvFilter`): a request whose level is
+//! [raised](reqscope_core::RaisedLevel) — `x-log-level: debug` from a user with the role
+//! `log-debug`, through `RequestContextLayer` — has its DEBUG (or TRACE) events written while
+//! every other request stays at the filter's level; and with
+//! [`keep_until_error`](RequestLevelFilter::keep_until_error) each request's DEBUG lines are
+//! kept in a bounded buffer of the request ([`HoldLimits`]) and written, in order and marked
+//! `"buffered":true`, just before the request's first ERROR line (an `error!`, a panic, the
+//! access line of a 5xx or a failed gRPC call), or dropped when it ends otherwise.
 //!
 //! The JSON path allocates nothing per event once warm: lines are built in a thread-local
 //! buffer and handed to the writer in one `write_all`; span fields are rendered once, when
