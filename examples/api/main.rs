@@ -13,7 +13,9 @@
 //! Environment: `ADDR` (default `127.0.0.1:3000`), `RUST_LOG` (default `info`),
 //! `LOG_FORMAT` (`json`, the default, or `pretty`), `LOG_BAGGAGE_KEYS` (the baggage keys
 //! written on every line as `baggage.<key>`, comma-separated; default `session`), `LOG_BUFFER_BYTES` (log lines held while
-//! stdout is not read, default 8 MiB; beyond it lines are dropped and counted), `JWT_SECRET` (HS256, at least 32 bytes;
+//! stdout is not read, default 8 MiB; beyond it lines are dropped and counted), `LOG_ON_ERROR`
+//! (`debug` or `trace`: each request's lines of that level are kept and written just before its
+//! first ERROR line, dropped when it succeeds; default `off`), `JWT_SECRET` (HS256, at least 32 bytes;
 //! unset: a development secret is made and kept in the temp directory, and
 //! `cargo run --example mint_token -- 1` signs tokens with it), `DATABASE_URL` (unset: an
 //! embedded in-memory SQLite database; `postgres://…`: PostgreSQL), `SLOW_QUERY_MS` (statements
@@ -28,6 +30,10 @@
 //! `cargo run --example worker` processes; a broker unreachable at start is a WARN, and
 //! `POST /users` answers 503 until it is reachable), `WORKER` (`1`: with `AMQP_URL`, this
 //! process runs jobs from RabbitMQ too; `0` or unset: it does not).
+//!
+//! A request whose token carries the role `log-debug` and which sends `x-log-level: debug` (or
+//! `trace`) logs at that level; every other request stays at `RUST_LOG`'s
+//! (`cargo run --example mint_token -- 1 log-debug` mints such a token).
 #![forbid(unsafe_code)]
 
 mod app;

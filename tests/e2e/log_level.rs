@@ -310,3 +310,49 @@ fn a_bad_log_on_error_stops_the_start_with_one_line_naming_it() {
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
     assert!(stderr.contains("LOG_ON_ERROR must be `debug`, `trace` or `off`, got \"always\""), "{stderr}");
 }
+
+/// Runs a job carried from a request `id` (raised or not) whose work logs at DEBUG, then
+/// fails or not; returns the job's lines at INFO once its end line is in.
+async fn job_lines(id: &str, raised: bool, fails: bool) -> Vec<Value> {
+    use reqscope::carry::Carried;
+    use reqscope::job::Job;
+    crate::support::logs();
+    let request = reqscope::RequestContext::new(reqscope::RequestId::parse(id).unwrap());
+    if raised {
+        request.raise_level(Some(reqscope::RaisedLevel::Debug));
+    }
+    let headers = request.carry().to_headers();
+    // A worker that knows nothing of the request but the message's headers.
+    let worker = tokio::spawn(async move {
+        Job::new("report")
+            .run(Carried::from_headers(&headers), async move {
+                tracing::debug!("job step");
+                if fails { Err("no printer") } else { Ok(()) }
+            })
+            .await
+    });
+    let _ = worker.await.unwrap();
+    let id = id.to_owned();
+    let ended = || level_lines_of_job(&id).iter().any(|l| l["target"] == "reqscope::job" && l.get("outcome").is_some());
+    wait_for("the job's end line", ended).await;
+    level_lines_of_job(&id)
+}
+
+fn level_lines_of_job(id: &str) -> Vec<Value> {
+    crate::support::level_lines_of(id).into_iter().filter(|l| l["job"] == "report").collect()
+}
+
+#[tokio::test]
+async fn a_job_carried_from_a_raised_request_runs_raised_and_a_failed_job_writes_its_kept_lines() {
+    let lines = job_lines("lvl-job-raised", true, false).await;
+    assert_eq!(messages(&lines.iter().collect::<Vec<_>>()), ["job step", "job completed"], "{lines:#?}");
+    assert!(lines[0].get("buffered").is_none());
+
+    let lines = job_lines("lvl-job-calm", false, false).await;
+    assert_eq!(messages(&lines.iter().collect::<Vec<_>>()), ["job completed"], "{lines:#?}");
+
+    let lines = job_lines("lvl-job-failed", false, true).await;
+    assert_eq!(messages(&lines.iter().collect::<Vec<_>>()), ["job step", "job failed"], "{lines:#?}");
+    assert_eq!(lines[0]["buffered"], true);
+    assert_eq!(lines[1]["level"], "ERROR");
+}
