@@ -3,6 +3,7 @@
 //! ```text
 //! cargo run --example mint_token -- 1            # a token for user 1, valid for one hour
 //! cargo run --example mint_token -- 2 admin      # user 2 with the role `admin`
+//! cargo run --example mint_token -- 1 log-debug  # may raise its requests to DEBUG (x-log-level)
 //! curl -H "Authorization: Bearer $(cargo run -q --example mint_token -- 1)" localhost:3000/users/me
 //! ```
 //!

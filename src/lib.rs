@@ -67,7 +67,7 @@
 
 pub use reqscope_core::{
     Captured, ClientIpHeader, ContextField, Envelope, FieldValue, ForwardedIdPolicy, FutureExt, IdGenerator, InContext,
-    InvalidProxy, InvalidRequestId, NoRequestContext, Patch, REQUEST_SPAN_TARGET, RequestContext,
+    InvalidProxy, InvalidRequestId, NoRequestContext, Patch, REQUEST_SPAN_TARGET, RaisedLevel, RequestContext,
     RequestContextBuilder, RequestId, Scoped, TrustedProxies, bind, bind_fn, elapsed, spawn, spawn_blocking,
 };
 

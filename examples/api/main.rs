@@ -17,7 +17,9 @@
 //! reqscope's defaults — `password`, `token`, `api_key`, …; comma-separated; default `email`),
 //! `LOG_HEADERS` (the request headers on the access line as `header.<name>`, comma-separated;
 //! default `user-agent`), `LOG_BUFFER_BYTES` (log lines held while
-//! stdout is not read, default 8 MiB; beyond it lines are dropped and counted), `JWT_SECRET` (HS256, at least 32 bytes;
+//! stdout is not read, default 8 MiB; beyond it lines are dropped and counted), `LOG_ON_ERROR`
+//! (`debug` or `trace`: each request's lines of that level are kept and written just before its
+//! first ERROR line, dropped when it succeeds; default `off`), `JWT_SECRET` (HS256, at least 32 bytes;
 //! unset: a development secret is made and kept in the temp directory, and
 //! `cargo run --example mint_token -- 1` signs tokens with it), `DATABASE_URL` (unset: an
 //! embedded in-memory SQLite database; `postgres://…`: PostgreSQL), `SLOW_QUERY_MS` (statements
@@ -36,6 +38,10 @@
 //! `/health,/ready`), `ACCESS_LOG_SAMPLE` (the share of the other successful requests whose
 //! access line is written, chosen by request id, `0.0`–`1.0`; default `1.0`),
 //! `SLOW_REQUEST_MS` (a request this slow always writes its access line; default 1000).
+//!
+//! A request whose token carries the role `log-debug` and which sends `x-log-level: debug` (or
+//! `trace`) logs at that level; every other request stays at `RUST_LOG`'s
+//! (`cargo run --example mint_token -- 1 log-debug` mints such a token).
 #![forbid(unsafe_code)]
 
 mod access_log;

@@ -24,7 +24,11 @@ pub async fn me(State(pool): State<AnyPool>) -> Result<Json<User>, ApiError> {
     let not_found = || ApiError::not_found("no user with the token's subject");
     let id = RequestContext::with(|ctx| ctx.user_id()).flatten().and_then(|id| id.parse::<i64>().ok());
     let id = id.ok_or_else(not_found)?;
-    find(&pool, id).await?.map(Json).ok_or_else(not_found)
+    let user = find(&pool, id).await?;
+    // Written for a request raised to DEBUG (`x-log-level: debug`, role `log-debug`), or kept
+    // until the request fails with `LOG_ON_ERROR=debug`.
+    tracing::debug!(found = user.is_some(), "user row fetched");
+    user.map(Json).ok_or_else(not_found)
 }
 
 /// `GET /users/{id}`: any user, by id.

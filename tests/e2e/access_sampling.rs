@@ -276,6 +276,27 @@ async fn failures_are_written_at_a_sample_rate_of_zero() {
 }
 
 #[tokio::test]
+async fn a_raised_request_is_written_at_a_sample_rate_of_zero() {
+    let dropped = Dropped::default();
+    let (app, _pool) = example_app("", "0", "1000", None).await;
+    let addr = serve(dropped.around(app)).await;
+    let mut claims = crate::support::claims("1");
+    claims["roles"] = serde_json::json!(["log-debug"]);
+    let bearer = format!("Bearer {}", crate::support::hs256(crate::support::TEST_SECRET, &claims));
+    for (id, level) in [("samp-raised", Some("debug")), ("samp-not-raised", None)] {
+        let mut headers: Vec<(&str, &[u8])> =
+            vec![("x-request-id", id.as_bytes()), ("authorization", bearer.as_bytes())];
+        if let Some(level) = level {
+            headers.push(("x-log-level", level.as_bytes()));
+        }
+        assert_eq!(fetch(addr, "/users/me", &headers).await.status, 200);
+        dropped.wait(id).await;
+        let access = access_of(id);
+        assert_eq!(access.len(), usize::from(level.is_some()), "{id}: {access:?}");
+    }
+}
+
+#[tokio::test]
 async fn slow_requests_are_written_whatever_the_routes_and_the_rate_say() {
     let next = slow_next_hop(Duration::from_millis(300)).await;
     let dropped = Dropped::default();

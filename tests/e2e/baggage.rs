@@ -297,7 +297,7 @@ async fn authenticated_requests_carry_their_tenant_on_every_later_line_and_onwar
     assert_eq!(reply.status, 200, "{}", reply.body);
     access_lines_of("bag-tenant-1").await;
     let lines = lines_of("bag-tenant-1");
-    assert_eq!(lines.len(), 3, "the handler's line, the query line and the access line: {lines:?}");
+    assert_eq!(lines.len(), 4, "the handler's two lines, the query line and the access line: {lines:?}");
     assert!(lines.iter().all(|l| l["tenant"] == "acme" && l["org_id"] == "acme"), "{lines:?}");
 
     // A public route has no tenant.

@@ -42,6 +42,7 @@ pub(crate) fn start_example(env: &[(&str, &str)]) -> (KillOnDrop, BufReader<std:
         .env_remove("ACCESS_LOG_SAMPLE")
         .env_remove("SLOW_REQUEST_MS")
         .env_remove("RUST_BACKTRACE")
+        .env_remove("LOG_ON_ERROR")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
     for (key, value) in env {
@@ -66,8 +67,14 @@ pub(crate) fn start_example(env: &[(&str, &str)]) -> (KillOnDrop, BufReader<std:
 
 /// A token for `user` from the documented tool, the mint_token example, with the same secret.
 pub(crate) fn mint_token(user: &str) -> String {
+    mint_token_with_roles(user, &[])
+}
+
+/// [`mint_token`] with roles: `cargo run --example mint_token -- <user> <role> …`.
+pub(crate) fn mint_token_with_roles(user: &str, roles: &[&str]) -> String {
     let minted = Command::new(example_path("mint_token"))
         .arg(user)
+        .args(roles)
         .env("JWT_SECRET", std::str::from_utf8(crate::support::TEST_SECRET).unwrap())
         .output()
         .expect("the mint_token example is built by `cargo test`");
@@ -222,6 +229,7 @@ pub(crate) fn failed_start(env: &[(&str, &str)]) -> String {
         .env_remove("ACCESS_LOG_SKIP")
         .env_remove("ACCESS_LOG_SAMPLE")
         .env_remove("SLOW_REQUEST_MS")
+        .env_remove("LOG_ON_ERROR")
         .envs(env.iter().copied())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

@@ -165,7 +165,7 @@ async fn requests_kept_alive_on_one_http1_connection_leak_nothing_into_the_next(
         assert_eq!(access.len(), 1, "{access:?}");
         let lines = lines_of(id);
         let expected = match *path {
-            "/users/me" => 3, // the handler's line, the query's, the access line
+            "/users/me" => 4, // the handler's two lines (INFO, DEBUG), the query's, the access line
             "/stream" => 4,   // three chunks and the access line
             _ => 1,           // the access line
         };

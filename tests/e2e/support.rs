@@ -19,6 +19,15 @@ pub fn logs() -> &'static Capture {
     static LOGS: OnceLock<Capture> = OnceLock::new();
     LOGS.get_or_init(|| {
         let logs = Capture::default();
+        // What a production setup writes: `RUST_LOG=info` behind the request-level filter, with
+        // `LOG_ON_ERROR=debug`. Its own layer, so that the lines above stay all of them.
+        let level = reqscope::logging::RequestLevelFilter::new(tracing_subscriber::EnvFilter::new("info"))
+            .keep_until_error(Some(reqscope::RaisedLevel::Debug));
+        let level_layer = LogLayer::new()
+            .baggage_fields(["session"])
+            .held_by(&level)
+            .with_writer(level_logs().clone())
+            .with_filter(level);
         // Every level of every target, except the HTTP/2 implementation's frame-by-frame
         // TRACE and DEBUG lines: hundreds per request, about h2 itself, and they would be
         // most of what a thousand-stream test keeps in memory.
@@ -39,9 +48,30 @@ pub fn logs() -> &'static Capture {
             )
             // Sends nothing until a test binds a Sentry client (error_tracking.rs).
             .with(reqscope::sentry::layer())
+            .with(level_layer)
             .init();
         logs
     })
+}
+
+/// The lines written at `RUST_LOG=info` by the request-level filter, which raises requests
+/// and keeps DEBUG lines until their request fails (`LOG_ON_ERROR=debug`); see [`logs`].
+fn level_logs() -> &'static Capture {
+    static LEVEL_LOGS: OnceLock<Capture> = OnceLock::new();
+    LEVEL_LOGS.get_or_init(Capture::default)
+}
+
+/// The lines of one request as written at `RUST_LOG=info` with `LOG_ON_ERROR=debug`.
+pub fn level_lines_of(request_id: &str) -> Vec<Value> {
+    logs();
+    level_logs().of_request(request_id)
+}
+
+/// [`level_lines_of`], once the request's access line is among them.
+pub async fn level_lines_after_access(request_id: &str) -> Vec<Value> {
+    let logged = || level_lines_of(request_id).iter().any(|l| l["target"] == "reqscope::access");
+    wait_until(&format!("the access line of {request_id} at INFO"), logged).await;
+    level_lines_of(request_id)
 }
 
 /// The global log capture. Writers only append bytes; readers parse what arrived since the

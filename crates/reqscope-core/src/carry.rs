@@ -29,8 +29,8 @@
 //!
 //! A snapshot ([`RequestContext::carry`]) holds the request id, the trace (the request's span
 //! becomes the parent of the consumer's), the user, org and roles, the custom and hidden
-//! fields, the baggage and the time it was taken. It travels as headers, so that consumers
-//! which know nothing of reqscope still see the standard ones:
+//! fields, the baggage, the raised log level and the time it was taken. It travels as headers,
+//! so that consumers which know nothing of reqscope still see the standard ones:
 //!
 //! | header | holds |
 //! | --- | --- |
@@ -44,7 +44,9 @@
 //! the snapshot was taken, Unix milliseconds, at most the year 9999), `user_id`, `org_id`, one `role` per role,
 //! `f.<name>` per custom field and `h.<name>` per hidden field (the name percent-encoded; the
 //! value typed by a prefix: `s:` text, `i:` / `u:` integers, `f:` a float, `b:` `true` or
-//! `false`). Unknown members are ignored, so that newer producers can add some.
+//! `false`), and `log` (`debug` or `trace`) when the request's log level was
+//! [raised](crate::RaisedLevel): the job runs at that level too, as the request would have.
+//! Unknown members are ignored, so that newer producers can add some.
 //!
 //! **Restoring parses untrusted bytes** ([`Carried::from_headers`]): every part is checked as
 //! the request layer checks incoming headers — the id's grammar, the `traceparent` and
@@ -66,6 +68,7 @@ use crate::baggage::{BAGGAGE, Baggage, InvalidBaggage, decode_value, is_token, p
 use crate::context::{FieldValue, Patch, RequestContext};
 use crate::error::InvalidRequestId;
 use crate::id::RequestId;
+use crate::level::RaisedLevel;
 use crate::trace::{
     InvalidTraceParent, InvalidTraceState, TRACEPARENT, TRACESTATE, TraceContext, TraceParent, TraceState,
 };
@@ -156,6 +159,7 @@ pub struct Carried {
     hidden: Vec<(Arc<str>, FieldValue)>,
     baggage: Arc<Baggage>,
     carried_at: Option<SystemTime>,
+    raised: Option<RaisedLevel>,
 }
 
 impl std::fmt::Debug for Carried {
@@ -171,6 +175,7 @@ impl std::fmt::Debug for Carried {
             .field("hidden", &KeysOnly(self.hidden.iter().map(|(k, _)| &**k)))
             .field("baggage", &KeysOnly(self.baggage.iter().map(|e| e.key())))
             .field("carried_at", &self.carried_at)
+            .field("raised", &self.raised)
             .finish()
     }
 }
@@ -194,6 +199,7 @@ impl RequestContext {
             hidden: patch.hidden.clone(),
             baggage: Arc::clone(&patch.baggage),
             carried_at: Some(SystemTime::now()),
+            raised: self.raised_level(),
         })
     }
 }
@@ -222,6 +228,11 @@ impl Carried {
     /// When the snapshot was taken, if the producer said.
     pub fn carried_at(&self) -> Option<SystemTime> {
         self.carried_at
+    }
+
+    /// The log level the carrying request was raised to, which the restored context keeps.
+    pub fn raised_level(&self) -> Option<RaisedLevel> {
+        self.raised
     }
 
     /// How long ago the snapshot was taken (zero when the clocks disagree), if known.
@@ -282,6 +293,9 @@ impl Carried {
         for role in self.roles.iter().filter(|v| is_valid_name(v)) {
             push(&mut out, "role", role);
         }
+        if let Some(level) = self.raised {
+            push(&mut out, "log", level.as_str());
+        }
         for (prefix, fields) in [("f.", &self.fields), ("h.", &self.hidden)] {
             for (i, (name, value)) in fields.iter().enumerate() {
                 let value = encode_field(value);
@@ -324,6 +338,7 @@ impl Carried {
             hidden: Vec::new(),
             baggage: Arc::new(baggage),
             carried_at: None,
+            raised: None,
         };
         if let Some(rest) = once(headers, &CONTEXT_HEADER, "reqscope-context")? {
             carried.read_context_header(rest.as_bytes())?;
@@ -369,6 +384,10 @@ impl Carried {
                 b"user_id" => set_once(&mut self.user_id, checked("user_id")?, "user_id")?,
                 b"org_id" => set_once(&mut self.org_id, checked("org_id")?, "org_id")?,
                 b"role" => self.roles.push(checked("role")?),
+                b"log" => {
+                    let level = RaisedLevel::parse(value.as_bytes()).ok_or(ContextValue("log"))?;
+                    set_once(&mut self.raised, level, "log")?;
+                }
                 [b'f' | b'h', b'.', name @ ..] => {
                     let field = if key[0] == b'f' { "f" } else { "h" };
                     let name = decode_value(name).map_err(|_| ContextMalformed)?;
@@ -393,8 +412,8 @@ impl Carried {
     }
 
     /// A context for the work this snapshot was carried to: the same request id, user, org,
-    /// roles, fields and baggage, and a span of its own in the same trace (its parent the
-    /// carrying request's span).
+    /// roles, fields, baggage and raised log level, and a span of its own in the same trace
+    /// (its parent the carrying request's span).
     pub fn into_context(self) -> RequestContext {
         self.into_builder().build()
     }
@@ -414,7 +433,11 @@ impl Carried {
             baggage: self.baggage,
             ..Patch::default()
         };
-        RequestContext::builder(self.id).trace(trace).patch(patch)
+        let builder = RequestContext::builder(self.id).trace(trace).patch(patch);
+        match self.raised {
+            Some(level) => builder.raised_level(level),
+            None => builder,
+        }
     }
 }
 
@@ -500,6 +523,7 @@ mod tests {
         ctx.set_field("flag", true);
         ctx.set_hidden_field("device_id", "d\r\n1");
         ctx.set_baggage("session", "s 1").unwrap();
+        ctx.raise_level(Some(RaisedLevel::Debug));
         ctx
     }
 
@@ -515,6 +539,15 @@ mod tests {
         let restored = back.into_context();
         assert_eq!(restored.read_patch(|p| p.clone()), Patch { route: None, ..Patch::clone(&ctx.patch()) });
         assert_eq!(restored.trace().unwrap().parent_id(), Some(ctx.trace().unwrap().span_id()));
+        assert_eq!(restored.raised_level(), Some(RaisedLevel::Debug));
+    }
+
+    #[test]
+    fn an_unraised_request_carries_no_level() {
+        let ctx = RequestContext::new(RequestId::parse("calm").unwrap());
+        let headers = ctx.carry().to_headers();
+        assert!(!headers[CONTEXT_HEADER].to_str().unwrap().contains("log="));
+        assert_eq!(Carried::from_headers(&headers).unwrap().into_context().raised_level(), None);
     }
 
     #[test]
@@ -587,6 +620,8 @@ mod tests {
             ("reqscope-context", "v=1,user_id=1,user_id=2", E::ContextValue("user_id")),
             ("reqscope-context", "v=1,org_id=%0A", E::ContextValue("org_id")),
             ("reqscope-context", "v=1,f.x=q:1", E::ContextValue("f")),
+            ("reqscope-context", "v=1,log=info", E::ContextValue("log")),
+            ("reqscope-context", "v=1,log=debug,log=trace", E::ContextValue("log")),
             ("reqscope-context", "v=1,f.x=i:1.5", E::ContextValue("f")),
             ("reqscope-context", "v=1,f.=s:1", E::ContextValue("f")),
             ("reqscope-context", "v=1,h.x=s:1,h.x=s:2", E::ContextValue("h")),

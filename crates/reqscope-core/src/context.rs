@@ -11,6 +11,7 @@ use crate::baggage::{Baggage, InvalidBaggage};
 use crate::error::NoRequestContext;
 use crate::id::RequestId;
 use crate::job::Job;
+use crate::level::{LevelState, RaisedLevel};
 use crate::logged_headers::LoggedHeader;
 use crate::trace::TraceContext;
 
@@ -49,6 +50,8 @@ pub struct RequestContext {
     job: Option<Arc<Job>>,
     /// The request headers for the access line.
     logged_headers: Box<[LoggedHeader]>,
+    /// The log level this request is raised to; see [`RequestContext::raised_level`].
+    pub(crate) level: LevelState,
 }
 
 /// Where the path comes from: the request's own URI (shared, no copy) or a string.
@@ -314,6 +317,7 @@ pub struct RequestContextBuilder {
     patch: Option<Patch>,
     job: Option<Job>,
     logged_headers: Vec<LoggedHeader>,
+    raised: Option<RaisedLevel>,
 }
 
 impl RequestContextBuilder {
@@ -375,6 +379,14 @@ impl RequestContextBuilder {
         self
     }
 
+    /// Starts with the log level raised (see [`RequestContext::raise_level`]): a job run for
+    /// a raised request, say.
+    #[inline]
+    pub fn raised_level(mut self, level: RaisedLevel) -> Self {
+        self.raised = Some(level);
+        self
+    }
+
     /// The patchable part to start with (a restored snapshot's).
     pub(crate) fn patch(mut self, patch: Patch) -> Self {
         self.patch = Some(patch);
@@ -405,6 +417,7 @@ impl RequestContextBuilder {
             finished: AtomicBool::new(false),
             job: self.job.map(Arc::new),
             logged_headers: self.logged_headers.into_boxed_slice(),
+            level: LevelState::new(self.raised),
         }
     }
 }
@@ -429,6 +442,7 @@ impl RequestContext {
             patch: None,
             job: None,
             logged_headers: Vec::new(),
+            raised: None,
         }
     }
 
@@ -471,7 +485,8 @@ impl RequestContext {
 
     /// A copy of this context to scope a sub-task with different values; changes to the copy
     /// never reach this context (nor the other way round). The id, trace and start time are
-    /// kept (a context without a trace starts one here, so that parent and fork share it).
+    /// kept (a context without a trace starts one here, so that parent and fork share it), and
+    /// so is the [raised log level](Self::raised_level) with the role it waits on.
     pub fn fork(&self) -> RequestContext {
         let trace = OnceLock::from(self.trace_or_start().clone());
         let extensions = self.extensions.read().map(|e| e.clone()).unwrap_or_default();
@@ -488,6 +503,7 @@ impl RequestContext {
             finished: AtomicBool::new(false),
             job: self.job.clone(),
             logged_headers: self.logged_headers.clone(),
+            level: self.level.copy(),
         }
     }
 
@@ -599,6 +615,8 @@ impl RequestContext {
     /// closure may run more than once under contention, so keep it free of side effects).
     pub fn update(&self, f: impl Fn(&mut Patch)) {
         self.patch.update(f);
+        // New roles may grant (or withdraw) a raised log level asked for earlier.
+        self.refresh_raised_level();
     }
 
     /// The authenticated user, if any.
@@ -725,6 +743,7 @@ impl fmt::Debug for RequestContext {
             .field("started_at", &self.started_at())
             .field("patch", &self.patch.load_full())
             .field("job", &self.job)
+            .field("raised_level", &self.raised_level())
             .finish_non_exhaustive()
     }
 }

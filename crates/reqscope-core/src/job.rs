@@ -29,8 +29,9 @@
 //! ```
 //!
 //! [`Job::run`] restores the [carried](crate::carry) context — the request's id, user, org,
-//! roles, custom and hidden fields and baggage, and the same trace with a span of the job's
-//! own whose parent is the request's span — and runs the work inside it, as a request layer
+//! roles, custom and hidden fields, baggage and [raised log level](crate::RaisedLevel) (a job
+//! queued by a request raised to DEBUG writes its DEBUG lines too), and the same trace with a
+//! span of the job's own whose parent is the request's span — and runs the work inside it, as a request layer
 //! runs a handler: every poll inside the context, inside a `request` span
 //! ([`REQUEST_SPAN_TARGET`](crate::REQUEST_SPAN_TARGET), so that a thread without the
 //! task-local — sqlx-sqlite's — still finds it). Log layers stamp the job's lines with `job`,

@@ -32,6 +32,7 @@ mod context;
 mod error;
 mod id;
 pub mod job;
+mod level;
 pub mod logged_headers;
 mod panics;
 mod propagate;
@@ -49,6 +50,7 @@ pub const REQUEST_SPAN_TARGET: &str = "reqscope::request";
 pub use context::{ContextField, FieldValue, Patch, RequestContext, RequestContextBuilder, Scoped};
 pub use error::{InvalidRequestId, NoRequestContext};
 pub use id::{ForwardedIdPolicy, IdGenerator, RequestId};
+pub use level::RaisedLevel;
 pub use propagate::{Captured, Envelope, FutureExt, InContext, bind, bind_fn, elapsed, spawn, spawn_blocking};
 pub use proxy::{ClientIpHeader, InvalidProxy, TrustedProxies};
 

@@ -31,9 +31,9 @@
 //! [`AccessSampler`] never drops the line of a request that did not succeed — an HTTP status
 //! of 400 or more, a gRPC status other than `OK` (`0`), a failure by the classifier's verdict,
 //! a request aborted before its end or whose service failed —, nor of a request that took at
-//! least its [slow threshold](AccessSampler::slow_threshold), nor of one a predicate given to
-//! [`always_log_when`](AccessSampler::always_log_when) picks (such as a request whose log level
-//! was raised for debugging). Of the others, it drops those of the
+//! least its [slow threshold](AccessSampler::slow_threshold), nor of one whose log level was
+//! raised ([`RequestContext::raised_level`]: a request being chased), nor of one a predicate
+//! given to [`always_log_when`](AccessSampler::always_log_when) picks. Of the others, it drops those of the
 //! [skipped routes](AccessSampler::skip_routes), then keeps those the
 //! [sample rate](AccessSampler::sample_rate) keeps.
 //!
@@ -304,8 +304,7 @@ impl AccessSampler {
     }
 
     /// Always writes the access line of a request for which `predicate` holds, given its
-    /// context at the end of the request: a user under investigation, a request whose log
-    /// level was raised. Each call adds a predicate; a line is always written when any holds.
+    /// context at the end of the request: a user under investigation, say. Each call adds a predicate; a line is always written when any holds.
     pub fn always_log_when(mut self, predicate: impl Fn(&RequestContext) -> bool + Send + Sync + 'static) -> Self {
         let mut always = self.always.to_vec();
         always.push(Arc::new(predicate));
@@ -317,6 +316,8 @@ impl AccessSampler {
     fn always_logged(&self, request: &AccessRequest<'_>) -> bool {
         !request.succeeded()
             || request.duration() >= self.slow
+            // A request someone is chasing at a raised level is never sampled away.
+            || request.ctx().raised_level().is_some()
             || self.always.iter().any(|predicate| predicate(request.ctx()))
     }
 

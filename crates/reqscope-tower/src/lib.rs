@@ -44,6 +44,7 @@ pub mod auth;
 pub mod catch_panic;
 pub mod classify;
 pub mod error_response;
+mod log_level;
 #[cfg(feature = "otel")]
 mod otel;
 pub mod outgoing;

@@ -86,6 +86,15 @@
 //!    [`access_sampling`](RequestContextLayer::access_sampling) says otherwise: successful
 //!    health checks skipped, a share of the successful requests kept by request id (those
 //!    lines with `sample_rate`), see [`access_sampling`](crate::access_sampling).
+//! 8. **Log level.** A request that sends `x-log-level: debug` (or `trace`), once, asks for its
+//!    own lines to be written at that level while every other request stays at the global
+//!    filter's: the context records the request ([`RequestContext::raise_level_for_role`]),
+//!    and it is granted only when the context's roles include `log-debug` — set by the auth
+//!    layer from a verified token, after this layer ([`log_level_role`](RequestContextLayer::log_level_role)
+//!    names another role, [`log_level_header`](RequestContextLayer::log_level_header) another
+//!    header or none). Without the role, or with another value, the header is ignored: no
+//!    error, no line. A log filter that reads the level writes the lines: reqscope-tracing's
+//!    `RequestLevelFilter`, which `reqscope::logging::init_from_env` installs.
 //!
 //! [`ForwardedIdPolicy`]: reqscope_core::ForwardedIdPolicy
 //! [`TrustedProxies`]: reqscope_core::TrustedProxies
@@ -114,6 +123,7 @@ use tracing::Span;
 use crate::access_sampling::{AccessDecision, AccessRequest, AccessSampler, SampleAccess};
 use crate::classify::{Classification, ClassifyFailure, DefaultClassifier};
 use crate::error_response::is_grpc_content_type;
+use crate::log_level::LevelRequests;
 use crate::peer::{DefaultPeerAddr, PeerAddr};
 
 /// The default request-id header.
@@ -140,6 +150,8 @@ struct Config {
     tracestate_entry: Option<TraceStateEntry>,
     /// The request headers kept for the access line.
     logged_headers: Arc<[HeaderName]>,
+    /// How a request asks for a raised log level.
+    log_level: LevelRequests,
 }
 
 impl fmt::Debug for Config {
@@ -157,6 +169,7 @@ impl fmt::Debug for Config {
             .field("root_sampled", &self.root_sampled)
             .field("tracestate_entry", &self.tracestate_entry)
             .field("logged_headers", &self.logged_headers)
+            .field("log_level", &self.log_level)
             .finish_non_exhaustive()
     }
 }
@@ -197,6 +210,7 @@ impl RequestContextLayer {
                 root_sampled: true,
                 tracestate_entry: None,
                 logged_headers: Arc::new([]),
+                log_level: LevelRequests::default(),
             }),
         }
     }
@@ -324,6 +338,20 @@ impl RequestContextLayer {
         self
     }
 
+    /// The role a request's user needs for its `x-log-level` to count (default `log-debug`);
+    /// see item 8 of the [module docs](self).
+    pub fn log_level_role(mut self, role: impl Into<Arc<str>>) -> Self {
+        self.config_mut().log_level.role = role.into();
+        self
+    }
+
+    /// The header a request asks for a raised log level in (default `x-log-level`); `None`:
+    /// no request can raise its level, and no header is read.
+    pub fn log_level_header(mut self, header: Option<HeaderName>) -> Self {
+        self.config_mut().log_level.header = header;
+        self
+    }
+
     /// Puts this service's own `tracestate` entry at the front of every request's
     /// `tracestate` (replacing an entry with the same key), as W3C asks of a vendor that adds
     /// its entry: inner services and outgoing calls carry it.
@@ -426,6 +454,7 @@ where
             builder = builder.client_ip(ip);
         }
         let ctx = Arc::new(builder.build());
+        config.log_level.apply(req.headers(), &ctx);
         let invalid_baggage = match baggage {
             Some(Ok(Some(baggage))) if !baggage.is_empty() => {
                 let baggage = Arc::new(baggage);

@@ -1,7 +1,7 @@
 use std::cell::RefCell;
 use std::io::Write;
 use std::str::FromStr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 
 use reqscope_core::redact::Redaction;
@@ -15,6 +15,7 @@ use tracing_subscriber::layer::Context;
 use tracing_subscriber::registry::{LookupSpan, SpanRef};
 
 use crate::InitError;
+use crate::buffer::{self, HoldLimits};
 use crate::json::{self, JsonKeys, JsonStyle, json_line};
 use crate::keys::{Reserved, Seen, baggage_fields, write_span_fields};
 use crate::names::FieldNames;
@@ -52,6 +53,30 @@ impl FromStr for Format {
 /// holds it.
 struct SpanContext(Weak<RequestContext>);
 
+/// Keeps the current request in `span` (a request span) for threads without the task-local,
+/// unless another layer of the subscriber already did.
+pub(crate) fn remember_request<S>(span: &SpanRef<'_, S>)
+where
+    S: for<'a> LookupSpan<'a>,
+{
+    if let Some(request) = RequestContext::current() {
+        let mut extensions = span.extensions_mut();
+        if extensions.get_mut::<SpanContext>().is_none() {
+            extensions.insert(SpanContext(Arc::downgrade(&request)));
+        }
+    }
+}
+
+/// For a request span: `Some` of its request while that is on (`Some(None)` once it is
+/// over). `None` for any other span.
+pub(crate) fn request_of_span<S>(span: &SpanRef<'_, S>) -> Option<Option<Arc<RequestContext>>>
+where
+    S: for<'a> LookupSpan<'a>,
+{
+    let request = span.extensions().get::<SpanContext>().map(|c| c.0.upgrade())?;
+    Some(request.filter(|request| !request.is_finished()))
+}
+
 /// The spans in scope whose fields are written: the innermost ones, when there are more.
 const MAX_SPANS: usize = 16;
 
@@ -66,7 +91,34 @@ pub struct LogLayer<W = fn() -> std::io::Stdout> {
     pretty_reserved: Reserved,
     redaction: Redaction,
     format: Format,
+    hold: Hold,
     writer: W,
+}
+
+/// Where a [`LogLayer`] keeps lines until their request fails, and whose verdicts it follows.
+#[derive(Debug)]
+struct Hold {
+    /// This layer, among the buffers of a request.
+    layer: u64,
+    /// The filter whose verdicts this layer follows: 0, a global one.
+    owner: u64,
+    limits: HoldLimits,
+}
+
+impl Default for Hold {
+    fn default() -> Self {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        Hold { layer: NEXT.fetch_add(1, Ordering::Relaxed), owner: 0, limits: HoldLimits::default() }
+    }
+}
+
+/// Where a formatted line goes.
+enum Route<'a> {
+    Write,
+    /// Into its request's buffer: only its request's failure writes it.
+    Keep(&'a RequestContext),
+    /// An ERROR line of a request: the request's kept lines first.
+    Fail(&'a RequestContext),
 }
 
 impl LogLayer {
@@ -80,6 +132,7 @@ impl LogLayer {
             redaction: Redaction::new(),
             names,
             format: Format::Json,
+            hold: Hold::default(),
             writer: std::io::stdout,
         }
     }
@@ -112,6 +165,7 @@ impl<W> LogLayer<W> {
             pretty_reserved: self.pretty_reserved,
             redaction: self.redaction,
             format: self.format,
+            hold: self.hold,
             writer,
         }
     }
@@ -142,6 +196,25 @@ impl<W> LogLayer<W> {
     /// ```
     pub fn redaction(mut self, redaction: Redaction) -> Self {
         self.redaction = redaction;
+        self
+    }
+
+    /// The bounds of the lines kept per request until it fails (see
+    /// [`RequestLevelFilter::keep_until_error`](crate::RequestLevelFilter::keep_until_error)):
+    /// 256 lines or 256 KiB per request and 64 MiB in all, by default.
+    pub fn hold_limits(mut self, limits: HoldLimits) -> Self {
+        self.hold.limits = limits;
+        self
+    }
+
+    /// Follows the verdicts of `filter` used as this layer's per-layer filter
+    /// (`LogLayer::new().held_by(&filter).with_filter(filter)`), so that it keeps the lines
+    /// `filter` keeps; without it such a filter keeps none. Not needed with a global
+    /// [`RequestLevelFilter`](crate::RequestLevelFilter), whose verdicts every layer follows.
+    pub fn held_by<F>(mut self, filter: &crate::RequestLevelFilter<F>) -> Self {
+        let shared = filter.shared();
+        self.hold.owner = shared.id;
+        shared.followed.store(true, Ordering::Relaxed);
         self
     }
 
@@ -268,11 +341,39 @@ impl<W> LogLayer<W> {
         }
     }
 
+    /// Where the line of `event` goes: `kept` says a filter keeps it until its request fails.
+    fn route<'a>(
+        &self,
+        event: &Event<'_>,
+        meta: &Metadata<'_>,
+        ctx: Option<&'a RequestContext>,
+        kept: bool,
+    ) -> Option<Route<'a>> {
+        let Some(request) = ctx else {
+            // Kept for a request that cannot be found any more: below the level, dropped.
+            return (!kept).then_some(Route::Write);
+        };
+        if kept {
+            return Some(Route::Keep(request));
+        }
+        if !buffer::holding() {
+            return Some(Route::Write);
+        }
+        if *meta.level() == tracing::Level::ERROR {
+            return Some(Route::Fail(request));
+        }
+        if buffer::ends_request(event) {
+            buffer::discard(request, self.hold.layer);
+        }
+        Some(Route::Write)
+    }
+
     fn write_line(
         &self,
         event: &Event<'_>,
         meta: &Metadata<'_>,
         ctx: Option<&RequestContext>,
+        kept: bool,
         spans: &mut dyn FnMut(&mut Vec<u8>, &mut Seen),
     ) where
         W: for<'w> MakeWriter<'w>,
@@ -280,6 +381,9 @@ impl<W> LogLayer<W> {
         thread_local! {
             static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
         }
+        let Some(route) = self.route(event, meta, ctx, kept) else {
+            return;
+        };
         let timestamp = rfc3339_now();
         let mut emit = |scratch: &mut Scratch| {
             let Scratch { buf, seen } = scratch;
@@ -299,7 +403,31 @@ impl<W> LogLayer<W> {
                     spans,
                 ),
             }
-            let _ = self.writer.make_writer_for(meta).write_all(buf);
+            match route {
+                Route::Write => {
+                    let _ = self.writer.make_writer_for(meta).write_all(buf);
+                }
+                Route::Keep(request) => {
+                    buffer::append_field(buf, self.format, self.names.buffered, b"true");
+                    buffer::keep_line(request, self.hold.layer, &self.hold.limits, event.metadata(), buf, |line| {
+                        let _ = self.writer.make_writer_for(meta).write_all(line);
+                    });
+                }
+                Route::Fail(request) => buffer::write_kept(
+                    request,
+                    self.hold.layer,
+                    |kept, line| {
+                        let _ = self.writer.make_writer_for(kept).write_all(line);
+                    },
+                    |dropped| {
+                        if dropped > 0 {
+                            let count = itoa::Buffer::new().format(dropped).as_bytes().to_vec();
+                            buffer::append_field(buf, self.format, self.names.buffered_dropped, &count);
+                        }
+                        let _ = self.writer.make_writer_for(meta).write_all(buf);
+                    },
+                ),
+            }
             // Keep a burst's big line from pinning memory in every thread forever.
             if buf.capacity() > 64 * 1024 {
                 *buf = Vec::new();
@@ -344,13 +472,7 @@ where
             // Only the request span itself carries the context: a long-lived span created
             // during a request (a pool's connection task) finds it through its parent, for as
             // long as the request lasts (see `SpanContext`).
-            if let Some(request) = RequestContext::current() {
-                let mut extensions = span.extensions_mut();
-                // Another `LogLayer` of this subscriber may have stored it already.
-                if extensions.get_mut::<SpanContext>().is_none() {
-                    extensions.insert(SpanContext(Arc::downgrade(&request)));
-                }
-            }
+            remember_request(&span);
             // Its fields (it has none) are not written: the context is.
             return;
         }
@@ -415,6 +537,8 @@ where
     }
 
     fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
+        // Taken first: nothing this layer does may dispatch another event before.
+        let kept = buffer::take(event, self.hold.owner);
         // A `log` record bridged by `tracing-log`: its own target and module, not "log".
         let normalized = event.normalized_metadata();
         let meta = normalized.as_ref().unwrap_or_else(|| event.metadata());
@@ -439,18 +563,14 @@ where
                 self.write_spans(spans, event, buf, seen);
             }
         };
-        let written = RequestContext::with(|request| self.write_line(event, meta, Some(request), &mut write_spans));
+        let written =
+            RequestContext::with(|request| self.write_line(event, meta, Some(request), kept, &mut write_spans));
         if written.is_some() {
             return;
         }
         // No task-local: the nearest request span decides, if its request is still on.
-        let from_span = spans
-            .iter()
-            .flatten()
-            .find_map(|span| span.extensions().get::<SpanContext>().map(|c| c.0.upgrade()))
-            .flatten()
-            .filter(|request| !request.is_finished());
-        self.write_line(event, meta, from_span.as_deref(), &mut write_spans);
+        let from_span = spans.iter().flatten().find_map(request_of_span).flatten();
+        self.write_line(event, meta, from_span.as_deref(), kept, &mut write_spans);
     }
 }
 

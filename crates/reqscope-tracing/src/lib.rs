@@ -26,8 +26,10 @@
 //! `reqscope-tower` and [`logged_headers`](reqscope_core::logged_headers)), the fields of the
 //! spans in scope (root
 //! first, as last recorded: `#[instrument(fields(order_id = 7))]` puts `"order_id":7` on every
-//! line inside), then the event's own fields. Key names are configurable with [`FieldNames`].
-//! Values are escaped by `serde_json`, so no field content can break a line or forge another.
+//! line inside), then the event's own fields, and last `buffered` / `buffered_dropped` on
+//! lines kept until their request failed (below). Key names are configurable with
+//! [`FieldNames`]. Values are escaped by `serde_json`, so no field content can break a line
+//! or forge another.
 //!
 //! **Every key appears once, in every format.** A key that is taken gets its source's prefix,
 //! `fields.` (custom context and event fields) or `span.` (span fields), repeated until it is
@@ -60,6 +62,16 @@
 //! set before the access line): a long-lived span created during a request (a pool's
 //! connection task) neither stamps that request forever nor keeps its context alive.
 //!
+//! **One request at DEBUG, and DEBUG lines kept until an error.** [`RequestLevelFilter`]
+//! wraps the global filter (an `EnvFilter`): a request whose level is
+//! [raised](reqscope_core::RaisedLevel) — `x-log-level: debug` from a user with the role
+//! `log-debug`, through `RequestContextLayer` — has its DEBUG (or TRACE) events written while
+//! every other request stays at the filter's level; and with
+//! [`keep_until_error`](RequestLevelFilter::keep_until_error) each request's DEBUG lines are
+//! kept in a bounded buffer of the request ([`HoldLimits`]) and written, in order and marked
+//! `"buffered":true`, just before the request's first ERROR line (an `error!`, a panic, the
+//! access line of a 5xx or a failed gRPC call), or dropped when it ends otherwise.
+//!
 //! The JSON path allocates nothing per event once warm: lines are built in a thread-local
 //! buffer and handed to the writer in one `write_all`; span fields are rendered once, when
 //! they are recorded, and copied into each line. Use [`non_blocking`] so that a slow stdout
@@ -68,9 +80,11 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod buffer;
 mod json;
 mod keys;
 mod layer;
+mod level;
 mod memory;
 mod names;
 mod pretty;
@@ -79,7 +93,9 @@ mod spans;
 mod time;
 mod writer;
 
+pub use buffer::HoldLimits;
 pub use layer::{Format, LogLayer};
+pub use level::RequestLevelFilter;
 pub use memory::MemoryWriter;
 pub use names::FieldNames;
 pub use writer::{NonBlocking, NonBlockingBuilder, WriterGuard, non_blocking};
@@ -87,9 +103,12 @@ pub use writer::{NonBlocking, NonBlockingBuilder, WriterGuard, non_blocking};
 /// Installs the standard setup as the global default: `EnvFilter` from `RUST_LOG` (default
 /// `info`; the request span, target `reqscope::request`, stays enabled — it carries the
 /// context to foreign threads and the OpenTelemetry ids — unless a directive names exactly
-/// that target, as `reqscope::request=off` does; `warn` or `reqscope=warn` keep it), the `log`
-/// bridge ([`install_log_bridge`]; if another `log` logger is installed, it stays and a WARN
-/// says so), a [`LogLayer`] in the format named by `LOG_FORMAT` (`json`, the default, or
+/// that target, as `reqscope::request=off` does; `warn` or `reqscope=warn` keep it), wrapped
+/// in a [`RequestLevelFilter`] (a [raised](reqscope_core::RaisedLevel) request logs down to
+/// its level; with `LOG_ON_ERROR` set to `debug` or `trace` — default `off` — each request's
+/// lines of that level are kept until it fails, and written just before its first ERROR
+/// line), the `log` bridge ([`install_log_bridge`]; if another `log` logger is installed, it
+/// stays and a WARN says so), a [`LogLayer`] in the format named by `LOG_FORMAT` (`json`, the default, or
 /// `pretty`) writing to a non-blocking stdout that holds at most `LOG_BUFFER_BYTES` (default
 /// 8 MiB) of lines the output has not taken yet — beyond that, lines are dropped, counted and
 /// reported once output moves again, and requests never wait.
@@ -100,7 +119,8 @@ pub use writer::{NonBlocking, NonBlockingBuilder, WriterGuard, non_blocking};
 /// # Errors
 ///
 /// Fails when `LOG_FORMAT` has another value, `RUST_LOG` does not parse, `LOG_BUFFER_BYTES`
-/// is not a positive number, or a global subscriber is already installed.
+/// is not a positive number, `LOG_ON_ERROR` is not `debug`, `trace` or `off`, or a global
+/// subscriber is already installed.
 pub fn init_from_env() -> Result<WriterGuard, InitError> {
     init_from_env_with(tracing_subscriber::layer::Identity::new())
 }
@@ -144,7 +164,7 @@ where
         Err(_) => layer,
     };
     let directives = std::env::var("RUST_LOG").ok();
-    let filter = env_filter(directives.as_deref())?;
+    let filter = RequestLevelFilter::new(env_filter(directives.as_deref())?).keep_until_error(on_error_from_env()?);
     let mut writer = NonBlockingBuilder::default();
     if let Ok(bytes) = std::env::var("LOG_BUFFER_BYTES") {
         match bytes.parse::<usize>() {
@@ -163,6 +183,20 @@ where
         tracing::warn!(target: "reqscope::logging", %error, "records of crates that use `log` are not bridged");
     }
     Ok(guard)
+}
+
+/// `LOG_ON_ERROR`: `debug` or `trace` keeps a request's lines of that level until it fails;
+/// `off`, empty or unset keeps none.
+fn on_error_from_env() -> Result<Option<reqscope_core::RaisedLevel>, InitError> {
+    std::env::var("LOG_ON_ERROR").map_or(Ok(None), |value| on_error(&value))
+}
+
+fn on_error(value: &str) -> Result<Option<reqscope_core::RaisedLevel>, InitError> {
+    let trimmed = value.trim();
+    if trimmed.is_empty() || trimmed.eq_ignore_ascii_case("off") {
+        return Ok(None);
+    }
+    reqscope_core::RaisedLevel::parse(trimmed.as_bytes()).map(Some).ok_or_else(|| InitError::OnError(value.to_owned()))
 }
 
 /// Sends the records of crates that log through the `log` facade to the tracing subscriber,
@@ -233,6 +267,9 @@ pub enum InitError {
     /// `LOG_BUFFER_BYTES` was not a positive number.
     #[error("LOG_BUFFER_BYTES must be a positive number of bytes, got {0:?}")]
     BufferLimit(String),
+    /// `LOG_ON_ERROR` was not `debug`, `trace` or `off`.
+    #[error("LOG_ON_ERROR must be `debug`, `trace` or `off`, got {0:?}")]
+    OnError(String),
     /// `RUST_LOG` did not parse.
     #[error("RUST_LOG is not a valid filter: {0}")]
     Filter(String),
@@ -271,6 +308,17 @@ mod tests {
         assert!(request_span_enabled(Some("warn,reqscope::request=debug")));
         assert!(names_request_span(" reqscope::request = off"));
         assert!(!names_request_span("reqscope::requests=off,reqscope=off"));
+    }
+
+    #[test]
+    fn log_on_error_names_a_level_or_nothing() {
+        use reqscope_core::RaisedLevel;
+        assert_eq!(on_error("debug").unwrap(), Some(RaisedLevel::Debug));
+        assert_eq!(on_error(" TRACE").unwrap(), Some(RaisedLevel::Trace));
+        assert_eq!(on_error("off").unwrap(), None);
+        assert_eq!(on_error("").unwrap(), None);
+        let error = on_error("yes").unwrap_err().to_string();
+        assert!(error.starts_with("LOG_ON_ERROR must be") && error.contains("\"yes\""), "{error}");
     }
 
     #[test]

@@ -43,6 +43,12 @@ pub struct FieldNames {
     pub job_id: &'static str,
     /// Which attempt at the job this is, from 1.
     pub attempt: &'static str,
+    /// `true` on a line written only because its request failed: a DEBUG line kept until an
+    /// error (see [`RequestLevelFilter::keep_until_error`](crate::RequestLevelFilter::keep_until_error)).
+    pub buffered: &'static str,
+    /// On the line that wrote a request's kept lines (its first ERROR line): how many of
+    /// the oldest were dropped to stay within the request's bounds.
+    pub buffered_dropped: &'static str,
 }
 
 impl Default for FieldNames {
@@ -67,6 +73,8 @@ impl Default for FieldNames {
             job: "job",
             job_id: "job_id",
             attempt: "attempt",
+            buffered: "buffered",
+            buffered_dropped: "buffered_dropped",
         }
     }
 }
@@ -85,7 +93,7 @@ impl FieldNames {
     }
 
     /// Every stamped key.
-    pub(crate) fn all(&self) -> [&'static str; 19] {
+    pub(crate) fn all(&self) -> [&'static str; 21] {
         [
             self.timestamp,
             self.level,
@@ -106,6 +114,8 @@ impl FieldNames {
             self.job,
             self.job_id,
             self.attempt,
+            self.buffered,
+            self.buffered_dropped,
         ]
     }
 
@@ -121,6 +131,7 @@ impl FieldNames {
             rate_limit_remaining: "rateLimitRemaining",
             rate_limit_reset: "rateLimitReset",
             job_id: "jobId",
+            buffered_dropped: "bufferedDropped",
             ..FieldNames::default()
         }
     }
