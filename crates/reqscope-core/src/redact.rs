@@ -85,14 +85,22 @@ where
 }
 
 /// The keys of a policy, folded, each once, none a suffix of another (it would match nothing
-/// more), and which bytes end them.
-#[derive(Default)]
+/// more), and which bytes end them: most keys that match none are told by their last two
+/// bytes, in one table lookup.
+#[derive(Clone)]
 struct Keys {
     /// As given, for `Debug` and [`Redaction::keys`].
     given: Vec<Box<str>>,
     folded: Vec<Box<[u8]>>,
-    /// Bit `b` is set when a folded key ends with byte `b`.
-    last: [u64; 4],
+    /// Row `a % 64`, bit `b % 64` is set when a folded key ends with the bytes `b`, `a` (or
+    /// with `a` alone: then the whole row is set).
+    ends: [u64; 64],
+}
+
+impl Default for Keys {
+    fn default() -> Self {
+        Keys { given: Vec::new(), folded: Vec::new(), ends: [0; 64] }
+    }
 }
 
 /// ASCII case and the three separators folded: `A` → `a`, `-` and `.` → `_`.
@@ -122,27 +130,37 @@ impl Keys {
         self.folded.retain(|k| !k.ends_with(&folded));
         self.folded.push(folded);
         self.given.push(key.into());
-        self.last = [0; 4];
+        self.ends = [0; 64];
         for k in &self.folded {
-            if let Some(&b) = k.last() {
-                self.last[usize::from(b >> 6)] |= 1 << (b & 63);
+            match **k {
+                [.., before, last] => self.ends[usize::from(last & 63)] |= 1 << (before & 63),
+                [last] => self.ends[usize::from(last & 63)] = u64::MAX,
+                [] => {}
             }
         }
     }
 
     #[inline]
     fn matches(&self, key: &[u8]) -> bool {
-        let Some(&last) = key.last() else {
-            return false;
+        let row = match *key {
+            [.., before, last] => {
+                let row = self.ends[usize::from(fold(last) & 63)];
+                if row & (1 << (fold(before) & 63)) == 0 {
+                    return false;
+                }
+                row
+            }
+            [last] => self.ends[usize::from(fold(last) & 63)],
+            [] => return false,
         };
-        let last = fold(last);
-        if self.last[usize::from(last >> 6)] & (1 << (last & 63)) == 0 {
-            return false;
-        }
-        self.folded.iter().any(|k| {
-            key.len() >= k.len() && key[key.len() - k.len()..].iter().zip(k.iter()).all(|(&a, &b)| fold(a) == b)
-        })
+        row != 0 && self.folded.iter().any(|k| ends_with_folded(key, k))
     }
+}
+
+/// Whether `key`, folded, ends with `folded`; compared from the end, where keys differ most.
+#[inline]
+fn ends_with_folded(key: &[u8], folded: &[u8]) -> bool {
+    key.len() >= folded.len() && key.iter().rev().zip(folded.iter().rev()).all(|(&a, &b)| fold(a) == b)
 }
 
 impl Redaction {
@@ -164,7 +182,7 @@ impl Redaction {
         I: IntoIterator<Item = K>,
         K: AsRef<str>,
     {
-        let mut set = Keys { given: self.keys.given.clone(), folded: self.keys.folded.clone(), last: self.keys.last };
+        let mut set = Keys::clone(&self.keys);
         for key in keys {
             set.add(key.as_ref());
         }
@@ -271,6 +289,9 @@ mod tests {
         assert!(!redaction.is_sensitive_key("card"));
         assert!(!redaction.is_sensitive_key("any_"), "a key of separators is left out");
         assert_eq!(redaction.keys().collect::<Vec<_>>(), ["card_number", "token", "access-token", "Email"]);
+        let short = Redaction::none().redact_keys(["x", "pin"]);
+        assert!(short.is_sensitive_key("x") && short.is_sensitive_key("a-X") && short.is_sensitive_key("PIN"));
+        assert!(!short.is_sensitive_key("xa") && !short.is_sensitive_key("in"));
         let longer_first = Redaction::none().redact_keys(["access_token", "token"]);
         assert!(longer_first.is_sensitive_key("id_token"));
         assert_eq!(longer_first.keys.folded.len(), 1);

@@ -137,7 +137,7 @@ pub(crate) fn json_line(
     write_str(buf, meta.target());
     event.record(&mut Values { target: EventFields { buf, seen, keys, message_pass: true }, redaction });
     if let Some(ctx) = ctx {
-        write_context(buf, seen, keys, redaction, ctx, meta.target() == ACCESS_TARGET);
+        write_context(buf, seen, keys, redaction, ctx, meta);
     }
     spans(buf, seen);
     event.record(&mut Values { target: EventFields { buf, seen, keys, message_pass: false }, redaction });
@@ -150,7 +150,7 @@ fn write_context(
     keys: &JsonKeys,
     redaction: &Redaction,
     ctx: &RequestContext,
-    access: bool,
+    meta: &Metadata<'_>,
 ) {
     buf.extend_from_slice(&keys.request_id);
     write_str(buf, ctx.id().as_str());
@@ -230,7 +230,7 @@ fn write_context(
         }
         write_baggage::<JsonStyle>(buf, seen, &keys.reserved, redaction, &patch.baggage, write_str);
     });
-    if access && !ctx.logged_headers().is_empty() {
+    if !ctx.logged_headers().is_empty() && meta.target() == ACCESS_TARGET {
         write_headers::<JsonStyle>(buf, seen, &keys.reserved, redaction, ctx.logged_headers(), write_str);
     }
 }
@@ -317,6 +317,11 @@ trait Target {
     fn buf(&mut self) -> &mut Vec<u8>;
     /// Called after the value of `field` is written.
     fn finish(&mut self, _field: &Field) {}
+    /// Whether the field just started is redacted by its key too (not only by the value
+    /// hook): every field but the message, which is reqscope's own key.
+    fn keyed(&self) -> bool {
+        true
+    }
 }
 
 /// Renders each field's value as JSON into its target, or `"[redacted]"`.
@@ -351,6 +356,9 @@ impl Target for EventFields<'_> {
     fn buf(&mut self) -> &mut Vec<u8> {
         self.buf
     }
+    fn keyed(&self) -> bool {
+        !self.message_pass
+    }
 }
 
 /// Renders a span's fields into its [`Fragment`].
@@ -382,7 +390,7 @@ impl<T: Target> Values<'_, T> {
     /// `text` calls with the value as text (only when there is a hook).
     fn redacted(&self, field: &Field, text: impl FnOnce(&dyn Fn(&str) -> bool) -> bool) -> bool {
         let redaction = self.redaction;
-        redaction.is_sensitive_key(field.name())
+        (self.target.keyed() && redaction.is_sensitive_key(field.name()))
             || (redaction.has_value_hook() && text(&|value| redaction.redacts_value(field.name(), value)))
     }
 
@@ -400,32 +408,42 @@ impl<T: Target> Values<'_, T> {
     /// Writes a value as JSON text, formatted by `format`: straight into the line without a
     /// value hook, once into a reused buffer to be judged with one.
     fn write_text(&mut self, field: &Field, format: impl Fn(&mut dyn fmt::Write) -> fmt::Result) {
-        if self.redaction.is_sensitive_key(field.name()) {
+        if self.target.keyed() && self.redaction.is_sensitive_key(field.name()) {
             return self.write(field, true, |_| ());
         }
-        if !self.redaction.has_value_hook() {
-            return self.write(field, false, |buf| {
-                buf.push(b'"');
-                let _ = format(&mut Escaper(buf));
-                buf.push(b'"');
-            });
+        if self.redaction.has_value_hook() {
+            write_hooked_text(self.target.buf(), self.redaction, field, &format);
+        } else {
+            let buf = self.target.buf();
+            buf.push(b'"');
+            let _ = format(&mut Escaper(buf));
+            buf.push(b'"');
         }
-        let redaction = self.redaction;
-        let buf = self.target.buf();
-        with_text(
-            |text| {
-                let _ = format(text);
-            },
-            |text| {
-                if redaction.redacts_value(field.name(), text) {
-                    buf.extend_from_slice(REDACTED_VALUE);
-                } else {
-                    write_str(buf, text);
-                }
-            },
-        );
         self.target.finish(field);
     }
+}
+
+/// Formats a value once, shows it to the value hook, and writes it or `"[redacted]"`. Out of
+/// line: without a hook, the hot path stays small.
+#[inline(never)]
+fn write_hooked_text(
+    buf: &mut Vec<u8>,
+    redaction: &Redaction,
+    field: &Field,
+    format: &dyn Fn(&mut dyn fmt::Write) -> fmt::Result,
+) {
+    with_text(
+        |text| {
+            let _ = format(text);
+        },
+        |text| {
+            if redaction.redacts_value(field.name(), text) {
+                buf.extend_from_slice(REDACTED_VALUE);
+            } else {
+                write_str(buf, text);
+            }
+        },
+    );
 }
 
 impl<T: Target> Visit for Values<'_, T> {

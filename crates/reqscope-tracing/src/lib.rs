@@ -21,7 +21,8 @@
 //! `rate_limit_reset`, `job`, `job_id`, `attempt` (in a [job](reqscope_core::job)), the custom
 //! context fields, the baggage entries named with
 //! [`LogLayer::baggage_fields`] (`"baggage.<key>":"<decoded value>"`; none by default), on
-//! access lines (target `reqscope::access`) the request headers the request layer kept
+//! lines of target `reqscope::access` (access lines, WebSocket close lines) the request
+//! headers the request layer kept
 //! (`"header.<name>":"…"`, see `RequestContextLayer::log_request_headers` in
 //! `reqscope-tower` and [`logged_headers`](reqscope_core::logged_headers)), the fields of the
 //! spans in scope (root

@@ -119,7 +119,7 @@ pub(crate) fn pretty_line(
                 let _ = write!(Escaped(buf), "{value:?}");
             });
         });
-        if meta.target() == ACCESS_TARGET && !ctx.logged_headers().is_empty() {
+        if !ctx.logged_headers().is_empty() && meta.target() == ACCESS_TARGET {
             write_headers::<PrettyStyle>(buf, seen, reserved, redaction, ctx.logged_headers(), |buf, value| {
                 let _ = write!(Escaped(buf), "{value:?}");
             });
@@ -164,18 +164,26 @@ impl Visit for EventFields<'_> {
         if field.name() == "message" {
             if self.only_message {
                 self.buf.push(b' ');
-                write_judged(self.buf, self.redaction, field, value, false);
+                // The message is reqscope's own key: only the value hook judges it.
+                write_judged(self.buf, self.redaction, field, value, false, false);
             }
         } else if self.key(field) {
-            write_judged(self.buf, self.redaction, field, value, true);
+            write_judged(self.buf, self.redaction, field, value, true, true);
         }
     }
 }
 
-/// Writes `value` as [`write_unambiguous`] does, or `"[redacted]"` when `redaction` says so;
-/// formatted once either way.
-fn write_judged(buf: &mut Vec<u8>, redaction: &Redaction, field: &Field, value: &dyn fmt::Debug, literal: bool) {
-    if redaction.is_sensitive_key(field.name()) {
+/// Writes `value` as [`write_unambiguous`] does, or `"[redacted]"` when `redaction` says so
+/// (by the field's key when `keyed`, by the value hook); formatted once either way.
+fn write_judged(
+    buf: &mut Vec<u8>,
+    redaction: &Redaction,
+    field: &Field,
+    value: &dyn fmt::Debug,
+    literal: bool,
+    keyed: bool,
+) {
+    if keyed && redaction.is_sensitive_key(field.name()) {
         buf.extend_from_slice(REDACTED_VALUE);
     } else if !redaction.has_value_hook() {
         write_unambiguous(buf, value, literal);
@@ -229,7 +237,7 @@ impl Visit for SpanValues<'_> {
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
         if !field.name().starts_with("log.") {
             let start = self.fragment.bytes_len();
-            write_judged(self.fragment.bytes_mut(), self.redaction, field, value, true);
+            write_judged(self.fragment.bytes_mut(), self.redaction, field, value, true, true);
             self.fragment.commit(field.name(), start);
         }
     }
