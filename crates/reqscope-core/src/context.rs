@@ -49,6 +49,15 @@ pub struct RequestContext {
     job: Option<Arc<Job>>,
     /// The log level this request is raised to; see [`RequestContext::raised_level`].
     pub(crate) level: LevelState,
+    /// A log layer's lines kept for this request (see [`log_lines`]): its own, never a fork's.
+    log_lines: OnceLock<Box<dyn std::any::Any + Send + Sync>>,
+}
+
+/// Where a log layer keeps lines of this request until it fails: made on first use, dropped
+/// with the context, and not copied into forks (which keep their own). Plumbing for
+/// reqscope-tracing; the type in it is that crate's.
+pub fn log_lines(ctx: &RequestContext) -> &OnceLock<Box<dyn std::any::Any + Send + Sync>> {
+    &ctx.log_lines
 }
 
 /// Where the path comes from: the request's own URI (shared, no copy) or a string.
@@ -406,6 +415,7 @@ impl RequestContextBuilder {
             finished: AtomicBool::new(false),
             job: self.job.map(Arc::new),
             level: LevelState::new(self.raised),
+            log_lines: OnceLock::new(),
         }
     }
 }
@@ -490,6 +500,7 @@ impl RequestContext {
             finished: AtomicBool::new(false),
             job: self.job.clone(),
             level: self.level.copy(),
+            log_lines: OnceLock::new(),
         }
     }
 
