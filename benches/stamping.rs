@@ -513,24 +513,22 @@ fn debug_emit() {
 /// One side of [`paired`]: a name, a subscriber, and the contexts its events run in.
 type Side<'a> = (&'a str, &'a tracing::Dispatch, &'a dyn Fn() -> Arc<RequestContext>);
 
-/// Nanoseconds per `f()` on side `a` and on side `b`, measured in alternating short rounds (so
-/// that a machine that speeds up or slows down meanwhile affects both alike): the median and
-/// the fastest round of each, and their ratios. Every 64 events run in a new context of their
-/// side.
-/// With `flush`, each round also waits for the writer thread to write its lines, and the
-/// CPU time of every thread of the process — the writer's included — is reported too.
+/// Nanoseconds per `f()` on side `a` and on side `b`, measured in short rounds that alternate
+/// (A B, then B A, …: a machine that speeds up or slows down meanwhile affects both alike):
+/// the median and the fastest round of each, and their ratios. Every 64 events run in a new
+/// context of their side. With `flush`, each round also waits for the writer thread to
+/// write what it was given, so that its work stays within its side's rounds.
 fn paired(what: &str, a: Side<'_>, b: Side<'_>, f: fn(), flush: Option<&reqscope::logging::NonBlocking>) {
     const ROUNDS: usize = 201;
     const PER_ROUND: u32 = 64;
     const REPEATS: u32 = 20;
     let mut times = [Vec::with_capacity(ROUNDS), Vec::with_capacity(ROUNDS)];
-    let mut cpu = [Vec::with_capacity(ROUNDS), Vec::with_capacity(ROUNDS)];
-    for _ in 0..ROUNDS {
-        for (i, (_, dispatch, ctx)) in [a, b].into_iter().enumerate() {
+    for round in 0..ROUNDS {
+        let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+        for i in order {
+            let (_, dispatch, ctx) = [a, b][i];
             let mut spent = std::time::Duration::ZERO;
-            let cpu_before = flush.map(|_| process_cpu_ns());
             tracing::dispatcher::with_default(dispatch, || {
-                // A request keeps at most 256 lines: 64 to a context, a new one each time.
                 for _ in 0..REPEATS {
                     RequestContext::scope_sync(ctx(), || {
                         let start = std::time::Instant::now();
@@ -541,40 +539,24 @@ fn paired(what: &str, a: Side<'_>, b: Side<'_>, f: fn(), flush: Option<&reqscope
                     });
                 }
             });
-            times[i].push(spent.as_nanos() as f64 / f64::from(PER_ROUND * REPEATS));
-            if let (Some(writer), Some(before)) = (flush, cpu_before) {
+            if let Some(writer) = flush {
                 writer.flush_timeout(std::time::Duration::from_secs(5));
-                cpu[i].push((process_cpu_ns() - before) as f64 / f64::from(PER_ROUND * REPEATS));
             }
+            times[i].push(spent.as_nanos() as f64 / f64::from(PER_ROUND * REPEATS));
         }
     }
-    let report = |what: &str, [a_times, b_times]: &mut [Vec<f64>; 2]| {
-        a_times.sort_by(f64::total_cmp);
-        b_times.sort_by(f64::total_cmp);
-        let (ma, mb) = (a_times[a_times.len() / 2], b_times[b_times.len() / 2]);
-        let (fa, fb) = (a_times[0], b_times[0]);
-        println!(
-            "{what}: median {} {ma:.1} ns, {} {mb:.1} ns per event ({:+.1}%); fastest round {fa:.1} ns, {fb:.1} ns ({:+.1}%)",
-            a.0,
-            b.0,
-            (mb / ma - 1.0) * 100.0,
-            (fb / fa - 1.0) * 100.0
-        );
-    };
-    report(what, &mut times);
-    if flush.is_some() {
-        report(&format!("{what}, CPU of every thread"), &mut cpu);
-    }
-}
-
-/// CPU time of every thread of this process so far, in nanoseconds (Linux).
-fn process_cpu_ns() -> u64 {
-    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else { return 0 };
-    tasks
-        .flatten()
-        .filter_map(|task| std::fs::read_to_string(task.path().join("schedstat")).ok())
-        .filter_map(|stat| stat.split_whitespace().next()?.parse::<u64>().ok())
-        .sum()
+    let [a_times, b_times] = &mut times;
+    a_times.sort_by(f64::total_cmp);
+    b_times.sort_by(f64::total_cmp);
+    let (ma, mb) = (a_times[ROUNDS / 2], b_times[ROUNDS / 2]);
+    let (fa, fb) = (a_times[0], b_times[0]);
+    println!(
+        "{what}: median {} {ma:.1} ns, {} {mb:.1} ns per event ({:+.1}%); fastest round {fa:.1} ns, {fb:.1} ns ({:+.1}%)",
+        a.0,
+        b.0,
+        (mb / ma - 1.0) * 100.0,
+        (fb / fa - 1.0) * 100.0
+    );
 }
 
 /// The request-level filter: its cost when no request is raised, and a kept line against a
