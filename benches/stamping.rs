@@ -33,6 +33,13 @@
 //!   entry: its snapshot written as headers, the headers validated and restored into a
 //!   context, and a restored job run to its end line (no subscriber).
 //!
+//! - `level/*`: one INFO event under `EnvFilter::new("info")` (what `init_from_env`
+//!   installed before the request-level filter) and under `RequestLevelFilter` wrapping it,
+//!   no request raised; a DEBUG event both filters drop; a DEBUG line of a raised request,
+//!   written; and, with `keep_until_error`, a DEBUG line kept in its request's buffer against
+//!   the same line of a raised request, written — to a sink, and through the non-blocking
+//!   writer.
+//!
 //! Before the timings it prints heap allocations per event and per request, counted by a
 //! global allocator.
 
@@ -508,5 +515,201 @@ fn grpc(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, context, event, layer, jwt, rate_limit, grpc, trace, baggage, carry);
+fn debug_emit() {
+    tracing::debug!(rows = 3u64, table = "users", "query done");
+}
+
+/// One side of [`paired`]: a name, a subscriber, and the contexts its events run in.
+type Side<'a> = (&'a str, &'a tracing::Dispatch, &'a dyn Fn() -> Arc<RequestContext>);
+
+/// Nanoseconds per `f()` on side `a` and on side `b`, measured in short rounds that alternate
+/// (A B, then B A, …: a machine that speeds up or slows down meanwhile affects both alike):
+/// the median and the fastest round of each, and their ratios. Every 64 events run in a new
+/// context of their side. With `flush`, each round also waits for the writer thread to
+/// write what it was given, so that its work stays within its side's rounds.
+fn paired(what: &str, a: Side<'_>, b: Side<'_>, f: fn(), flush: Option<&reqscope::logging::NonBlocking>) {
+    const ROUNDS: usize = 201;
+    const PER_ROUND: u32 = 64;
+    const REPEATS: u32 = 20;
+    let mut times = [Vec::with_capacity(ROUNDS), Vec::with_capacity(ROUNDS)];
+    for round in 0..ROUNDS {
+        let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+        for i in order {
+            let (_, dispatch, ctx) = [a, b][i];
+            let mut spent = std::time::Duration::ZERO;
+            tracing::dispatcher::with_default(dispatch, || {
+                for _ in 0..REPEATS {
+                    RequestContext::scope_sync(ctx(), || {
+                        let start = std::time::Instant::now();
+                        for _ in 0..PER_ROUND {
+                            f();
+                        }
+                        spent += start.elapsed();
+                    });
+                }
+            });
+            if let Some(writer) = flush {
+                writer.flush_timeout(std::time::Duration::from_secs(5));
+            }
+            times[i].push(spent.as_nanos() as f64 / f64::from(PER_ROUND * REPEATS));
+        }
+    }
+    let [a_times, b_times] = &mut times;
+    a_times.sort_by(f64::total_cmp);
+    b_times.sort_by(f64::total_cmp);
+    let (ma, mb) = (a_times[ROUNDS / 2], b_times[ROUNDS / 2]);
+    let (fa, fb) = (a_times[0], b_times[0]);
+    println!(
+        "{what}: median {} {ma:.1} ns, {} {mb:.1} ns per event ({:+.1}%); fastest round {fa:.1} ns, {fb:.1} ns ({:+.1}%)",
+        a.0,
+        b.0,
+        (mb / ma - 1.0) * 100.0,
+        (fb / fa - 1.0) * 100.0
+    );
+}
+
+/// The request-level filter: its cost when no request is raised, and a kept line against a
+/// written one. Last of all: once a line has been kept, every log layer of the process checks
+/// ERROR and access lines for kept lines.
+fn level(c: &mut Criterion) {
+    use reqscope::RaisedLevel;
+    use reqscope::logging::RequestLevelFilter;
+    use tracing_subscriber::EnvFilter;
+
+    let mut group = c.benchmark_group("level");
+    let ctx = request_context();
+    {
+        let env: tracing::Dispatch = tracing_subscriber::registry()
+            .with(EnvFilter::new("info"))
+            .with(LogLayer::new().with_writer(std::io::sink))
+            .into();
+        let wrapped: tracing::Dispatch = tracing_subscriber::registry()
+            .with(RequestLevelFilter::new(EnvFilter::new("info")))
+            .with(LogLayer::new().with_writer(std::io::sink))
+            .into();
+        let plain = request_context;
+        paired(
+            "INFO line, no request raised",
+            ("EnvFilter", &env, &plain),
+            ("RequestLevelFilter", &wrapped, &plain),
+            emit,
+            None,
+        );
+        paired(
+            "DEBUG event dropped",
+            ("EnvFilter", &env, &plain),
+            ("RequestLevelFilter", &wrapped, &plain),
+            debug_emit,
+            None,
+        );
+        let keep = || RequestLevelFilter::new(EnvFilter::new("info")).keep_until_error(Some(RaisedLevel::Debug));
+        // A real file, so that the writer thread makes its system calls.
+        let null = std::fs::OpenOptions::new().write(true).open("/dev/null").expect("/dev/null");
+        let (writer, _guard) = reqscope::logging::non_blocking(null);
+        let non_blocking: tracing::Dispatch = tracing_subscriber::registry()
+            .with(keep())
+            .with(LogLayer::new().with_writer(reqscope::logging::NonBlocking::clone(&writer)))
+            .into();
+        let to_sink: tracing::Dispatch =
+            tracing_subscriber::registry().with(keep()).with(LogLayer::new().with_writer(std::io::sink)).into();
+        let raised = || {
+            let ctx = request_context();
+            ctx.raise_level(Some(RaisedLevel::Debug));
+            ctx
+        };
+        // Written: the same line in a raised request, through the same subscriber.
+        let (written, kept) =
+            (("written (raised request)", &non_blocking, &raised as _), ("kept", &non_blocking, &plain as _));
+        paired("DEBUG line, non-blocking writer to /dev/null", written, kept, debug_emit, Some(&writer));
+        let (written, kept) = (("written (raised request)", &to_sink, &raised as _), ("kept", &to_sink, &plain as _));
+        paired("DEBUG line, io::sink", written, kept, debug_emit, None);
+        // Lines have been kept by now: every layer looks at ERROR and access lines.
+        paired(
+            "INFO line, keeping DEBUG lines",
+            ("EnvFilter", &env, &plain),
+            ("RequestLevelFilter", &to_sink, &plain),
+            emit,
+            None,
+        );
+    }
+    let in_request = |subscriber: tracing::Dispatch, f: &mut dyn FnMut()| {
+        tracing::dispatcher::with_default(&subscriber, || RequestContext::scope_sync(ctx.clone(), f));
+    };
+    let env =
+        || tracing_subscriber::registry().with(EnvFilter::new("info")).with(LogLayer::new().with_writer(std::io::sink));
+    let wrapped = || {
+        tracing_subscriber::registry()
+            .with(RequestLevelFilter::new(EnvFilter::new("info")))
+            .with(LogLayer::new().with_writer(std::io::sink))
+    };
+    in_request(env().into(), &mut || {
+        group.bench_function("info_env_filter", |b| b.iter(emit));
+        group.bench_function("debug_dropped_env_filter", |b| b.iter(debug_emit));
+    });
+    in_request(wrapped().into(), &mut || {
+        group.bench_function("info_request_filter", |b| b.iter(emit));
+        group.bench_function("debug_dropped_request_filter", |b| b.iter(debug_emit));
+    });
+    let raised = request_context();
+    raised.raise_level(Some(RaisedLevel::Debug));
+    tracing::dispatcher::with_default(&wrapped().into(), || {
+        RequestContext::scope_sync(Arc::clone(&raised), || {
+            group.bench_function("debug_raised_written", |b| b.iter(debug_emit));
+        })
+    });
+    raised.raise_level(None);
+
+    // Kept lines, 64 to a request (a fresh context each time: a request's buffer is
+    // allocated), against the same DEBUG lines of raised requests, written; the contexts are
+    // built and dropped outside the timing.
+    fn per_request(raised: bool, subscriber: &tracing::Dispatch) -> impl FnMut(u64) -> std::time::Duration + '_ {
+        move |iters: u64| {
+            let mut spent = std::time::Duration::ZERO;
+            let mut left = iters;
+            tracing::dispatcher::with_default(subscriber, || {
+                while left > 0 {
+                    let batch = left.min(64);
+                    let ctx = request_context();
+                    ctx.raise_level(raised.then_some(RaisedLevel::Debug));
+                    RequestContext::scope_sync(ctx, || {
+                        let start = std::time::Instant::now();
+                        for _ in 0..batch {
+                            debug_emit();
+                        }
+                        spent += start.elapsed();
+                    });
+                    left -= batch;
+                }
+            });
+            spent
+        }
+    }
+    let keep = || RequestLevelFilter::new(EnvFilter::new("info")).keep_until_error(Some(RaisedLevel::Debug));
+    let to_sink: tracing::Dispatch =
+        tracing_subscriber::registry().with(keep()).with(LogLayer::new().with_writer(std::io::sink)).into();
+    let (writer, _guard) = reqscope::logging::non_blocking(std::io::sink());
+    let non_blocking: tracing::Dispatch =
+        tracing_subscriber::registry().with(keep()).with(LogLayer::new().with_writer(writer)).into();
+    tracing::dispatcher::with_default(&to_sink, || {
+        RequestContext::scope_sync(request_context(), || {
+            let before = ALLOCATIONS.load(Ordering::Relaxed);
+            for _ in 0..200 {
+                debug_emit();
+            }
+            let per_line = (ALLOCATIONS.load(Ordering::Relaxed) - before) as f64 / 200.0;
+            println!("kept DEBUG lines: {per_line} heap allocations per line (the request's first 200)");
+        })
+    });
+    group.bench_function("debug_written_sink", |b| b.iter_custom(per_request(true, &to_sink)));
+    group.bench_function("debug_kept_sink", |b| b.iter_custom(per_request(false, &to_sink)));
+    group.bench_function("debug_written_non_blocking", |b| b.iter_custom(per_request(true, &non_blocking)));
+    group.bench_function("debug_kept_non_blocking", |b| b.iter_custom(per_request(false, &non_blocking)));
+    // A request at its bound of 256 lines: the oldest line's buffer is reused.
+    in_request(to_sink.clone(), &mut || {
+        group.bench_function("debug_kept_at_bound", |b| b.iter(debug_emit));
+    });
+    group.finish();
+}
+
+criterion_group!(benches, context, event, layer, jwt, rate_limit, grpc, trace, baggage, carry, level);
 criterion_main!(benches);

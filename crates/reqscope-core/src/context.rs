@@ -52,6 +52,15 @@ pub struct RequestContext {
     logged_headers: Box<[LoggedHeader]>,
     /// The log level this request is raised to; see [`RequestContext::raised_level`].
     pub(crate) level: LevelState,
+    /// A log layer's lines kept for this request (see [`log_lines`]): its own, never a fork's.
+    log_lines: OnceLock<Box<dyn std::any::Any + Send + Sync>>,
+}
+
+/// Where a log layer keeps lines of this request until it fails: made on first use, dropped
+/// with the context, and not copied into forks (which keep their own). Plumbing for
+/// reqscope-tracing; the type in it is that crate's.
+pub fn log_lines(ctx: &RequestContext) -> &OnceLock<Box<dyn std::any::Any + Send + Sync>> {
+    &ctx.log_lines
 }
 
 /// Where the path comes from: the request's own URI (shared, no copy) or a string.
@@ -418,6 +427,7 @@ impl RequestContextBuilder {
             job: self.job.map(Arc::new),
             logged_headers: self.logged_headers.into_boxed_slice(),
             level: LevelState::new(self.raised),
+            log_lines: OnceLock::new(),
         }
     }
 }
@@ -504,6 +514,7 @@ impl RequestContext {
             job: self.job.clone(),
             logged_headers: self.logged_headers.clone(),
             level: self.level.copy(),
+            log_lines: OnceLock::new(),
         }
     }
 

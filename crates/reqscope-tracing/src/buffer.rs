@@ -3,15 +3,16 @@
 //! [`RequestLevelFilter`](crate::RequestLevelFilter) decides which events are kept rather
 //! than written (a *verdict*, handed over on the thread that dispatches the event); the log
 //! layer formats each such line as usual, marks it `"buffered":true` and keeps it in its
-//! request's buffer (an extension of the request context, so it goes when the context does).
-//! The buffer is written, in order, just before the request's first ERROR line — an error
+//! request's buffer, which lives in the request context: it goes when the context does, and
+//! a fork has one of its own. The buffer is written, in order, just before the request's first ERROR line — an error
 //! event, or the failed access line — and emptied by the access line of a request that did
 //! not fail. Once written, the request's later kept lines are written as they come.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard};
 
+use reqscope_core::__private::log_lines;
 use reqscope_core::RequestContext;
 use tracing::{Event, Metadata};
 
@@ -64,7 +65,8 @@ impl HoldLimits {
         self
     }
 
-    /// The most bytes of lines kept for all requests together, by every layer in the process.
+    /// The most bytes of lines kept for all requests together, by every layer in the process
+    /// (counted in steps of 16 KiB per request).
     pub fn total_bytes(mut self, bytes: usize) -> Self {
         self.total_bytes = bytes;
         self
@@ -74,8 +76,12 @@ impl HoldLimits {
 /// Whether any verdict was ever given: until then, log layers skip every check of this module.
 static HOLDING: AtomicBool = AtomicBool::new(false);
 
-/// Bytes kept in every buffer of the process.
+/// Bytes set aside for kept lines in every buffer of the process.
 static TOTAL: AtomicUsize = AtomicUsize::new(0);
+
+/// A request sets aside this much of the total at a time, not each line's bytes: one update
+/// of the shared count for many lines.
+const CHUNK: usize = 16 * 1024;
 
 /// Whether lines may be kept at all (a filter has kept one).
 #[inline]
@@ -124,7 +130,10 @@ pub(crate) fn forget(event: &Event<'_>, owner: u64) {
 
 /// Marks `event` as kept for the log layers of `owner`.
 pub(crate) fn keep(event: &Event<'_>, owner: u64) {
-    HOLDING.store(true, Ordering::Relaxed);
+    // Stored once: every event of every thread reads it.
+    if !holding() {
+        HOLDING.store(true, Ordering::Relaxed);
+    }
     let verdict = Verdict { event: address(event), owner };
     let _ = PENDING.try_with(|pending| {
         let mut slots = pending.get();
@@ -166,23 +175,26 @@ pub(crate) fn ends_request(event: &Event<'_>) -> bool {
     }
 }
 
-/// The extension that holds a request's buffers, one per log layer.
-#[derive(Clone)]
-struct Buffers(Arc<Held>);
-
+/// A request's buffers, one per log layer, in the context's slot for them (a fork has its
+/// own): found without a lock, dropped with the context.
+#[derive(Default)]
 struct Held {
-    /// The context this belongs to: a [fork](RequestContext::fork) copies its parent's
-    /// extensions, and must not write into (or empty) its parent's buffers.
-    owner: usize,
     slots: Mutex<Vec<Slot>>,
 }
 
-/// What one log layer keeps for one request.
+/// What one log layer keeps for one request: the lines, oldest first, one after the other in
+/// blocks of 16 KiB (an allocation per block, not per line, and no copy as they grow).
 struct Slot {
     layer: u64,
     state: State,
     lines: VecDeque<Line>,
+    /// The blocks that hold the lines; the first is block number `first_block`.
+    blocks: VecDeque<Vec<u8>>,
+    first_block: usize,
+    /// Bytes of the lines kept (what the request's bound counts).
     bytes: usize,
+    /// Bytes of the total set aside for this slot (what the total counts).
+    reserved: usize,
     dropped: u64,
 }
 
@@ -198,7 +210,64 @@ enum State {
 
 struct Line {
     meta: &'static Metadata<'static>,
-    bytes: Vec<u8>,
+    /// The number of its block, counted from the slot's first.
+    block: usize,
+    start: usize,
+    len: usize,
+}
+
+impl Slot {
+    /// Keeps `line`, in the last block if it fits there.
+    fn push(&mut self, meta: &'static Metadata<'static>, line: &[u8]) {
+        let fits = self.blocks.back().is_some_and(|block| block.capacity() - block.len() >= line.len());
+        if !fits {
+            self.blocks.push_back(Vec::with_capacity(CHUNK.max(line.len())));
+        }
+        let block_number = self.first_block + self.blocks.len() - 1;
+        if let Some(block) = self.blocks.back_mut() {
+            self.lines.push_back(Line { meta, block: block_number, start: block.len(), len: line.len() });
+            block.extend_from_slice(line);
+            self.bytes += line.len();
+        }
+    }
+
+    fn bytes_of(&self, line: &Line) -> &[u8] {
+        self.blocks.get(line.block - self.first_block).map_or(&[], |block| &block[line.start..line.start + line.len])
+    }
+
+    /// Drops the oldest line, and the blocks no kept line is in any more.
+    fn drop_oldest(&mut self) -> bool {
+        let Some(oldest) = self.lines.pop_front() else { return false };
+        self.bytes -= oldest.len;
+        self.dropped += 1;
+        let first_needed = self.lines.front().map_or(self.first_block + self.blocks.len(), |line| line.block);
+        while self.first_block < first_needed && self.blocks.pop_front().is_some() {
+            self.first_block += 1;
+        }
+        true
+    }
+
+    /// Sets aside room for `len` more bytes in the total, if it has it.
+    fn reserve(&mut self, len: usize, total: usize) -> bool {
+        if self.bytes + len <= self.reserved {
+            return true;
+        }
+        let need = CHUNK.max(len);
+        if TOTAL.fetch_add(need, Ordering::Relaxed) + need > total {
+            TOTAL.fetch_sub(need, Ordering::Relaxed);
+            return false;
+        }
+        self.reserved += need;
+        true
+    }
+
+    /// Forgets every line, and gives the memory back.
+    fn clear(&mut self) {
+        TOTAL.fetch_sub(std::mem::take(&mut self.reserved), Ordering::Relaxed);
+        self.bytes = 0;
+        self.lines = VecDeque::new();
+        self.blocks = VecDeque::new();
+    }
 }
 
 impl Held {
@@ -210,46 +279,35 @@ impl Held {
 impl Drop for Held {
     fn drop(&mut self) {
         let slots = self.slots.get_mut().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let bytes: usize = slots.iter().map(|slot| slot.bytes).sum();
-        TOTAL.fetch_sub(bytes, Ordering::Relaxed);
+        let reserved: usize = slots.iter().map(|slot| slot.reserved).sum();
+        TOTAL.fetch_sub(reserved, Ordering::Relaxed);
     }
 }
 
-fn context_address(ctx: &RequestContext) -> usize {
-    std::ptr::from_ref(ctx) as usize
-}
-
-/// The request's buffers, if it has its own.
-fn existing(ctx: &RequestContext) -> Option<Arc<Held>> {
-    let Buffers(held) = ctx.extension::<Buffers>()?;
-    (held.owner == context_address(ctx)).then_some(held)
+/// The request's buffers, if any line was kept.
+fn existing(ctx: &RequestContext) -> Option<&Held> {
+    log_lines(ctx).get()?.downcast_ref::<Held>()
 }
 
 /// The request's buffers, made on first use.
-fn buffers(ctx: &RequestContext) -> Arc<Held> {
-    let owner = context_address(ctx);
-    let fresh = || Buffers(Arc::new(Held { owner, slots: Mutex::new(Vec::new()) }));
-    let Buffers(held) = ctx.extension_or_insert_with(fresh);
-    if held.owner == owner {
-        return held;
-    }
-    // Copied from the context this one was forked from: replaced by its own.
-    let Buffers(mine) = fresh();
-    match ctx.insert_extension(Buffers(Arc::clone(&mine))) {
-        // Another thread of this fork was first: its buffers stay.
-        Some(Buffers(theirs)) if theirs.owner == owner => {
-            ctx.insert_extension(Buffers(Arc::clone(&theirs)));
-            theirs
-        }
-        _ => mine,
-    }
+fn buffers(ctx: &RequestContext) -> Option<&Held> {
+    log_lines(ctx).get_or_init(|| Box::<Held>::default()).downcast_ref::<Held>()
 }
 
 fn slot(slots: &mut Vec<Slot>, layer: u64) -> &mut Slot {
     let at = match slots.iter().position(|slot| slot.layer == layer) {
         Some(at) => at,
         None => {
-            slots.push(Slot { layer, state: State::Holding, lines: VecDeque::new(), bytes: 0, dropped: 0 });
+            slots.push(Slot {
+                layer,
+                state: State::Holding,
+                lines: VecDeque::new(),
+                blocks: VecDeque::new(),
+                first_block: 0,
+                bytes: 0,
+                reserved: 0,
+                dropped: 0,
+            });
             slots.len() - 1
         }
     };
@@ -270,7 +328,7 @@ pub(crate) fn keep_line(
     if ctx.is_finished() {
         return;
     }
-    let held = buffers(ctx);
+    let Some(held) = buffers(ctx) else { return };
     let mut slots = held.lock();
     let slot = slot(&mut slots, layer);
     match slot.state {
@@ -281,25 +339,13 @@ pub(crate) fn keep_line(
                 slot.dropped += 1;
                 return;
             }
-            // The oldest make room; their buffers are reused.
-            let mut reuse = None;
-            while slot.lines.len() >= limits.lines || slot.bytes + line.len() > limits.bytes {
-                let Some(oldest) = slot.lines.pop_front() else { break };
-                slot.bytes -= oldest.bytes.len();
-                TOTAL.fetch_sub(oldest.bytes.len(), Ordering::Relaxed);
-                slot.dropped += 1;
-                reuse = Some(oldest.bytes);
-            }
-            if TOTAL.fetch_add(line.len(), Ordering::Relaxed) + line.len() > limits.total_bytes {
-                TOTAL.fetch_sub(line.len(), Ordering::Relaxed);
+            // The oldest make room.
+            while (slot.lines.len() >= limits.lines || slot.bytes + line.len() > limits.bytes) && slot.drop_oldest() {}
+            if !slot.reserve(line.len(), limits.total_bytes) {
                 slot.dropped += 1;
                 return;
             }
-            let mut bytes = reuse.unwrap_or_default();
-            bytes.clear();
-            bytes.extend_from_slice(line);
-            slot.bytes += bytes.len();
-            slot.lines.push_back(Line { meta, bytes });
+            slot.push(meta, line);
         }
     }
 }
@@ -317,17 +363,17 @@ pub(crate) fn write_kept(
         // Over, and nothing kept: nothing to write, nothing to come.
         return then(0);
     }
-    let held = buffers(ctx);
+    let Some(held) = buffers(ctx) else { return then(0) };
     let mut slots = held.lock();
     let slot = slot(&mut slots, layer);
     let dropped = std::mem::take(&mut slot.dropped);
     if slot.state == State::Holding {
         slot.state = State::Written;
     }
-    TOTAL.fetch_sub(std::mem::take(&mut slot.bytes), Ordering::Relaxed);
-    for line in std::mem::take(&mut slot.lines) {
-        write_kept(line.meta, &line.bytes);
+    for line in &slot.lines {
+        write_kept(line.meta, slot.bytes_of(line));
     }
+    slot.clear();
     then(dropped);
 }
 
@@ -337,8 +383,7 @@ pub(crate) fn discard(ctx: &RequestContext, layer: u64) {
     let Some(held) = existing(ctx) else { return };
     let mut slots = held.lock();
     let slot = slot(&mut slots, layer);
-    TOTAL.fetch_sub(std::mem::take(&mut slot.bytes), Ordering::Relaxed);
-    slot.lines = VecDeque::new();
+    slot.clear();
     slot.dropped = 0;
     slot.state = State::Closed;
 }

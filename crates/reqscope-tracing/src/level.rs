@@ -654,6 +654,29 @@ mod tests {
     }
 
     #[test]
+    fn lines_over_many_blocks_come_back_whole_and_in_order() {
+        let ctx = request("blocks-1");
+        let logs = capture(keeping(), || {
+            RequestContext::scope_sync(Arc::clone(&ctx), || {
+                for n in 0..1000u64 {
+                    tracing::debug!(n, pad = %"p".repeat((n % 7 * 60) as usize), "step");
+                }
+                tracing::error!("failed");
+            });
+        });
+        let lines = logs.json_lines();
+        let kept: Vec<u64> = lines.iter().filter_map(|l| l["n"].as_u64()).collect();
+        assert_eq!(kept, (744..1000).collect::<Vec<u64>>());
+        assert!(
+            lines
+                .iter()
+                .filter(|l| l["n"].is_u64())
+                .all(|l| l["pad"].as_str().unwrap().len() as u64 == l["n"].as_u64().unwrap() % 7 * 60)
+        );
+        assert_eq!(lines.last().unwrap()["buffered_dropped"], 744);
+    }
+
+    #[test]
     fn beyond_the_total_nothing_more_is_kept() {
         let ctx = request("total-1");
         let layer = LogLayer::new().hold_limits(HoldLimits::default().total_bytes(0));
