@@ -16,6 +16,8 @@
 #[path = "api/jobs.rs"]
 #[allow(dead_code)] // the worker consumes; queueing jobs is the server's part
 mod jobs;
+#[path = "api/shutdown.rs"]
+mod shutdown;
 
 use std::process::ExitCode;
 
@@ -48,7 +50,7 @@ fn main() -> ExitCode {
         tracing::info!(queue = queue.name(), "worker started");
         tokio::select! {
             () = queue.work() => {}
-            () = shutdown_signal() => {}
+            () = shutdown::signal() => {}
         }
         tracing::info!("stopped");
     });
@@ -57,22 +59,4 @@ fn main() -> ExitCode {
     // Flushes every accepted log line before the process ends.
     drop(log_guard);
     ExitCode::SUCCESS
-}
-
-/// Resolves on ctrl-c or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(term) => term,
-            Err(_) => return std::future::pending().await,
-        };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
 }

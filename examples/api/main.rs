@@ -60,6 +60,7 @@ mod not_found;
 mod rate_limit;
 mod ready;
 mod request_fields;
+mod shutdown;
 mod stream;
 mod users;
 mod ws;
@@ -207,19 +208,6 @@ fn log_baggage_keys() -> Result<Vec<String>, String> {
 /// Resolves on ctrl-c or SIGTERM; the server then stops accepting and finishes in-flight
 /// requests.
 async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(term) => term,
-            Err(_) => return std::future::pending().await,
-        };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
+    shutdown::signal().await;
     tracing::info!("shutting down");
 }
