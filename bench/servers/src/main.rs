@@ -5,6 +5,8 @@
 //! bench-server token        # prints a bearer token the `full` stack accepts
 //! bench-server redis-latency [N]   # N rate-limit checks against Redis, one after another: p50, p99
 //! bench-server soak ADDR REQUESTS CONNECTIONS PID TOKEN   # bench/soak.sh's load client
+//! bench-server requests <stack> N  # N requests in process, no sockets (bench/instructions.sh)
+//! bench-server events <reqscope|fmt-json> N   # N stamped events (bench/instructions.sh)
 //! ```
 //!
 //! Every stack answers `GET /hello` with the same small JSON, on a tokio runtime with one
@@ -14,6 +16,7 @@
 #![forbid(unsafe_code)]
 
 mod handrolled;
+mod inproc;
 mod soak;
 mod stacks;
 
@@ -57,6 +60,18 @@ fn run() -> Result<(), String> {
             .build()
             .map_err(|e| format!("cannot start tokio: {e}"))?;
         return runtime.block_on(soak::run(addr, requests, connections, pid, token));
+    }
+    if first == "requests" || first == "events" {
+        let what = args.next().ok_or(format!("{first} needs what to run"))?;
+        let count = args.next().ok_or(format!("{first} needs a count"))?;
+        let count: u64 = count.parse().map_err(|_| format!("bad count {count:?}"))?;
+        // Lines go to a sink, through the same non-blocking writer as the servers use.
+        let (writer, _guard) = reqscope::logging::non_blocking(std::io::sink());
+        return if first == "requests" {
+            inproc::requests(what.parse()?, count, writer)
+        } else {
+            inproc::events(what.parse()?, count, writer)
+        };
     }
     let stack: Stack = first.parse()?;
     let mut addr: SocketAddr = "127.0.0.1:4000".parse().map_err(|_| "bad default address")?;

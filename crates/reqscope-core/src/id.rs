@@ -3,6 +3,7 @@ use std::net::IpAddr;
 use std::str::FromStr;
 use std::sync::Arc;
 
+use arrayvec::ArrayString;
 use http::HeaderValue;
 
 use crate::error::InvalidRequestId;
@@ -21,7 +22,9 @@ pub struct RequestId(Repr);
 
 #[derive(Clone)]
 enum Repr {
-    Inline { len: u8, buf: [u8; INLINE] },
+    // Text, not bytes: reading it back is free, where bytes would be re-checked as UTF-8 on
+    // every line that writes the id.
+    Inline(ArrayString<INLINE>),
     Shared(Arc<str>),
 }
 
@@ -43,9 +46,11 @@ impl RequestId {
 
     #[inline]
     fn from_uuid(uuid: uuid::Uuid) -> Self {
-        let mut buf = [0u8; INLINE];
-        let len = uuid.hyphenated().encode_lower(&mut buf).len();
-        RequestId(Repr::Inline { len: len as u8, buf })
+        let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+        let text = uuid.hyphenated().encode_lower(&mut buf);
+        // 36 bytes always fit in the inline capacity.
+        let inline = ArrayString::from(text).unwrap_or_default();
+        RequestId(Repr::Inline(inline))
     }
 
     /// Validates `id` and wraps it; see [`RequestId::validate`] for the rules.
@@ -59,12 +64,9 @@ impl RequestId {
         Self::validate(id)?;
         // Validation guarantees ASCII, so the bytes are valid UTF-8.
         let text = std::str::from_utf8(id).map_err(|_| InvalidRequestId::ForbiddenByte)?;
-        if id.len() <= INLINE {
-            let mut buf = [0u8; INLINE];
-            buf[..id.len()].copy_from_slice(id);
-            Ok(RequestId(Repr::Inline { len: id.len() as u8, buf }))
-        } else {
-            Ok(RequestId(Repr::Shared(Arc::from(text))))
+        match ArrayString::from(text) {
+            Ok(inline) => Ok(RequestId(Repr::Inline(inline))),
+            Err(_) => Ok(RequestId(Repr::Shared(Arc::from(text)))),
         }
     }
 
@@ -88,12 +90,7 @@ impl RequestId {
     #[inline]
     pub fn as_str(&self) -> &str {
         match &self.0 {
-            Repr::Inline { len, buf } => {
-                // Only ever built from hex digits and hyphens (`from_uuid`) or validated id
-                // bytes (`from_bytes`): ASCII, so this cannot fail. The check is a short ASCII
-                // scan of at most 128 bytes.
-                std::str::from_utf8(&buf[..*len as usize]).unwrap_or_default()
-            }
+            Repr::Inline(inline) => inline.as_str(),
             Repr::Shared(s) => s,
         }
     }
