@@ -407,6 +407,10 @@ impl Target for EventFields<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_support::{capture, check_ecs_line, request, request_with_headers};
+    use crate::{Format, LogLayer, MemoryWriter};
+    use reqscope_core::RequestId;
+    use serde_json::{Map, Value, json};
 
     fn rendered(name: &str) -> String {
         let mut buf = Vec::new();
@@ -426,5 +430,339 @@ mod tests {
         assert!(EcsLabelStyle::renders_as("a.b", b"a_b"));
         assert!(!EcsLabelStyle::renders_as("a.b", b"a.b"));
         assert!(!EcsLabelStyle::renders_as("ab", b"a_b"));
+    }
+
+    fn ecs(logs: &MemoryWriter) -> Vec<Map<String, Value>> {
+        logs.lines().iter().map(|line| check_ecs_line(line)).collect()
+    }
+
+    fn layer(w: MemoryWriter) -> LogLayer<MemoryWriter> {
+        LogLayer::new().with_format(Format::Ecs).with_writer(w)
+    }
+
+    #[test]
+    fn lines_outside_a_request_follow_the_spec() {
+        let logs = capture(layer, || {
+            tracing::info!("starting");
+            tracing::warn!(port = 80u16, "no message field below");
+            tracing::info!(answer = 42);
+        });
+        let lines = ecs(&logs);
+        assert_eq!(lines[0]["message"], "starting");
+        assert_eq!(lines[0]["log.level"], "INFO");
+        assert_eq!(lines[0]["ecs.version"], ECS_VERSION);
+        assert_eq!(lines[0]["log.logger"], module_path!());
+        assert_eq!(lines[1]["labels.port"], "80");
+        assert!(lines[2].get("message").is_none(), "{:?}", lines[2]);
+        assert_eq!(lines[2]["labels.answer"], "42");
+        assert!(lines.iter().all(|l| l.get("http.request.id").is_none() && l.get("trace.id").is_none()));
+    }
+
+    #[test]
+    fn the_context_is_written_under_ecs_names() {
+        let ctx = request("ecs-1");
+        ctx.set_user_id("7");
+        ctx.set_org_id("acme");
+        ctx.set_route("/users/{id}");
+        ctx.set_roles(["admin", "log-debug"]);
+        ctx.set_rate_limit(4, 30);
+        ctx.set_field("tenant", "eu");
+        ctx.set_field("retries", 2u64);
+        ctx.set_field("ratio", 0.5);
+        ctx.set_field("beta", true);
+        let logs = capture(layer, || {
+            RequestContext::scope_sync(Arc::clone(&ctx), || {
+                let span = tracing::info_span!("checkout", order_id = 7, db.name = "main");
+                span.in_scope(|| tracing::info!(rows = 3u64, ok = true, debugged = ?"x", "fetched"));
+            })
+        });
+        let line = &ecs(&logs)[0];
+        let span = ctx.trace().unwrap().span_id().as_str().to_owned();
+        let expected = json!({
+            "log.level": "INFO", "message": "fetched", "ecs.version": ECS_VERSION, "log.logger": module_path!(),
+            "http.request.id": "ecs-1", "trace.id": "4bf92f3577b34da6a3ce929d0e0e4736", "span.id": span,
+            "transaction.id": span, "user.id": "7", "organization.id": "acme", "http.request.method": "GET",
+            "url.path": "/users/7", "labels.route": "/users/{id}", "client.ip": "10.1.2.3",
+            "user.roles": ["admin", "log-debug"], "reqscope.rate_limit_remaining": 4, "reqscope.rate_limit_reset": 30,
+            "labels.tenant": "eu", "labels.retries": "2", "labels.ratio": "0.5", "labels.beta": "true",
+            "labels.order_id": "7", "labels.db_name": "main", "labels.rows": "3", "labels.ok": "true",
+            "labels.debugged": "\"x\"",
+        });
+        let mut without_time = line.clone();
+        assert!(without_time.remove("@timestamp").is_some());
+        assert_eq!(Value::Object(without_time), expected);
+    }
+
+    #[test]
+    fn access_lines_carry_the_response_under_ecs_names() {
+        let ctx = request_with_headers(
+            "ecs-access",
+            &[("user-agent", "curl/8.5.0"), ("x-client", "web"), ("authorization", "Bearer v-secret")],
+        );
+        let logs = capture(layer, || {
+            RequestContext::scope_sync(Arc::clone(&ctx), || {
+                tracing::info!("handler");
+                tracing::info!(
+                    target: ACCESS_TARGET,
+                    status = 200u16, grpc_status = 5u64, duration_ms = 12.345, bytes = 15u64, sample_rate = 0.25,
+                    aborted = true, "request completed"
+                );
+                tracing::info!(target: ACCESS_TARGET, duration_ms = 3.0, messages_received = 2u64, messages_sent = 1u64, "websocket closed");
+            })
+        });
+        let lines = ecs(&logs);
+        assert!(lines[0].keys().all(|k| !k.starts_with("http.response") && !k.starts_with("user_agent")));
+        assert!(lines[0].get("labels.header_x-client").is_none(), "headers only on access lines");
+        let access = &lines[1];
+        assert_eq!(access["http.response.status_code"], 200);
+        assert_eq!(access["event.duration"], 12_345_000);
+        assert_eq!(access["http.response.body.bytes"], 15);
+        assert_eq!(access["reqscope.grpc_status"], 5);
+        assert_eq!(access["reqscope.sample_rate"], 0.25);
+        assert_eq!(access["reqscope.aborted"], true);
+        assert_eq!(access["user_agent.original"], "curl/8.5.0");
+        assert_eq!(access["labels.header_x-client"], "web");
+        assert_eq!(access["labels.header_authorization"], "[redacted]");
+        assert!(!logs.contents().contains("v-secret"));
+        assert_eq!(lines[2]["event.duration"], 3_000_000);
+        assert_eq!(lines[2]["reqscope.messages_received"], 2);
+        assert_eq!(lines[2]["reqscope.messages_sent"], 1);
+    }
+
+    #[test]
+    fn errors_and_panics_fill_the_error_fields() {
+        #[derive(Debug)]
+        struct Outer(std::io::Error);
+        impl std::fmt::Display for Outer {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("query failed")
+            }
+        }
+        impl std::error::Error for Outer {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let err = Outer(std::io::Error::other("connection reset"));
+        let logs = capture(layer, || {
+            tracing::error!(error = &err as &dyn std::error::Error, "boom");
+            tracing::warn!(error = %"plain text", backtrace = "at a\nat b", "degraded");
+            tracing::error!(target: PANIC_TARGET, panic = "oh no", location = "src/x.rs:10:5", "handler panicked");
+            tracing::error!(
+                target: reqscope_core::job::JOB_TARGET, outcome = "panic", duration_ms = 1.5, queue_ms = 0.25,
+                panic = "job fell", location = "src/job.rs:3:1", "job failed"
+            );
+            tracing::error!(target: ERROR_TARGET, status = 503u16, code = %"unavailable", error = %"db down", "database unavailable");
+        });
+        let lines = ecs(&logs);
+        assert_eq!(lines[0]["error.message"], "query failed: connection reset");
+        assert!(lines[0].get("error.type").is_none(), "no type known: {:?}", lines[0]);
+        assert_eq!(lines[1]["error.message"], "plain text");
+        assert_eq!(lines[1]["error.stack_trace"], "at a\nat b");
+        assert_eq!(lines[1]["log.level"], "WARN");
+        for (line, message, at) in [(&lines[2], "oh no", "src/x.rs:10:5"), (&lines[3], "job fell", "src/job.rs:3:1")] {
+            assert_eq!(line["error.message"], message);
+            assert_eq!(line["error.type"], "panic");
+            assert_eq!(line["error.stack_trace"], at);
+            assert!(line.get("labels.panic").is_none() && line.get("labels.location").is_none());
+        }
+        assert_eq!(lines[3]["event.duration"], 1_500_000);
+        assert_eq!(lines[3]["reqscope.outcome"], "panic");
+        assert_eq!(lines[3]["reqscope.queue_ms"], 0.25);
+        assert_eq!(lines[4]["http.response.status_code"], 503);
+        assert_eq!(lines[4]["error.code"], "unavailable");
+        assert_eq!(lines[4]["error.message"], "db down");
+    }
+
+    #[test]
+    fn an_outgoing_call_names_the_request_span_as_its_transaction() {
+        let request = request("ecs-out");
+        let call = request.trace().unwrap().child();
+        let line_ctx = Arc::new(
+            RequestContext::builder(request.id().clone())
+                .method(http::Method::POST)
+                .path("/next")
+                .trace(call.clone())
+                .build(),
+        );
+        let parent = request.trace().unwrap().span_id().as_str().to_owned();
+        let logs = capture(layer, || {
+            RequestContext::scope_sync(line_ctx, || {
+                tracing::info!(
+                    target: OUTGOING_TARGET, url = "http://next/next", status = 201u16, duration_ms = 2.0,
+                    parent_span_id = parent.as_str(), "outgoing call"
+                )
+            })
+        });
+        let line = &ecs(&logs)[0];
+        assert_eq!(line["span.id"], call.span_id().as_str());
+        assert_eq!(line["transaction.id"], parent.as_str());
+        assert_eq!(line["reqscope.parent_span_id"], parent.as_str());
+        assert_eq!(line["url.full"], "http://next/next");
+        assert_eq!(line["url.path"], "/next");
+        assert_eq!(line["http.request.method"], "POST");
+        assert_eq!(line["http.response.status_code"], 201);
+    }
+
+    #[test]
+    fn a_job_line_carries_the_job() {
+        let job = reqscope_core::job::Job::new("welcome_email").with_id("m-1").with_attempt(2);
+        let ctx = Arc::new(RequestContext::builder(RequestId::parse("job-req").unwrap()).job(job).build());
+        let logs = capture(layer, || RequestContext::scope_sync(ctx, || tracing::info!("sent")));
+        let line = &ecs(&logs)[0];
+        assert_eq!(line["reqscope.job"], "welcome_email");
+        assert_eq!(line["reqscope.job_id"], "m-1");
+        assert_eq!(line["reqscope.attempt"], 2);
+        assert_eq!(line["http.request.id"], "job-req");
+    }
+
+    #[test]
+    fn no_field_takes_an_ecs_name_or_another_label() {
+        let ctx = request_with_headers("ecs-keys", &[("x-client", "web")]);
+        ctx.set_field("tenant", "eu");
+        ctx.set_field("status", "ctx");
+        ctx.set_field("header.x-client", "forged");
+        ctx.set_field("labels.route", "forged");
+        ctx.set_baggage("session", "s-1").unwrap();
+        let logs = capture(
+            |w| layer(w).baggage_fields(["session"]),
+            || {
+                RequestContext::scope_sync(Arc::clone(&ctx), || {
+                    let span = tracing::info_span!("op", tenant = "span", db.name = "outer", request_id = "span");
+                    let _entered = span.enter();
+                    tracing::info!(
+                        target: ACCESS_TARGET,
+                        tenant = "event", a.b = 1, a_b = 2, request_id = "forged", route = "forged",
+                        http.request.id = "forged", error.message = "forged", labels.tenant = "forged",
+                        baggage_session = "forged", db_name = "event", ecs.version = "0", status = 200u16,
+                        status_code = 1, "hi"
+                    );
+                })
+            },
+        );
+        let line = &ecs(&logs)[0];
+        let owned = ["@timestamp", "log.level", "message", "ecs.version", "log.logger", "http.request.id", "trace.id"];
+        for key in owned {
+            assert!(line.contains_key(key), "{key}");
+        }
+        assert_eq!(line["http.request.id"], "ecs-keys");
+        assert_eq!(line["ecs.version"], ECS_VERSION);
+        assert!(line.get("labels.route").is_none(), "no route was set: {line:?}");
+        assert_eq!(line["labels.tenant"], "eu");
+        assert_eq!(line["labels.fields_status"], "ctx", "a context field cannot pass for a line key");
+        assert_eq!(line["labels.fields_header_x-client"], "forged");
+        assert_eq!(line["labels.header_x-client"], "web");
+        assert_eq!(line["labels.labels_route"], "forged");
+        assert_eq!(line["labels.baggage_session"], "s-1");
+        assert_eq!(line["labels.fields_baggage_session"], "forged");
+        assert_eq!(line["labels.span_tenant"], "span");
+        assert_eq!(line["labels.span_request_id"], "span");
+        assert_eq!(line["labels.span_db_name"], "outer");
+        assert_eq!(line["labels.db_name"], "event");
+        assert_eq!(line["labels.fields_tenant"], "event");
+        assert_eq!(line["labels.a_b"], "1");
+        assert_eq!(line["labels.fields_a_b"], "2");
+        assert_eq!(line["labels.fields_request_id"], "forged");
+        assert_eq!(line["labels.fields_route"], "forged");
+        assert_eq!(line["labels.http_request_id"], "forged");
+        assert_eq!(line["labels.error_message"], "forged");
+        assert_eq!(line["labels.labels_tenant"], "forged");
+        assert_eq!(line["labels.ecs_version"], "0");
+        assert_eq!(line["http.response.status_code"], 200);
+        assert_eq!(line["labels.status_code"], "1");
+        // Every key is the format's own or a label.
+        let own = |k: &str| {
+            k.starts_with("labels.")
+                || owned.contains(&k)
+                || ["span.id", "transaction.id", "http.request.method", "url.path", "client.ip"].contains(&k)
+                || k == "http.response.status_code"
+        };
+        assert!(line.keys().all(|k| own(k)), "{line:?}");
+    }
+
+    #[test]
+    fn a_second_field_for_an_ecs_key_is_a_label() {
+        let logs = capture(
+            layer,
+            || tracing::error!(target: PANIC_TARGET, error = "first", panic = "second", location = "a.rs:1:1", "x"),
+        );
+        let line = &ecs(&logs)[0];
+        assert_eq!(line["error.message"], "first");
+        assert_eq!(line["labels.panic"], "second");
+        assert!(line.get("error.type").is_none(), "the panic is not error.message: {line:?}");
+        assert_eq!(line["error.stack_trace"], "a.rs:1:1");
+    }
+
+    #[test]
+    fn hostile_content_stays_one_valid_line() {
+        let nasty = "a\"b\\c\nd\r\u{1b}[31m\u{0}\"}\n{\"forged\":1";
+        let ctx = request("ecs-nasty");
+        ctx.set_field(nasty, nasty);
+        let logs = capture(layer, || {
+            RequestContext::scope_sync(
+                ctx,
+                || tracing::warn!(input = nasty, dbg = ?nasty, error = %nasty, nan = f64::NAN, inf = f64::INFINITY, bytes = &b"\x00\x01"[..], "msg {nasty}"),
+            )
+        });
+        assert_eq!(logs.lines().len(), 1, "{}", logs.contents());
+        let line = &ecs(&logs)[0];
+        assert_eq!(line["message"], format!("msg {nasty}"));
+        assert_eq!(line["labels.input"], nasty);
+        assert_eq!(line["error.message"], nasty);
+        assert_eq!(line["labels.nan"], "NaN");
+        assert_eq!(line["labels.inf"], "inf");
+        assert_eq!(line["labels.bytes"], "[0,1]");
+        let label = line.keys().find(|k| k.starts_with("labels.a\"b")).expect("the custom field's label");
+        assert_eq!(label, "labels.a\"b_c\nd\r\u{1b}[31m\u{0}\"}\n{\"forged\":1");
+        assert!(line.get("forged").is_none());
+    }
+
+    #[test]
+    fn every_source_is_redacted() {
+        let ctx = request_with_headers("ecs-redact", &[("x-auth-token", "v-header")]);
+        ctx.set_field("api_key", "v-custom");
+        ctx.set_baggage("session.token", "v-baggage").unwrap();
+        let redaction = Redaction::new().redact_values(|_key: &str, value: &str| value.contains("v-hook"));
+        let logs = capture(
+            |w| layer(w).baggage_fields(["session.token"]).redaction(redaction),
+            || {
+                RequestContext::scope_sync(ctx, || {
+                    let span = tracing::info_span!("op", db_password = "v-span", memo = %"v-hook span");
+                    let _entered = span.enter();
+                    tracing::info!(token = "v-event", error = %"v-hook error", note = 7, "said v-hook");
+                    tracing::info!(target: ACCESS_TARGET, status = 200u16, "request completed");
+                })
+            },
+        );
+        let text = logs.contents();
+        assert!(!text.contains("v-"), "{text}");
+        let lines = ecs(&logs);
+        for key in
+            ["labels.api_key", "labels.baggage_session_token", "labels.db_password", "labels.memo", "labels.token"]
+        {
+            assert_eq!(lines[0][key], "[redacted]", "{key}");
+        }
+        assert_eq!(lines[0]["error.message"], "[redacted]");
+        assert_eq!(lines[0]["message"], "[redacted]");
+        assert_eq!(lines[0]["labels.note"], "7");
+        assert_eq!(lines[1]["labels.header_x-auth-token"], "[redacted]");
+    }
+
+    #[test]
+    fn log_records_keep_their_target() {
+        let logs = capture(layer, || {
+            tracing_log::format_trace(
+                &tracing_log::log::Record::builder()
+                    .args(format_args!("slow query {}", 1))
+                    .level(tracing_log::log::Level::Warn)
+                    .target("legacy::db")
+                    .build(),
+            )
+            .unwrap();
+        });
+        let line = &ecs(&logs)[0];
+        assert_eq!(line["log.logger"], "legacy::db");
+        assert_eq!(line["message"], "slow query 1");
+        assert!(line.keys().all(|k| !k.starts_with("labels.log")), "{line:?}");
     }
 }

@@ -256,25 +256,26 @@ impl AccessFields<'_> {
     /// Whether no redaction touches `field` with the value `text`.
     fn kept(&self, field: &Field, text: &str) -> bool {
         let redaction = self.redaction;
-        !redaction.is_sensitive_key(field.name())
-            && !(redaction.has_value_hook() && redaction.redacts_value(field.name(), text))
+        let redacted = redaction.is_sensitive_key(field.name())
+            || (redaction.has_value_hook() && redaction.redacts_value(field.name(), text));
+        !redacted
     }
 
     fn take(&mut self, field: &Field, value: u64) {
         let name = field.name();
-        let slot = match name {
-            "status" => &mut self.values.status,
-            "bytes" => &mut self.values.bytes,
-            "duration_ms" => &mut self.values.latency_nanos,
+        let taken = match name {
+            "status" => self.values.status,
+            "bytes" => self.values.bytes,
+            "duration_ms" => self.values.latency_nanos,
             _ => return,
         };
-        if slot.is_none() {
-            let redaction = self.redaction;
-            let kept = !redaction.is_sensitive_key(name)
-                && !(redaction.has_value_hook() && redaction.redacts_value(name, itoa::Buffer::new().format(value)));
-            if kept {
-                *slot = Some(if name == "duration_ms" { value.saturating_mul(1_000_000) } else { value });
-            }
+        if taken.is_some() || !self.kept(field, itoa::Buffer::new().format(value)) {
+            return;
+        }
+        match name {
+            "status" => self.values.status = Some(value),
+            "bytes" => self.values.bytes = Some(value),
+            _ => self.values.latency_nanos = Some(value.saturating_mul(1_000_000)),
         }
     }
 }
@@ -484,13 +485,14 @@ impl Location {
         let mut parts = text.rsplitn(3, ':');
         let last = parts.next()?;
         let before = parts.next()?;
-        match parts.next() {
+        let (file, line) = match parts.next() {
             // `file:line:column`
-            Some(file) if !file.is_empty() => Some((file, before.parse().ok()?)),
+            Some(file) => (file, before),
             // `file:line`
-            _ if !before.is_empty() => Some((before, last.parse().ok()?)),
-            _ => None,
-        }
+            None => (before, last),
+        };
+        (!file.is_empty()).then_some(())?;
+        Some((file, line.parse().ok()?))
     }
 }
 
@@ -549,6 +551,10 @@ impl Target for EventFields<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_support::{capture, is_rfc3339_utc, ordered, request, request_with_headers};
+    use crate::{Format, LogLayer, MemoryWriter};
+    use reqscope_core::RequestId;
+    use serde_json::{Value, json};
 
     fn duration(nanos: u64) -> String {
         let mut buf = Vec::new();
@@ -580,5 +586,305 @@ mod tests {
         assert_eq!(location("unknown"), None);
         assert_eq!(location(":1:2"), None);
         assert_eq!(location(&"x".repeat(600)), None);
+    }
+
+    fn layer(w: MemoryWriter) -> LogLayer<MemoryWriter> {
+        LogLayer::new().with_format(Format::Gcp).with_writer(w)
+    }
+
+    /// The lines, each checked: one JSON object with unique keys, `time`, `severity` and
+    /// `message` (when there is one) first.
+    fn gcp(logs: &MemoryWriter) -> Vec<Value> {
+        logs.lines()
+            .iter()
+            .map(|line| {
+                let entries = ordered(line);
+                let keys: Vec<&str> = entries.iter().map(|(k, _)| k.as_str()).collect();
+                assert_eq!(keys[..2], ["time", "severity"], "{line}");
+                assert!(is_rfc3339_utc(entries[0].1.as_str().unwrap()), "{line}");
+                if let Some(at) = keys.iter().position(|k| *k == "message") {
+                    assert_eq!(at, 2, "{line}");
+                }
+                Value::Object(entries.into_iter().collect())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn severities_and_source_locations() {
+        let mut lines_at = Vec::new();
+        let logs = capture(layer, || {
+            lines_at.push(line!() + 1);
+            tracing::trace!("t");
+            lines_at.push(line!() + 1);
+            tracing::debug!("d");
+            lines_at.push(line!() + 1);
+            tracing::info!("i");
+            lines_at.push(line!() + 1);
+            tracing::warn!("w");
+            lines_at.push(line!() + 1);
+            tracing::error!(target: "custom::target", "e");
+        });
+        let lines = gcp(&logs);
+        let severities: Vec<&str> = lines.iter().map(|l| l["severity"].as_str().unwrap()).collect();
+        assert_eq!(severities, ["DEBUG", "DEBUG", "INFO", "WARNING", "ERROR"]);
+        for (line, at) in lines.iter().zip(&lines_at) {
+            let location = &line["logging.googleapis.com/sourceLocation"];
+            assert_eq!(location["file"], file!());
+            assert_eq!(location["line"], at.to_string(), "a string, as the API's int64: {line}");
+        }
+        assert_eq!(lines[0]["logging.googleapis.com/sourceLocation"]["function"], module_path!());
+        assert_eq!(lines[4]["logging.googleapis.com/sourceLocation"]["function"], "custom::target");
+        assert!(lines.iter().all(|l| l.get("logging.googleapis.com/trace").is_none() && l.get("@type").is_none()));
+    }
+
+    #[test]
+    fn a_request_gives_the_trace_the_span_and_the_labels() {
+        let ctx = request("gcp-1");
+        ctx.set_user_id("7");
+        ctx.set_org_id("acme");
+        ctx.set_route("/users/{id}");
+        ctx.set_rate_limit(4, 30);
+        ctx.set_field("tenant", "eu");
+        let unsampled = Arc::new(
+            RequestContext::builder(RequestId::parse("gcp-2").unwrap())
+                .trace(reqscope_core::trace::TraceContext::new_root_sampled(false))
+                .build(),
+        );
+        let logs = capture(
+            |w| layer(w).gcp_project("my-project"),
+            || {
+                RequestContext::scope_sync(Arc::clone(&ctx), || {
+                    let span = tracing::info_span!("checkout", order_id = 7);
+                    span.in_scope(|| tracing::info!(rows = 3u64, "fetched"));
+                });
+                RequestContext::scope_sync(Arc::clone(&unsampled), || tracing::info!("unsampled"));
+            },
+        );
+        let lines = gcp(&logs);
+        let line = &lines[0];
+        let trace = ctx.trace().unwrap();
+        assert_eq!(line["logging.googleapis.com/trace"], "projects/my-project/traces/4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(line["logging.googleapis.com/spanId"], trace.span_id().as_str());
+        assert_eq!(line["logging.googleapis.com/trace_sampled"], true);
+        assert_eq!(
+            line["logging.googleapis.com/labels"],
+            json!({"request_id": "gcp-1", "user_id": "7", "org_id": "acme"})
+        );
+        for (key, value) in [
+            ("method", json!("GET")),
+            ("path", json!("/users/7")),
+            ("route", json!("/users/{id}")),
+            ("client_ip", json!("10.1.2.3")),
+            ("rate_limit_remaining", json!(4)),
+            ("tenant", json!("eu")),
+            ("order_id", json!(7)),
+            ("rows", json!(3)),
+            ("message", json!("fetched")),
+        ] {
+            assert_eq!(line[key], value, "{key}: {line}");
+        }
+        for absent in ["request_id", "trace_id", "span_id", "user_id", "timestamp", "level", "target"] {
+            assert!(line.get(absent).is_none(), "{absent}: {line}");
+        }
+        assert_eq!(lines[1]["logging.googleapis.com/trace_sampled"], false);
+        assert_eq!(lines[1]["logging.googleapis.com/labels"], json!({"request_id": "gcp-2"}));
+    }
+
+    #[test]
+    fn field_names_rename_the_labels_and_the_project_is_escaped() {
+        let ctx = request("gcp-cc");
+        ctx.set_user_id("1");
+        let logs = capture(
+            |w| layer(w).with_field_names(FieldNames::camel_case()).gcp_project("odd\"project\\"),
+            || RequestContext::scope_sync(ctx, || tracing::info!("x")),
+        );
+        let line = &gcp(&logs)[0];
+        assert_eq!(line["logging.googleapis.com/labels"], json!({"requestId": "gcp-cc", "userId": "1"}));
+        let trace = line["logging.googleapis.com/trace"].as_str().unwrap();
+        assert!(trace.starts_with("projects/odd\"project\\/traces/"), "{trace}");
+    }
+
+    #[test]
+    fn the_access_line_has_an_http_request() {
+        let ctx = request_with_headers("gcp-access", &[("user-agent", "curl/8.5.0"), ("x-client", "web")]);
+        let logs = capture(layer, || {
+            RequestContext::scope_sync(Arc::clone(&ctx), || {
+                tracing::info!(target: ACCESS_TARGET, status = 404u16, grpc_status = 5u64, duration_ms = 12.0, bytes = 15u64, "request completed");
+                tracing::info!(target: ACCESS_TARGET, duration_ms = 0.356, messages_received = 2u64, "websocket closed");
+                tracing::info!(status = 200u16, duration_ms = 1.0, bytes = 1u64, "not an access line");
+            })
+        });
+        let lines = gcp(&logs);
+        assert_eq!(
+            lines[0]["httpRequest"],
+            json!({
+                "requestMethod": "GET", "requestUrl": "/users/7", "status": 404, "responseSize": "15",
+                "latency": "0.012s", "remoteIp": "10.1.2.3", "userAgent": "curl/8.5.0"
+            })
+        );
+        for consumed in ["status", "duration_ms", "bytes", "header.user-agent"] {
+            assert!(lines[0].get(consumed).is_none(), "{consumed} is in httpRequest: {}", lines[0]);
+        }
+        assert_eq!(lines[0]["grpc_status"], 5);
+        assert_eq!(lines[0]["header.x-client"], "web");
+        assert_eq!(lines[1]["httpRequest"]["latency"], "0.000356s");
+        assert!(lines[1]["httpRequest"].get("status").is_none());
+        assert_eq!(lines[1]["messages_received"], 2);
+        assert!(lines[2].get("httpRequest").is_none());
+        assert_eq!(lines[2]["status"], 200);
+        assert_eq!(lines[2]["duration_ms"], 1.0);
+    }
+
+    #[test]
+    fn a_redacted_access_field_stays_out_of_the_http_request() {
+        let ctx = request_with_headers("gcp-redact", &[("user-agent", "v-agent")]);
+        let redaction = reqscope_core::redact::Redaction::new()
+            .redact_keys(["bytes"])
+            .redact_values(|_key: &str, value: &str| value.starts_with("v-"));
+        let logs = capture(
+            |w| layer(w).redaction(redaction),
+            || {
+                RequestContext::scope_sync(
+                    ctx,
+                    || tracing::info!(target: ACCESS_TARGET, status = 200u16, bytes = 15u64, token = "x", "request completed"),
+                )
+            },
+        );
+        let line = &gcp(&logs)[0];
+        assert!(line["httpRequest"].get("responseSize").is_none(), "{line}");
+        assert_eq!(line["bytes"], "[redacted]");
+        assert_eq!(line["token"], "[redacted]");
+        assert_eq!(line["httpRequest"]["userAgent"], "[redacted]");
+        assert_eq!(line["httpRequest"]["status"], 200);
+        assert!(!logs.contents().contains("v-agent"));
+    }
+
+    #[test]
+    fn errors_and_panics_are_error_reporting_events() {
+        let ctx = request("gcp-err");
+        ctx.set_user_id("7");
+        let err = std::io::Error::other("connection reset");
+        let (error_at, outside_at) = (std::cell::Cell::new(0), std::cell::Cell::new(0));
+        let run = |layer: LogLayer| {
+            use tracing_subscriber::prelude::*;
+            let logs = MemoryWriter::new();
+            let subscriber = tracing_subscriber::registry().with(layer.with_writer(logs.clone()));
+            tracing::subscriber::with_default(subscriber, || {
+                RequestContext::scope_sync(Arc::clone(&ctx), || {
+                    error_at.set(line!() + 1);
+                    tracing::error!(error = &err as &dyn std::error::Error, backtrace = "at a\nat b", "query failed");
+                    tracing::error!(target: PANIC_TARGET, panic = "oh no", location = "src/boom.rs:10:5", "handler panicked");
+                    tracing::warn!(error = %"degraded", "a warning with an error");
+                    tracing::error!(status = 500u16, "an error line without an error");
+                });
+                outside_at.set(line!() + 1);
+                tracing::error!(error = %"outside", "no request");
+            });
+            logs
+        };
+        let logs = run(LogLayer::new().with_format(Format::Gcp).gcp_service_context("api", Some("1.2.3")));
+        let lines = gcp(&logs);
+        assert_eq!(lines[0]["@type"], REPORTED_ERROR_EVENT);
+        assert_eq!(lines[0]["serviceContext"], json!({"service": "api", "version": "1.2.3"}));
+        assert_eq!(
+            lines[0]["context"],
+            json!({
+                "httpRequest": {"method": "GET", "url": "/users/7", "remoteIp": "10.1.2.3"},
+                "user": "7",
+                "reportLocation": {"filePath": file!(), "lineNumber": error_at.get()},
+            })
+        );
+        assert_eq!(lines[0]["error"], "connection reset");
+        assert_eq!(lines[0]["stack_trace"], "at a\nat b");
+        assert!(lines[0].get("backtrace").is_none());
+        assert_eq!(lines[1]["severity"], "ERROR", "a caught panic is an ERROR");
+        assert_eq!(lines[1]["@type"], REPORTED_ERROR_EVENT);
+        assert_eq!(lines[1]["context"]["reportLocation"], json!({"filePath": "src/boom.rs", "lineNumber": 10}));
+        assert_eq!(lines[1]["panic"], "oh no");
+        assert_eq!(lines[1]["location"], "src/boom.rs:10:5");
+        for line in &lines[2..4] {
+            assert!(line.get("@type").is_none() && line.get("context").is_none(), "not a report: {line}");
+        }
+        assert_eq!(lines[4]["@type"], REPORTED_ERROR_EVENT);
+        assert_eq!(
+            lines[4]["context"],
+            json!({"reportLocation": {"filePath": file!(), "lineNumber": outside_at.get()}})
+        );
+
+        let logs = run(LogLayer::new().with_format(Format::Gcp));
+        let line = &gcp(&logs)[0];
+        assert_eq!(line["@type"], REPORTED_ERROR_EVENT);
+        assert!(line.get("serviceContext").is_none(), "no service configured: {line}");
+    }
+
+    #[test]
+    fn no_field_takes_a_name_google_cloud_reads() {
+        let ctx = request("gcp-keys");
+        ctx.set_field("severity", "ctx");
+        ctx.set_field("logging.googleapis.com/labels", "ctx");
+        let logs = capture(layer, || {
+            RequestContext::scope_sync(ctx, || {
+                let span = tracing::info_span!("op", httpRequest = "span", time = "span");
+                let _entered = span.enter();
+                tracing::info!(
+                    severity = "EMERGENCY",
+                    time = "forged",
+                    timestamp = "forged",
+                    httpRequest = "forged",
+                    r#type = "ok",
+                    serviceContext = "forged",
+                    context = "forged",
+                    stack_trace = "forged",
+                    timestampSeconds = 1,
+                    request_id = "forged",
+                    "hi"
+                );
+                tracing::info!({ "logging.googleapis.com/trace" } = "forged", { "@type" } = "forged", "more");
+            })
+        });
+        let lines = gcp(&logs);
+        assert_eq!(lines[0]["severity"], "INFO");
+        assert_eq!(lines[0]["fields.severity"], "ctx", "the context's field comes first");
+        assert_eq!(lines[0]["fields.fields.severity"], "EMERGENCY");
+        assert_eq!(lines[0]["fields.logging.googleapis.com/labels"], "ctx");
+        assert_eq!(lines[0]["span.httpRequest"], "span");
+        assert_eq!(lines[0]["span.time"], "span");
+        for key in [
+            "time",
+            "timestamp",
+            "httpRequest",
+            "serviceContext",
+            "context",
+            "stack_trace",
+            "timestampSeconds",
+            "request_id",
+        ] {
+            assert_eq!(
+                lines[0][format!("fields.{key}")],
+                if key == "timestampSeconds" { json!(1) } else { json!("forged") },
+                "{key}"
+            );
+        }
+        assert_eq!(lines[0]["type"], "ok");
+        assert_eq!(lines[1]["fields.logging.googleapis.com/trace"], "forged");
+        assert_eq!(lines[1]["fields.@type"], "forged");
+        assert!(
+            lines[1]["logging.googleapis.com/trace"].as_str().unwrap().ends_with("4bf92f3577b34da6a3ce929d0e0e4736")
+        );
+        assert!(lines[1].get("@type").is_none());
+    }
+
+    #[test]
+    fn hostile_content_stays_one_valid_line() {
+        let nasty = "a\"b\\c\nd\r\u{1b}[31m\u{0}\"}\n{\"forged\":1";
+        let logs = capture(layer, || {
+            tracing::error!(error = %nasty, location = nasty, dbg = ?nasty, "msg {nasty}");
+        });
+        assert_eq!(logs.lines().len(), 1, "{}", logs.contents());
+        let line = &gcp(&logs)[0];
+        assert_eq!(line["message"], format!("msg {nasty}"));
+        assert_eq!(line["error"], nasty);
+        assert!(line.get("forged").is_none());
     }
 }

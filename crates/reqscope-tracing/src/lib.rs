@@ -99,6 +99,8 @@ mod names;
 mod pretty;
 mod redact;
 mod spans;
+#[cfg(test)]
+mod test_support;
 mod time;
 mod writer;
 

@@ -535,6 +535,22 @@ mod tests {
     }
 
     #[test]
+    fn the_drop_summary_is_a_line_of_the_layers_format() {
+        let line = |format| String::from_utf8(drop_summary(format, 7)).unwrap();
+        let json: serde_json::Value = serde_json::from_str(&line(Format::Json)).unwrap();
+        assert_eq!((&json["level"], &json["dropped"]), (&"WARN".into(), &7.into()));
+        let ecs = crate::test_support::check_ecs_line(line(Format::Ecs).trim_end());
+        assert_eq!((&ecs["log.logger"], &ecs["labels.dropped"]), (&"reqscope::writer".into(), &"7".into()));
+        let gcp: serde_json::Value = serde_json::from_str(&line(Format::Gcp)).unwrap();
+        assert_eq!((&gcp["severity"], &gcp["dropped"]), (&"WARNING".into(), &7.into()));
+        let pretty = line(Format::Pretty);
+        assert!(
+            pretty.ends_with("  WARN reqscope::writer: log output could not keep up; lines were dropped dropped=7\n")
+        );
+        assert_eq!(pretty.lines().count(), 1);
+    }
+
+    #[test]
     fn stalled_output_drops_counts_and_reports() {
         let (open, gate) = mpsc::channel();
         let (entered_tx, entered) = mpsc::channel();
