@@ -10,7 +10,9 @@
 //!   method, path, route) and 2 event fields, written to a sink, by reqscope's `LogLayer` and
 //!   by `tracing_subscriber::fmt().json()` with the same 8 fields on an entered span;
 //!   `event/reqscope_json_to_sink` with the default redaction (on, no sensitive key in the
-//!   event) and `event/reqscope_json_redaction_off` with `Redaction::none()`.
+//!   event) and `event/reqscope_json_redaction_off` with `Redaction::none()`;
+//!   `event/reqscope_ecs` and `event/reqscope_gcp`: the same event and context in the ECS and
+//!   Google Cloud formats (with paired runs against the JSON line printed first).
 //! - `request/*`: one `GET /hello` through axum in process (no socket): bare, with
 //!   `RequestContextLayer` added by `Router::layer`, and wrapping the finished router.
 //! - `request_logged/*`: the same with a subscriber and one log line from the handler.
@@ -153,6 +155,35 @@ fn event(c: &mut Criterion) {
             c.bench_function("event/reqscope_json_redaction_off", |b| b.iter(emit));
         })
     });
+
+    let formats = [
+        ("event/reqscope_ecs", reqscope::logging::Format::Ecs),
+        ("event/reqscope_gcp", reqscope::logging::Format::Gcp),
+    ];
+    let json: tracing::Dispatch =
+        tracing_subscriber::registry().with(LogLayer::new().with_writer(std::io::sink)).into();
+    for (name, format) in formats {
+        let dispatch: tracing::Dispatch =
+            tracing_subscriber::registry().with(LogLayer::new().with_format(format).with_writer(std::io::sink)).into();
+        tracing::dispatcher::with_default(&dispatch, || {
+            RequestContext::scope_sync(ctx.clone(), || {
+                for _ in 0..100 {
+                    emit();
+                }
+                println!("{name}: {} heap allocations per stamped event", allocations_per_event());
+            })
+        });
+        paired(
+            &format!("{name} against JSON"),
+            ("JSON", &json, &request_context),
+            (name, &dispatch, &request_context),
+            emit,
+            None,
+        );
+        tracing::dispatcher::with_default(&dispatch, || {
+            RequestContext::scope_sync(ctx.clone(), || c.bench_function(name, |b| b.iter(emit)))
+        });
+    }
 
     let fmt_json = tracing_subscriber::fmt().json().with_writer(std::io::sink).finish();
     tracing::subscriber::with_default(fmt_json, || {

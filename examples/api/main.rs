@@ -11,7 +11,10 @@
 //! (`reqscope.example.v1.Users`, `proto/users.proto`, with server reflection).
 //!
 //! Environment: `ADDR` (default `127.0.0.1:3000`), `RUST_LOG` (default `info`),
-//! `LOG_FORMAT` (`json`, the default, or `pretty`), `LOG_BAGGAGE_KEYS` (the baggage keys
+//! `LOG_FORMAT` (`json`, the default, `pretty`, `ecs` — Elastic Common Schema — or `gcp` —
+//! Google Cloud Logging; every line on stdout, start-up lines included, is in that format, and
+//! whatever stops the start before logging is set up goes to stderr), `GOOGLE_CLOUD_PROJECT`
+//! (the project of `gcp` lines' trace names; default `local`), `LOG_BAGGAGE_KEYS` (the baggage keys
 //! written on every line as `baggage.<key>`, comma-separated; default `session`), `LOG_REDACT`
 //! (field names whose values lines and Sentry events write as `"[redacted]"`, besides
 //! reqscope's defaults — `password`, `token`, `api_key`, …; comma-separated; default `email`),
@@ -107,8 +110,12 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    // Every line on stdout, startup included, is a JSON log line.
-    let log_layer = reqscope::logging::LogLayer::new().baggage_fields(baggage_keys).redaction(redaction);
+    // Every line on stdout, startup included, is a log line in `LOG_FORMAT`'s format: the
+    // errors above, written before logging exists, go to stderr.
+    let log_layer = reqscope::logging::LogLayer::new()
+        .baggage_fields(baggage_keys)
+        .redaction(redaction)
+        .gcp_service_context("api", Some(env!("CARGO_PKG_VERSION")));
     let sentry_layer = sentry.is_some().then(reqscope::sentry::layer);
     let log_guard = match reqscope::logging::init_from_env_with_layer(log_layer, sentry_layer) {
         Ok(guard) => guard,

@@ -63,6 +63,7 @@ mod grpc_access;
 mod grpc_layers;
 mod grpc_service;
 mod http2;
+mod log_formats;
 mod log_level;
 mod log_lines;
 mod log_redaction;

@@ -402,7 +402,7 @@ pub(crate) fn append_field(line: &mut Vec<u8>, format: Format, key: &str, value:
         line.extend_from_slice(end);
     }
     match format {
-        Format::Json => append::<JsonStyle>(line, b"}\n", key, value),
+        Format::Json | Format::Ecs | Format::Gcp => append::<JsonStyle>(line, b"}\n", key, value),
         Format::Pretty => append::<PrettyStyle>(line, b"\n", key, value),
     }
 }

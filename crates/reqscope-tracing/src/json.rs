@@ -15,9 +15,9 @@ use reqscope_core::{FieldValue, RequestContext};
 use tracing::field::{Field, Visit};
 use tracing::{Event, Metadata};
 
-use crate::keys::{BaggageField, FIELD_PREFIX, KeyStyle, Reserved, Seen, write_baggage, write_key};
+use crate::keys::{BaggageField, KeyStyle, Reserved, Seen, write_baggage, write_key};
 use crate::names::FieldNames;
-use crate::redact::{ACCESS_TARGET, REDACTED_VALUE, redacts_field, with_text, write_headers};
+use crate::redact::{ACCESS_TARGET, HeaderKey, REDACTED_VALUE, redacts_field, with_text, write_headers};
 use crate::spans::Fragment;
 
 /// The keys of a line, pre-escaped as `,"name":`.
@@ -54,6 +54,11 @@ fn key(name: &str) -> Box<[u8]> {
 
 impl JsonKeys {
     pub(crate) fn new(names: &FieldNames) -> Self {
+        Self::with_reserved(names, Reserved::new::<JsonStyle>(names))
+    }
+
+    /// The keys of `names`, with `reserved` taken (a format that reserves more names).
+    pub(crate) fn with_reserved(names: &FieldNames, reserved: Reserved) -> Self {
         JsonKeys {
             timestamp: key(names.timestamp),
             level: key(names.level),
@@ -74,7 +79,7 @@ impl JsonKeys {
             job: key(names.job),
             job_id: key(names.job_id),
             attempt: key(names.attempt),
-            reserved: Reserved::new::<JsonStyle>(names),
+            reserved,
         }
     }
 
@@ -89,8 +94,8 @@ impl JsonKeys {
     }
 
     /// Writes the key of a context or event field (see [`crate::keys`]).
-    fn field(&self, buf: &mut Vec<u8>, seen: &mut Seen, name: &str) {
-        write_key::<JsonStyle>(buf, seen, name, FIELD_PREFIX, |key| self.reserved.contains(key));
+    pub(crate) fn field(&self, buf: &mut Vec<u8>, seen: &mut Seen, name: &str) {
+        write_key::<JsonStyle>(buf, seen, name, JsonStyle::FIELD_PREFIX, |key| self.reserved.contains(key));
     }
 }
 
@@ -175,69 +180,90 @@ fn write_context(
             buf.extend_from_slice(&keys.org_id);
             write_str(buf, org);
         }
-        if let Some(method) = ctx.method() {
-            buf.extend_from_slice(&keys.method);
-            // An HTTP token: no quote, backslash or control character.
-            write_plain(buf, method.as_str());
-        }
-        if let Some(path) = ctx.path() {
-            buf.extend_from_slice(&keys.path);
-            write_str(buf, path);
-        }
-        if let Some(route) = &patch.route {
-            buf.extend_from_slice(&keys.route);
-            write_str(buf, route);
-        }
-        if let Some(ip) = ctx.client_ip() {
-            buf.extend_from_slice(&keys.client_ip);
-            write_ip(buf, ip);
-        }
-        if !patch.roles.is_empty() {
-            buf.extend_from_slice(&keys.roles);
-            write_roles(buf, &patch.roles);
-        }
-        if let Some(remaining) = patch.rate_limit_remaining {
-            buf.extend_from_slice(&keys.rate_limit_remaining);
-            write_u64(buf, remaining);
-        }
-        if let Some(reset) = patch.rate_limit_reset {
-            buf.extend_from_slice(&keys.rate_limit_reset);
-            write_u64(buf, reset);
-        }
-        if let Some(job) = ctx.job() {
-            buf.extend_from_slice(&keys.job);
-            write_str(buf, job.name());
-            if let Some(id) = job.id() {
-                buf.extend_from_slice(&keys.job_id);
-                write_str(buf, id);
-            }
-            buf.extend_from_slice(&keys.attempt);
-            write_u64(buf, u64::from(job.attempt()));
-        }
-        for (name, value) in &patch.fields {
-            write_key::<JsonStyle>(buf, seen, name, FIELD_PREFIX, |key| {
-                crate::keys::taken_by_context_field(&keys.reserved, key)
-            });
-            if redacts_field(redaction, name, value) {
-                buf.extend_from_slice(REDACTED_VALUE);
-                continue;
-            }
-            match value {
-                FieldValue::Str(v) => write_str(buf, v),
-                FieldValue::I64(v) => buf.extend_from_slice(itoa::Buffer::new().format(*v).as_bytes()),
-                FieldValue::U64(v) => write_u64(buf, *v),
-                FieldValue::F64(v) => write_f64(buf, *v),
-                FieldValue::Bool(v) => write_bool(buf, *v),
-            }
-        }
-        write_baggage::<JsonStyle>(buf, seen, &keys.reserved, redaction, &patch.baggage, write_str);
+        write_request(buf, seen, keys, redaction, ctx, patch);
     });
     if !ctx.logged_headers().is_empty() && meta.target() == ACCESS_TARGET {
-        write_headers::<JsonStyle>(buf, seen, &keys.reserved, redaction, ctx.logged_headers(), write_str);
+        write_headers::<JsonStyle>(
+            buf,
+            seen,
+            &keys.reserved,
+            redaction,
+            ctx.logged_headers(),
+            |_| HeaderKey::Header,
+            write_str,
+        );
     }
 }
 
-fn write_roles(buf: &mut Vec<u8>, roles: &[Arc<str>]) {
+/// Writes the stamped keys from `method` on — the request, the roles, the rate limit, the job
+/// — then the custom context fields and the baggage entries.
+pub(crate) fn write_request(
+    buf: &mut Vec<u8>,
+    seen: &mut Seen,
+    keys: &JsonKeys,
+    redaction: &Redaction,
+    ctx: &RequestContext,
+    patch: &reqscope_core::Patch,
+) {
+    if let Some(method) = ctx.method() {
+        buf.extend_from_slice(&keys.method);
+        // An HTTP token: no quote, backslash or control character.
+        write_plain(buf, method.as_str());
+    }
+    if let Some(path) = ctx.path() {
+        buf.extend_from_slice(&keys.path);
+        write_str(buf, path);
+    }
+    if let Some(route) = &patch.route {
+        buf.extend_from_slice(&keys.route);
+        write_str(buf, route);
+    }
+    if let Some(ip) = ctx.client_ip() {
+        buf.extend_from_slice(&keys.client_ip);
+        write_ip(buf, ip);
+    }
+    if !patch.roles.is_empty() {
+        buf.extend_from_slice(&keys.roles);
+        write_roles(buf, &patch.roles);
+    }
+    if let Some(remaining) = patch.rate_limit_remaining {
+        buf.extend_from_slice(&keys.rate_limit_remaining);
+        write_u64(buf, remaining);
+    }
+    if let Some(reset) = patch.rate_limit_reset {
+        buf.extend_from_slice(&keys.rate_limit_reset);
+        write_u64(buf, reset);
+    }
+    if let Some(job) = ctx.job() {
+        buf.extend_from_slice(&keys.job);
+        write_str(buf, job.name());
+        if let Some(id) = job.id() {
+            buf.extend_from_slice(&keys.job_id);
+            write_str(buf, id);
+        }
+        buf.extend_from_slice(&keys.attempt);
+        write_u64(buf, u64::from(job.attempt()));
+    }
+    for (name, value) in &patch.fields {
+        write_key::<JsonStyle>(buf, seen, name, JsonStyle::FIELD_PREFIX, |key| {
+            crate::keys::taken_by_context_field::<JsonStyle>(&keys.reserved, key)
+        });
+        if redacts_field(redaction, name, value) {
+            buf.extend_from_slice(REDACTED_VALUE);
+            continue;
+        }
+        match value {
+            FieldValue::Str(v) => write_str(buf, v),
+            FieldValue::I64(v) => buf.extend_from_slice(itoa::Buffer::new().format(*v).as_bytes()),
+            FieldValue::U64(v) => write_u64(buf, *v),
+            FieldValue::F64(v) => write_f64(buf, *v),
+            FieldValue::Bool(v) => write_bool(buf, *v),
+        }
+    }
+    write_baggage::<JsonStyle>(buf, seen, &keys.reserved, redaction, &patch.baggage, write_str);
+}
+
+pub(crate) fn write_roles(buf: &mut Vec<u8>, roles: &[Arc<str>]) {
     buf.push(b'[');
     for (i, role) in roles.iter().enumerate() {
         if i > 0 {
@@ -248,7 +274,7 @@ fn write_roles(buf: &mut Vec<u8>, roles: &[Arc<str>]) {
     buf.push(b']');
 }
 
-fn write_ip(buf: &mut Vec<u8>, ip: IpAddr) {
+pub(crate) fn write_ip(buf: &mut Vec<u8>, ip: IpAddr) {
     buf.push(b'"');
     match ip {
         // Four `itoa`s instead of `Display`, which goes through the formatting machinery.
@@ -268,11 +294,11 @@ fn write_ip(buf: &mut Vec<u8>, ip: IpAddr) {
     buf.push(b'"');
 }
 
-fn write_u64(buf: &mut Vec<u8>, v: u64) {
+pub(crate) fn write_u64(buf: &mut Vec<u8>, v: u64) {
     buf.extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
 }
 
-fn write_f64(buf: &mut Vec<u8>, v: f64) {
+pub(crate) fn write_f64(buf: &mut Vec<u8>, v: f64) {
     if v.is_finite() {
         buf.extend_from_slice(ryu::Buffer::new().format_finite(v).as_bytes());
     } else {
@@ -281,14 +307,25 @@ fn write_f64(buf: &mut Vec<u8>, v: f64) {
     }
 }
 
-fn write_bool(buf: &mut Vec<u8>, v: bool) {
+/// Writes `v` as a JSON string: its shortest digits, or `NaN`, `inf`, `-inf`.
+pub(crate) fn write_f64_text(buf: &mut Vec<u8>, v: f64) {
+    buf.push(b'"');
+    if v.is_finite() {
+        buf.extend_from_slice(ryu::Buffer::new().format_finite(v).as_bytes());
+    } else {
+        let _ = write!(Escaper(buf), "{v}");
+    }
+    buf.push(b'"');
+}
+
+pub(crate) fn write_bool(buf: &mut Vec<u8>, v: bool) {
     buf.extend_from_slice(if v { b"true" } else { b"false" });
 }
 
 /// Whether `s` has a byte JSON must escape: a control character, `"` or `\\`. Eight bytes at
 /// a time (the classic "has a zero / a smaller byte" word tricks, exact for any byte): most
 /// values have none, and this runs for every string of every line.
-fn needs_escape(s: &str) -> bool {
+pub(crate) fn needs_escape(s: &str) -> bool {
     const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
     const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
     const fn has_zero(word: u64) -> bool {
@@ -329,7 +366,7 @@ fn write_plain(buf: &mut Vec<u8>, s: &str) {
 }
 
 /// Writes `s` escaped, without the surrounding quotes.
-fn write_str_contents(buf: &mut Vec<u8>, s: &str) {
+pub(crate) fn write_str_contents(buf: &mut Vec<u8>, s: &str) {
     if needs_escape(s) {
         let start = buf.len();
         let _ = serde_json::to_writer(&mut *buf, s);
@@ -343,7 +380,7 @@ fn write_str_contents(buf: &mut Vec<u8>, s: &str) {
 
 /// Escapes formatted text as it is produced: `Debug` and `Display` values go into the line
 /// without an intermediate `String`.
-struct Escaper<'a>(&'a mut Vec<u8>);
+pub(crate) struct Escaper<'a>(pub(crate) &'a mut Vec<u8>);
 
 impl fmt::Write for Escaper<'_> {
     fn write_str(&mut self, s: &str) -> fmt::Result {
@@ -352,8 +389,19 @@ impl fmt::Write for Escaper<'_> {
     }
 }
 
+/// How a value is written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Mode {
+    /// As JSON: numbers and booleans bare, everything else a string.
+    Native,
+    /// Always a JSON string: `"3"`, `"true"` (ECS labels are keyword strings).
+    Text,
+    /// A number of milliseconds, written as whole nanoseconds (ECS `event.duration`).
+    Nanos,
+}
+
 /// Where a visitor puts the values it renders.
-trait Target {
+pub(crate) trait Target {
     /// Whether `field` is written; if so, writes what precedes its value.
     fn start(&mut self, field: &Field) -> bool;
     /// The buffer the value goes into.
@@ -365,12 +413,16 @@ trait Target {
     fn keyed(&self) -> bool {
         true
     }
+    /// How the value of the field just started is written.
+    fn mode(&self) -> Mode {
+        Mode::Native
+    }
 }
 
 /// Renders each field's value as JSON into its target, or `"[redacted]"`.
-struct Values<'r, T> {
-    target: T,
-    redaction: &'r Redaction,
+pub(crate) struct Values<'r, T> {
+    pub(crate) target: T,
+    pub(crate) redaction: &'r Redaction,
 }
 
 /// Visits an event's fields twice: first for `message` only (its key comes before the
@@ -404,10 +456,34 @@ impl Target for EventFields<'_> {
     }
 }
 
+/// Writes an event's message under `key` (pre-escaped `,"message":`), for the formats whose
+/// message key is fixed.
+pub(crate) struct Message<'a> {
+    pub(crate) buf: &'a mut Vec<u8>,
+    pub(crate) key: &'a [u8],
+}
+
+impl Target for Message<'_> {
+    fn start(&mut self, field: &Field) -> bool {
+        if field.name() != "message" {
+            return false;
+        }
+        self.buf.extend_from_slice(self.key);
+        true
+    }
+    fn buf(&mut self) -> &mut Vec<u8> {
+        self.buf
+    }
+    fn keyed(&self) -> bool {
+        false
+    }
+}
+
 /// Renders a span's fields into its [`Fragment`].
 pub(crate) struct SpanValues<'a> {
     fragment: &'a mut Fragment,
     start: usize,
+    mode: Mode,
 }
 
 impl Target for SpanValues<'_> {
@@ -421,11 +497,15 @@ impl Target for SpanValues<'_> {
     fn finish(&mut self, field: &Field) {
         self.fragment.commit(field.name(), self.start);
     }
+    fn mode(&self) -> Mode {
+        self.mode
+    }
 }
 
-/// A visitor that renders span fields as JSON values into `fragment`.
-pub(crate) fn span_values<'a>(fragment: &'a mut Fragment, redaction: &'a Redaction) -> impl Visit + 'a {
-    Values { target: SpanValues { fragment, start: 0 }, redaction }
+/// A visitor that renders span fields as JSON values into `fragment` (`Mode::Text`: as
+/// strings, for ECS labels).
+pub(crate) fn span_values<'a>(fragment: &'a mut Fragment, redaction: &'a Redaction, mode: Mode) -> impl Visit + 'a {
+    Values { target: SpanValues { fragment, start: 0, mode }, redaction }
 }
 
 impl<T: Target> Values<'_, T> {
@@ -446,6 +526,31 @@ impl<T: Target> Values<'_, T> {
             write(buf);
         }
         self.target.finish(field);
+    }
+
+    /// Writes a scalar's text (digits, `true`): bare, or quoted in `Mode::Text`.
+    fn write_scalar(&mut self, field: &Field, redacted: bool, text: &str) {
+        let quoted = self.target.mode() == Mode::Text;
+        self.write(field, redacted, |buf| {
+            if quoted {
+                buf.push(b'"');
+                buf.extend_from_slice(text.as_bytes());
+                buf.push(b'"');
+            } else {
+                buf.extend_from_slice(text.as_bytes());
+            }
+        });
+    }
+
+    /// Writes an integer: bare, quoted in `Mode::Text`, in nanoseconds in `Mode::Nanos`.
+    fn write_int(&mut self, field: &Field, value: impl itoa::Integer + Copy, as_i128: i128) {
+        let redacted = self.redacted(field, |judge| judge(itoa::Buffer::new().format(value)));
+        if self.target.mode() == Mode::Nanos {
+            let nanos = as_i128.saturating_mul(1_000_000).clamp(i128::from(i64::MIN), i128::from(i64::MAX));
+            self.write_scalar(field, redacted, itoa::Buffer::new().format(nanos));
+        } else {
+            self.write_scalar(field, redacted, itoa::Buffer::new().format(value));
+        }
     }
 
     /// Writes a value as JSON text, formatted by `format`: straight into the line without a
@@ -493,37 +598,46 @@ impl<T: Target> Visit for Values<'_, T> {
     fn record_f64(&mut self, field: &Field, value: f64) {
         if self.target.start(field) {
             let redacted = self.redacted(field, |judge| judge(ryu::Buffer::new().format(value)));
-            self.write(field, redacted, |buf| write_f64(buf, value));
+            match self.target.mode() {
+                Mode::Native => self.write(field, redacted, |buf| write_f64(buf, value)),
+                // `NaN`, `inf`: a string can say what JSON numbers cannot.
+                Mode::Text => self.write(field, redacted, |buf| write_f64_text(buf, value)),
+                Mode::Nanos => {
+                    let nanos = (value * 1e6).round();
+                    if nanos.is_finite() && nanos.abs() < 9.2e18 {
+                        self.write_scalar(field, redacted, itoa::Buffer::new().format(nanos as i64));
+                    } else {
+                        self.write(field, redacted, |buf| buf.extend_from_slice(b"null"));
+                    }
+                }
+            }
         }
     }
     fn record_i64(&mut self, field: &Field, value: i64) {
         if self.target.start(field) {
-            let redacted = self.redacted(field, |judge| judge(itoa::Buffer::new().format(value)));
-            self.write(field, redacted, |buf| buf.extend_from_slice(itoa::Buffer::new().format(value).as_bytes()));
+            self.write_int(field, value, i128::from(value));
         }
     }
     fn record_u64(&mut self, field: &Field, value: u64) {
         if self.target.start(field) {
-            let redacted = self.redacted(field, |judge| judge(itoa::Buffer::new().format(value)));
-            self.write(field, redacted, |buf| write_u64(buf, value));
+            self.write_int(field, value, i128::from(value));
         }
     }
     fn record_i128(&mut self, field: &Field, value: i128) {
         if self.target.start(field) {
-            let redacted = self.redacted(field, |judge| judge(itoa::Buffer::new().format(value)));
-            self.write(field, redacted, |buf| buf.extend_from_slice(itoa::Buffer::new().format(value).as_bytes()));
+            self.write_int(field, value, value);
         }
     }
     fn record_u128(&mut self, field: &Field, value: u128) {
         if self.target.start(field) {
-            let redacted = self.redacted(field, |judge| judge(itoa::Buffer::new().format(value)));
-            self.write(field, redacted, |buf| buf.extend_from_slice(itoa::Buffer::new().format(value).as_bytes()));
+            self.write_int(field, value, i128::try_from(value).unwrap_or(i128::MAX));
         }
     }
     fn record_bool(&mut self, field: &Field, value: bool) {
         if self.target.start(field) {
-            let redacted = self.redacted(field, |judge| judge(if value { "true" } else { "false" }));
-            self.write(field, redacted, |buf| write_bool(buf, value));
+            let text = if value { "true" } else { "false" };
+            let redacted = self.redacted(field, |judge| judge(text));
+            self.write_scalar(field, redacted, text);
         }
     }
     fn record_str(&mut self, field: &Field, value: &str) {
@@ -537,8 +651,16 @@ impl<T: Target> Visit for Values<'_, T> {
         // text of them: only their key decides.
         if self.target.start(field) {
             let redacted = self.redaction.is_sensitive_key(field.name());
+            let quoted = self.target.mode() == Mode::Text;
             self.write(field, redacted, |buf| {
+                // Digits and commas: a string without anything to escape.
+                if quoted {
+                    buf.push(b'"');
+                }
                 let _ = serde_json::to_writer(&mut *buf, value);
+                if quoted {
+                    buf.push(b'"');
+                }
             });
         }
     }

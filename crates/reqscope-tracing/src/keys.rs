@@ -21,7 +21,13 @@
 //! A taken key gets its source's prefix — `fields.` for context and event fields, `span.` for
 //! span fields — as many times as needed for it to be unique (`fields.fields.x` in the rare
 //! case that `fields.x` is taken too). Comparisons are made on the key as rendered (escaped
-//! JSON, or the pretty form), which is one-to-one with the name.
+//! JSON, the pretty form, or an ECS label's name), which is one-to-one with the name — except
+//! for ECS labels, whose names have `.`, `*` and `\` replaced by `_` (as the ecs-logging spec
+//! requires): there `a.b` and `a_b` are the same key, so the second is prefixed, and the
+//! prefixes are `fields_` and `span_`.
+//!
+//! A format can reserve more names than the stamped ones (Google Cloud's `severity`,
+//! `httpRequest`, every `logging.googleapis.com/…` key): they are taken the same way.
 
 use std::sync::Arc;
 
@@ -30,13 +36,8 @@ use reqscope_core::redact::{REDACTED, Redaction};
 use tracing::Event;
 
 use crate::names::FieldNames;
-use crate::redact::{HEADER_PREFIX, REDACTED_VALUE};
+use crate::redact::REDACTED_VALUE;
 use crate::spans::Fragment;
-
-/// The prefix of a context or event field whose name is taken.
-pub(crate) const FIELD_PREFIX: &[u8] = b"fields.";
-/// The prefix of a span field whose name is taken.
-pub(crate) const SPAN_PREFIX: &[u8] = b"span.";
 
 /// How a format writes a key.
 pub(crate) trait KeyStyle {
@@ -44,6 +45,12 @@ pub(crate) trait KeyStyle {
     const OPEN: &'static [u8];
     /// After the key: `":` in JSON, `=` in pretty lines.
     const CLOSE: &'static [u8];
+    /// The prefix of a context or event field whose key is taken, as rendered.
+    const FIELD_PREFIX: &'static [u8] = b"fields.";
+    /// The prefix of a span field whose key is taken, as rendered.
+    const SPAN_PREFIX: &'static [u8] = b"span.";
+    /// How the keys of request headers (`header.<name>`) start, as rendered.
+    const HEADER_PREFIX: &'static [u8] = b"header.";
     /// Writes `name` as it appears between `OPEN` and `CLOSE`.
     fn render(buf: &mut Vec<u8>, name: &str);
     /// Whether `name` renders as its own bytes (the common case: no copy to compare it).
@@ -88,11 +95,11 @@ const LINE_KEYS: &[&[u8]] = &[
 
 /// Whether a custom context field's rendered key is taken: a stamped key or one of the keys
 /// reqscope's own lines carry.
-pub(crate) fn taken_by_context_field(reserved: &Reserved, rendered: &[u8]) -> bool {
+pub(crate) fn taken_by_context_field<S: KeyStyle>(reserved: &Reserved, rendered: &[u8]) -> bool {
     reserved.contains(rendered)
         || LINE_KEYS.contains(&rendered)
         // A pretty key that is not bare is quoted.
-        || rendered.strip_prefix(b"\"").unwrap_or(rendered).starts_with(HEADER_PREFIX.as_bytes())
+        || rendered.strip_prefix(b"\"").unwrap_or(rendered).starts_with(S::HEADER_PREFIX)
 }
 
 /// A baggage entry written on every line where the baggage has it: `key` in the baggage,
@@ -116,7 +123,8 @@ pub(crate) fn baggage_fields<K: AsRef<str>>(keys: impl IntoIterator<Item = K>) -
     fields.into()
 }
 
-/// The stamped key names and the baggage fields' names, rendered in one style.
+/// The stamped key names (and a format's own) and the baggage fields' names, rendered in one
+/// style.
 #[derive(Clone, Debug)]
 pub(crate) struct Reserved {
     /// The stamped names, then the baggage fields' names.
@@ -125,14 +133,23 @@ pub(crate) struct Reserved {
     stamped: usize,
     /// Bit `n` is set when a name renders in `n` bytes: most names are cleared by one bit test.
     lengths: u128,
+    /// Every key that starts with this is taken too (Google Cloud's `logging.googleapis.com/`).
+    prefix: Option<&'static [u8]>,
     baggage: Arc<[BaggageField]>,
 }
 
 impl Reserved {
     pub(crate) fn new<S: KeyStyle>(names: &FieldNames) -> Self {
+        Self::with_names::<S>(names.all(), None)
+    }
+
+    /// `names` taken as stamped ones, and every key that starts with `prefix`.
+    pub(crate) fn with_names<S: KeyStyle>(
+        names: impl IntoIterator<Item = &'static str>,
+        prefix: Option<&'static [u8]>,
+    ) -> Self {
         let names: Box<[Box<[u8]>]> = names
-            .all()
-            .iter()
+            .into_iter()
             .map(|name| {
                 let mut rendered = Vec::new();
                 S::render(&mut rendered, name);
@@ -140,7 +157,7 @@ impl Reserved {
             })
             .collect();
         let lengths = names.iter().fold(0u128, |mask, name| mask | length_bit(name.len()));
-        Reserved { stamped: names.len(), names, lengths, baggage: Arc::new([]) }
+        Reserved { stamped: names.len(), names, lengths, prefix, baggage: Arc::new([]) }
     }
 
     /// The same stamped names, with `baggage` written on lines and its names taken.
@@ -153,7 +170,7 @@ impl Reserved {
             names.push(rendered.into_boxed_slice());
         }
         let lengths = names.iter().fold(0u128, |mask, name| mask | length_bit(name.len()));
-        Reserved { names: names.into_boxed_slice(), stamped: self.stamped, lengths, baggage }
+        Reserved { names: names.into_boxed_slice(), stamped: self.stamped, lengths, prefix: self.prefix, baggage }
     }
 
     /// The baggage fields lines carry.
@@ -163,11 +180,13 @@ impl Reserved {
 
     /// Whether `rendered` is a stamped key or a baggage field's.
     pub(crate) fn contains(&self, rendered: &[u8]) -> bool {
-        self.lengths & length_bit(rendered.len()) != 0 && self.names.iter().any(|name| **name == *rendered)
+        (self.lengths & length_bit(rendered.len()) != 0 && self.names.iter().any(|name| **name == *rendered))
+            || self.prefix.is_some_and(|prefix| rendered.starts_with(prefix))
     }
 
     pub(crate) fn contains_stamped(&self, rendered: &[u8]) -> bool {
-        self.lengths & length_bit(rendered.len()) != 0 && self.names[..self.stamped].iter().any(|n| **n == *rendered)
+        (self.lengths & length_bit(rendered.len()) != 0 && self.names[..self.stamped].iter().any(|n| **n == *rendered))
+            || self.prefix.is_some_and(|prefix| rendered.starts_with(prefix))
     }
 }
 
@@ -188,7 +207,7 @@ pub(crate) fn write_baggage<S: KeyStyle>(
     for field in reserved.baggage.iter() {
         if let Some(value) = baggage.get(&field.key) {
             // Only a stamped name (a `FieldNames` set to `baggage.…`) can be in the way.
-            write_key::<S>(buf, seen, &field.name, FIELD_PREFIX, |key| reserved.contains_stamped(key));
+            write_key::<S>(buf, seen, &field.name, S::FIELD_PREFIX, |key| reserved.contains_stamped(key));
             write_value(buf, if redaction.redacts(&field.key, value) { REDACTED } else { value });
         }
     }
@@ -268,7 +287,7 @@ pub(crate) fn write_span_fields<S: KeyStyle>(
 ) {
     for (depth, span) in spans.iter().enumerate() {
         for (name, value) in span.fields() {
-            write_key::<S>(buf, seen, name, SPAN_PREFIX, |key| {
+            write_key::<S>(buf, seen, name, S::SPAN_PREFIX, |key| {
                 reserved.contains(key)
                     || event_claims::<S>(event, key)
                     || spans[depth + 1..].iter().any(|nearer| nearer.names().any(|n| S::renders_as(n, key)))
@@ -300,7 +319,7 @@ mod tests {
         let mut buf = Vec::new();
         let mut seen = Seen::default();
         for name in ["a", "fields.a", "a", "request_id", "rate_limit_remaining", &"x".repeat(300)] {
-            write_key::<Plain>(&mut buf, &mut seen, name, FIELD_PREFIX, |k| reserved.contains(k));
+            write_key::<Plain>(&mut buf, &mut seen, name, Plain::FIELD_PREFIX, |k| reserved.contains(k));
         }
         let text = String::from_utf8(buf).unwrap();
         let keys: Vec<&str> = text.split(' ').skip(1).map(|k| k.trim_end_matches('=')).collect();

@@ -16,22 +16,47 @@ use tracing_subscriber::registry::{LookupSpan, SpanRef};
 
 use crate::InitError;
 use crate::buffer::{self, HoldLimits};
-use crate::json::{self, JsonKeys, JsonStyle, json_line};
-use crate::keys::{Reserved, Seen, baggage_fields, write_span_fields};
+use crate::ecs::{EcsKeys, EcsLabelStyle, ecs_line};
+use crate::gcp::{GcpKeys, GcpSettings, gcp_line};
+use crate::json::{self, JsonKeys, JsonStyle, Mode, json_line};
+use crate::keys::{BaggageField, Reserved, Seen, baggage_fields, write_span_fields};
 use crate::names::FieldNames;
 use crate::pretty::{self, PrettyStyle, pretty_line};
-use crate::spans::{EMPTY, Fragment, LIVE_JSON, LIVE_PRETTY, SpanFields};
+use crate::spans::{EMPTY, Fragment, LIVE_ECS, LIVE_JSON, LIVE_PRETTY, SpanFields};
 use crate::time::rfc3339_now;
 
-/// How lines are written.
+/// How lines are written. Every format writes one line per event, stamped with the same
+/// context, redacted alike, with every key once.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Format {
-    /// One JSON object per line (the default).
+    /// One JSON object per line (the default), keys as in the [crate docs](crate).
     #[default]
     Json,
     /// `time LEVEL target: message key=value …`, for people at a terminal. Stamped with the
     /// same context fields as JSON.
     Pretty,
+    /// One JSON object per line in the Elastic Common Schema, as the ecs-logging spec lays it
+    /// out: `@timestamp`, `log.level`, `message`, `ecs.version` (`8.11.0`) first, then
+    /// `log.logger` (the target), `trace.id`, `span.id`, `transaction.id` (the request's
+    /// span), `http.request.id`, `user.id`, `organization.id`, `http.request.method`,
+    /// `url.path`, `client.ip`, `user.roles`; on access lines `http.response.status_code`,
+    /// `event.duration` (nanoseconds), `http.response.body.bytes` and `user_agent.original`;
+    /// an `error` is `error.message`, a panic `error.message`, `error.type` (`panic`) and
+    /// `error.stack_trace` (its location). reqscope's values without an ECS field are
+    /// `reqscope.<key>` (`reqscope.rate_limit_remaining`, `reqscope.job`, …), everything else
+    /// — the route, custom context, baggage, span and event fields, other request headers — is
+    /// `labels.<key>`, a string, its key with `.`, `*` and `\` made `_`
+    /// (`labels.db_statement`). Field names ([`FieldNames`]) do not apply: ECS names are fixed.
+    Ecs,
+    /// One JSON object per line for Google Cloud Logging's structured logging:
+    /// `time`, `severity` (`DEBUG`, `INFO`, `WARNING`, `ERROR`), `message`,
+    /// `logging.googleapis.com/sourceLocation`, `…/trace` (`projects/<project>/traces/<id>`,
+    /// see [`LogLayer::gcp_project`]), `…/spanId`, `…/trace_sampled`, `…/labels` (request id,
+    /// user, org), then the JSON line's other keys; the access line's `status`, `duration_ms`
+    /// and `bytes` are in its `httpRequest`, with the method, path, client ip and user agent;
+    /// an ERROR line with an error or a panic is an Error Reporting event (`@type`,
+    /// [`serviceContext`](LogLayer::gcp_service_context), `context`).
+    Gcp,
 }
 
 impl FromStr for Format {
@@ -40,6 +65,8 @@ impl FromStr for Format {
         match s.trim().to_ascii_lowercase().as_str() {
             "json" => Ok(Format::Json),
             "pretty" => Ok(Format::Pretty),
+            "ecs" => Ok(Format::Ecs),
+            "gcp" => Ok(Format::Gcp),
             _ => Err(InitError::Format(s.to_owned())),
         }
     }
@@ -89,6 +116,8 @@ pub struct LogLayer<W = fn() -> std::io::Stdout> {
     names: FieldNames,
     keys: JsonKeys,
     pretty_reserved: Reserved,
+    ecs: EcsKeys,
+    gcp: GcpKeys,
     redaction: Redaction,
     format: Format,
     hold: Hold,
@@ -129,6 +158,8 @@ impl LogLayer {
         LogLayer {
             keys: JsonKeys::new(&names),
             pretty_reserved: Reserved::new::<PrettyStyle>(&names),
+            ecs: EcsKeys::new(),
+            gcp: GcpKeys::new(&names, Arc::new([]), GcpSettings::default()),
             redaction: Redaction::new(),
             names,
             format: Format::Json,
@@ -163,6 +194,8 @@ impl<W> LogLayer<W> {
             names: self.names,
             keys: self.keys,
             pretty_reserved: self.pretty_reserved,
+            ecs: self.ecs,
+            gcp: self.gcp,
             redaction: self.redaction,
             format: self.format,
             hold: self.hold,
@@ -218,13 +251,51 @@ impl<W> LogLayer<W> {
         self
     }
 
-    /// Uses other key names.
+    /// Uses other key names, in JSON, pretty and Google Cloud lines (ECS names are the
+    /// schema's).
     pub fn with_field_names(mut self, names: FieldNames) -> Self {
         // The baggage fields stay as they were set.
         let baggage = Arc::clone(self.pretty_reserved.baggage());
-        self.keys = JsonKeys::new(&names).with_baggage(Arc::clone(&baggage));
-        self.pretty_reserved = Reserved::new::<PrettyStyle>(&names).with_baggage::<PrettyStyle>(baggage);
         self.names = names;
+        self.set_keys(baggage);
+        self
+    }
+
+    /// Builds every format's keys for the current names and settings, with `baggage`.
+    fn set_keys(&mut self, baggage: Arc<[BaggageField]>) {
+        let names = &self.names;
+        self.keys = JsonKeys::new(names).with_baggage(Arc::clone(&baggage));
+        self.pretty_reserved = Reserved::new::<PrettyStyle>(names).with_baggage::<PrettyStyle>(Arc::clone(&baggage));
+        self.ecs = EcsKeys::new().with_baggage(Arc::clone(&baggage));
+        self.gcp = GcpKeys::new(names, baggage, self.gcp.settings().clone());
+    }
+
+    /// The Google Cloud project of [`Format::Gcp`] lines: their trace is
+    /// `projects/<project>/traces/<trace id>`, which links each line to its trace in Cloud
+    /// Trace. `local` by default (`init_from_env` reads `GOOGLE_CLOUD_PROJECT`).
+    pub fn gcp_project(mut self, project: impl Into<String>) -> Self {
+        let mut settings = self.gcp.settings().clone();
+        settings.project = project.into().into_boxed_str();
+        self.gcp = GcpKeys::new(&self.names, Arc::clone(self.keys.reserved().baggage()), settings);
+        self
+    }
+
+    /// The service (and its version) that [`Format::Gcp`] lines report errors for: their
+    /// Error Reporting events carry `"serviceContext":{"service":…,"version":…}`. None by
+    /// default: Google Cloud then names the service after the resource that wrote the line
+    /// (the Cloud Run service, the GKE container).
+    ///
+    /// ```
+    /// let layer = reqscope_tracing::LogLayer::new()
+    ///     .with_format(reqscope_tracing::Format::Gcp)
+    ///     .gcp_project("my-project")
+    ///     .gcp_service_context("checkout", Some(env!("CARGO_PKG_VERSION")));
+    /// # drop(layer);
+    /// ```
+    pub fn gcp_service_context(mut self, service: impl Into<String>, version: Option<&str>) -> Self {
+        let mut settings = self.gcp.settings().clone();
+        settings.service = Some((service.into().into_boxed_str(), version.map(Box::from)));
+        self.gcp = GcpKeys::new(&self.names, Arc::clone(self.keys.reserved().baggage()), settings);
         self
     }
 
@@ -241,16 +312,19 @@ impl<W> LogLayer<W> {
         I: IntoIterator<Item = K>,
         K: AsRef<str>,
     {
-        let baggage = baggage_fields(keys);
-        self.keys = JsonKeys::new(&self.names).with_baggage(Arc::clone(&baggage));
-        self.pretty_reserved = Reserved::new::<PrettyStyle>(&self.names).with_baggage::<PrettyStyle>(baggage);
+        self.set_keys(baggage_fields(keys));
         self
     }
 
-    /// Chooses JSON or pretty lines.
+    /// Chooses the format of the lines: JSON (the default), pretty, ECS or Google Cloud.
     pub fn with_format(mut self, format: Format) -> Self {
         self.format = format;
         self
+    }
+
+    /// The format of the lines.
+    pub(crate) fn format(&self) -> Format {
+        self.format
     }
 
     /// Human-readable lines instead of JSON.
@@ -261,23 +335,26 @@ impl<W> LogLayer<W> {
     /// This layer's rendering of a span's fields.
     fn fragment<'a>(&self, fields: &'a SpanFields) -> Option<&'a Fragment> {
         match self.format {
-            Format::Json => fields.json.as_ref(),
+            Format::Json | Format::Gcp => fields.json.as_ref(),
             Format::Pretty => fields.pretty.as_ref(),
+            Format::Ecs => fields.ecs.as_ref(),
         }
     }
 
     fn fragment_mut<'a>(&self, fields: &'a mut SpanFields) -> &'a mut Option<Fragment> {
         match self.format {
-            Format::Json => &mut fields.json,
+            Format::Json | Format::Gcp => &mut fields.json,
             Format::Pretty => &mut fields.pretty,
+            Format::Ecs => &mut fields.ecs,
         }
     }
 
     /// How many spans have fields rendered in this layer's format, in any subscriber.
     fn live(&self) -> &'static AtomicUsize {
         match self.format {
-            Format::Json => &LIVE_JSON,
+            Format::Json | Format::Gcp => &LIVE_JSON,
             Format::Pretty => &LIVE_PRETTY,
+            Format::Ecs => &LIVE_ECS,
         }
     }
 
@@ -285,7 +362,10 @@ impl<W> LogLayer<W> {
     fn render(&self, values: &impl RecordFields) -> Fragment {
         let mut fragment = Fragment::default();
         match self.format {
-            Format::Json => values.record_into(&mut json::span_values(&mut fragment, &self.redaction)),
+            Format::Json | Format::Gcp => {
+                values.record_into(&mut json::span_values(&mut fragment, &self.redaction, Mode::Native))
+            }
+            Format::Ecs => values.record_into(&mut json::span_values(&mut fragment, &self.redaction, Mode::Text)),
             Format::Pretty => {
                 values.record_into(&mut pretty::SpanValues { fragment: &mut fragment, redaction: &self.redaction })
             }
@@ -338,6 +418,30 @@ impl<W> LogLayer<W> {
                 event,
                 &fragments[..count],
             ),
+            Format::Ecs => write_span_fields::<EcsLabelStyle>(
+                buf,
+                seen,
+                self.ecs.reserved(),
+                &self.redaction,
+                event,
+                &fragments[..count],
+            ),
+            Format::Gcp => write_span_fields::<JsonStyle>(
+                buf,
+                seen,
+                self.gcp.reserved(),
+                &self.redaction,
+                event,
+                &fragments[..count],
+            ),
+        }
+    }
+
+    /// The keys of `buffered` and `buffered_dropped` in this layer's format.
+    fn held_keys(&self) -> (&'static str, &'static str) {
+        match self.format {
+            Format::Ecs => ("reqscope.buffered", "reqscope.buffered_dropped"),
+            _ => (self.names.buffered, self.names.buffered_dropped),
         }
     }
 
@@ -402,13 +506,16 @@ impl<W> LogLayer<W> {
                     ctx,
                     spans,
                 ),
+                Format::Ecs => ecs_line(buf, seen, &self.ecs, &self.redaction, &timestamp, event, meta, ctx, spans),
+                Format::Gcp => gcp_line(buf, seen, &self.gcp, &self.redaction, &timestamp, event, meta, ctx, spans),
             }
+            let (buffered, buffered_dropped) = self.held_keys();
             match route {
                 Route::Write => {
                     let _ = self.writer.make_writer_for(meta).write_all(buf);
                 }
                 Route::Keep(request) => {
-                    buffer::append_field(buf, self.format, self.names.buffered, b"true");
+                    buffer::append_field(buf, self.format, buffered, b"true");
                     buffer::keep_line(request, self.hold.layer, &self.hold.limits, event.metadata(), buf, |line| {
                         let _ = self.writer.make_writer_for(meta).write_all(line);
                     });
@@ -422,7 +529,7 @@ impl<W> LogLayer<W> {
                     |dropped| {
                         if dropped > 0 {
                             let count = itoa::Buffer::new().format(dropped).as_bytes().to_vec();
-                            buffer::append_field(buf, self.format, self.names.buffered_dropped, &count);
+                            buffer::append_field(buf, self.format, buffered_dropped, &count);
                         }
                         let _ = self.writer.make_writer_for(meta).write_all(buf);
                     },
@@ -765,7 +872,12 @@ mod tests {
     fn format_names_parse() {
         assert_eq!("JSON".parse::<Format>().unwrap(), Format::Json);
         assert_eq!("pretty".parse::<Format>().unwrap(), Format::Pretty);
-        assert!("xml".parse::<Format>().unwrap_err().to_string().contains("json"));
+        assert_eq!(" ECS ".parse::<Format>().unwrap(), Format::Ecs);
+        assert_eq!("Gcp".parse::<Format>().unwrap(), Format::Gcp);
+        let error = "xml".parse::<Format>().unwrap_err().to_string();
+        for name in ["`json`", "`pretty`", "`ecs`", "`gcp`", "\"xml\""] {
+            assert!(error.contains(name), "{error}");
+        }
     }
 
     #[test]

@@ -718,6 +718,41 @@ mod tests {
     }
 
     #[test]
+    fn ecs_and_gcp_lines_are_marked_too() {
+        for (format, buffered, dropped) in [
+            (Format::Ecs, "reqscope.buffered", "reqscope.buffered_dropped"),
+            (Format::Gcp, "buffered", "buffered_dropped"),
+        ] {
+            let ctx = request("formats-keep");
+            let layer = LogLayer::new().with_format(format).hold_limits(HoldLimits::default().per_request_lines(2));
+            let logs = capture_with(keeping(), layer, || {
+                RequestContext::scope_sync(Arc::clone(&ctx), || {
+                    for i in 0..3 {
+                        tracing::debug!(i, "kept");
+                    }
+                    tracing::error!("failed");
+                });
+            });
+            let lines = logs.json_lines();
+            assert_eq!(lines.len(), 3, "{format:?}: {lines:?}");
+            for line in &lines[..2] {
+                assert_eq!(line[buffered], true, "{format:?}: {line}");
+            }
+            if format == Format::Ecs {
+                for line in logs.lines() {
+                    crate::test_support::check_ecs_line(&line);
+                }
+                assert_eq!(lines[0]["labels.i"], "1", "the oldest went");
+            } else {
+                assert_eq!(lines[0]["severity"], "DEBUG");
+                assert_eq!(lines[0]["i"], 1, "the oldest went");
+            }
+            assert!(lines[2].get(buffered).is_none(), "{format:?}: {}", lines[2]);
+            assert_eq!(lines[2][dropped], 1, "{format:?}: {}", lines[2]);
+        }
+    }
+
+    #[test]
     fn a_fork_keeps_its_own_lines() {
         let parent = request("fork-parent");
         let logs = capture(keeping(), || {

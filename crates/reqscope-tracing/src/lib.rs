@@ -32,6 +32,12 @@
 //! [`FieldNames`]. Values are escaped by `serde_json`, so no field content can break a line
 //! or forge another.
 //!
+//! The same stamp can be written in the Elastic Common Schema ([`Format::Ecs`]: `@timestamp`,
+//! `log.level`, `message`, `ecs.version`, `http.request.id`, `trace.id`, `user.id`, …,
+//! everything else under `labels.`) or for Google Cloud Logging ([`Format::Gcp`]: `severity`,
+//! `time`, `logging.googleapis.com/trace` and `…/labels`, an `httpRequest` on access lines,
+//! Error Reporting events for errors and panics); both keep every rule below.
+//!
 //! **Every key appears once, in every format.** A key that is taken gets its source's prefix,
 //! `fields.` (custom context and event fields) or `span.` (span fields), repeated until it is
 //! unique. Taken are: the stamped keys, always (so `info!(request_id = %x)` is written
@@ -73,7 +79,7 @@
 //! `"buffered":true`, just before the request's first ERROR line (an `error!`, a panic, the
 //! access line of a 5xx or a failed gRPC call), or dropped when it ends otherwise.
 //!
-//! The JSON path allocates nothing per event once warm: lines are built in a thread-local
+//! The JSON, ECS and Google Cloud paths allocate nothing per event once warm: lines are built in a thread-local
 //! buffer and handed to the writer in one `write_all`; span fields are rendered once, when
 //! they are recorded, and copied into each line. Use [`non_blocking`] so that a slow stdout
 //! never blocks a request: it buffers up to a byte limit, drops and counts lines beyond it,
@@ -82,6 +88,8 @@
 #![warn(missing_docs)]
 
 mod buffer;
+mod ecs;
+mod gcp;
 mod json;
 mod keys;
 mod layer;
@@ -91,6 +99,8 @@ mod names;
 mod pretty;
 mod redact;
 mod spans;
+#[cfg(test)]
+mod test_support;
 mod time;
 mod writer;
 
@@ -109,10 +119,12 @@ pub use writer::{NonBlocking, NonBlockingBuilder, WriterGuard, non_blocking};
 /// its level; with `LOG_ON_ERROR` set to `debug` or `trace` — default `off` — each request's
 /// lines of that level are kept until it fails, and written just before its first ERROR
 /// line), the `log` bridge ([`install_log_bridge`]; if another `log` logger is installed, it
-/// stays and a WARN says so), a [`LogLayer`] in the format named by `LOG_FORMAT` (`json`, the default, or
-/// `pretty`) writing to a non-blocking stdout that holds at most `LOG_BUFFER_BYTES` (default
-/// 8 MiB) of lines the output has not taken yet — beyond that, lines are dropped, counted and
-/// reported once output moves again, and requests never wait.
+/// stays and a WARN says so), a [`LogLayer`] in the format named by `LOG_FORMAT` (`json`, the
+/// default, `pretty`, `ecs` or `gcp`, in any case; see [`Format`]; for `gcp` the project of the
+/// trace names is `GOOGLE_CLOUD_PROJECT`, default `local`) writing to a non-blocking stdout
+/// that holds at most `LOG_BUFFER_BYTES` (default 8 MiB) of lines the output has not taken
+/// yet — beyond that, lines are dropped, counted and reported once output moves again (in
+/// the same format), and requests never wait.
 ///
 /// Keep the returned guard alive until the program ends: dropping it flushes every accepted
 /// line.
@@ -143,7 +155,8 @@ where
 /// [`init_from_env_with`], writing through `layer` as you built it — its
 /// [field names](LogLayer::with_field_names), [baggage fields](LogLayer::baggage_fields) and
 /// [redaction](LogLayer::redaction), say — instead of `LogLayer::new()`. The environment still decides the rest: the filter,
-/// the buffer, and the format when `LOG_FORMAT` is set (otherwise `layer`'s own).
+/// the buffer, the format when `LOG_FORMAT` is set and the Google Cloud project when
+/// `GOOGLE_CLOUD_PROJECT` is (otherwise `layer`'s own).
 ///
 /// ```no_run
 /// let layer = reqscope_tracing::LogLayer::new().baggage_fields(["session"]);
@@ -160,13 +173,16 @@ where
 {
     use tracing_subscriber::prelude::*;
 
-    let layer = match std::env::var("LOG_FORMAT") {
+    let mut layer = match std::env::var("LOG_FORMAT") {
         Ok(value) => layer.with_format(value.parse()?),
         Err(_) => layer,
     };
+    if let Some(project) = std::env::var("GOOGLE_CLOUD_PROJECT").ok().filter(|p| !p.trim().is_empty()) {
+        layer = layer.gcp_project(project.trim());
+    }
     let directives = std::env::var("RUST_LOG").ok();
     let filter = RequestLevelFilter::new(env_filter(directives.as_deref())?).keep_until_error(on_error_from_env()?);
-    let mut writer = NonBlockingBuilder::default();
+    let mut writer = NonBlockingBuilder::default().summary_format(layer.format());
     if let Ok(bytes) = std::env::var("LOG_BUFFER_BYTES") {
         match bytes.parse::<usize>() {
             Ok(limit) if limit > 0 => writer = writer.buffer_limit(limit),
@@ -262,8 +278,8 @@ fn names_request_span(directives: &str) -> bool {
 /// Why [`init_from_env`] failed.
 #[derive(Debug, thiserror::Error)]
 pub enum InitError {
-    /// `LOG_FORMAT` was neither `json` nor `pretty`.
-    #[error("LOG_FORMAT must be `json` or `pretty`, got {0:?}")]
+    /// `LOG_FORMAT` was not `json`, `pretty`, `ecs` or `gcp`.
+    #[error("LOG_FORMAT must be `json`, `pretty`, `ecs` or `gcp`, got {0:?}")]
     Format(String),
     /// `LOG_BUFFER_BYTES` was not a positive number.
     #[error("LOG_BUFFER_BYTES must be a positive number of bytes, got {0:?}")]

@@ -15,9 +15,9 @@ use reqscope_core::{FieldValue, RequestContext};
 use tracing::field::{Field, Visit};
 use tracing::{Event, Metadata};
 
-use crate::keys::{FIELD_PREFIX, KeyStyle, Reserved, Seen, write_baggage, write_key};
+use crate::keys::{KeyStyle, Reserved, Seen, write_baggage, write_key};
 use crate::names::FieldNames;
-use crate::redact::{ACCESS_TARGET, REDACTED_VALUE, redacts_field, with_text, write_headers};
+use crate::redact::{ACCESS_TARGET, HeaderKey, REDACTED_VALUE, redacts_field, with_text, write_headers};
 use crate::spans::Fragment;
 
 /// Pretty keys: ` key=`.
@@ -100,8 +100,8 @@ pub(crate) fn pretty_line(
                 stamp(buf, names.attempt, &job.attempt());
             }
             for (key, value) in &patch.fields {
-                write_key::<PrettyStyle>(buf, seen, key, FIELD_PREFIX, |k| {
-                    crate::keys::taken_by_context_field(reserved, k)
+                write_key::<PrettyStyle>(buf, seen, key, PrettyStyle::FIELD_PREFIX, |k| {
+                    crate::keys::taken_by_context_field::<PrettyStyle>(reserved, k)
                 });
                 if redacts_field(redaction, key, value) {
                     buf.extend_from_slice(REDACTED_VALUE);
@@ -120,9 +120,11 @@ pub(crate) fn pretty_line(
             });
         });
         if !ctx.logged_headers().is_empty() && meta.target() == ACCESS_TARGET {
-            write_headers::<PrettyStyle>(buf, seen, reserved, redaction, ctx.logged_headers(), |buf, value| {
+            let quoted = |buf: &mut Vec<u8>, value: &str| {
                 let _ = write!(Escaped(buf), "{value:?}");
-            });
+            };
+            let headers = ctx.logged_headers();
+            write_headers::<PrettyStyle>(buf, seen, reserved, redaction, headers, |_| HeaderKey::Header, quoted);
         }
     }
     spans(buf, seen);
@@ -209,7 +211,9 @@ impl EventFields<'_> {
         if self.only_message || field.name().starts_with("log.") {
             return false;
         }
-        write_key::<PrettyStyle>(self.buf, self.seen, field.name(), FIELD_PREFIX, |k| self.reserved.contains(k));
+        write_key::<PrettyStyle>(self.buf, self.seen, field.name(), PrettyStyle::FIELD_PREFIX, |k| {
+            self.reserved.contains(k)
+        });
         true
     }
 }

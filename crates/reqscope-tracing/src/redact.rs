@@ -15,7 +15,7 @@ use reqscope_core::FieldValue;
 use reqscope_core::logged_headers::LoggedHeader;
 use reqscope_core::redact::Redaction;
 
-use crate::keys::{FIELD_PREFIX, KeyStyle, Reserved, Seen, write_key};
+use crate::keys::{KeyStyle, Reserved, Seen, write_key};
 
 /// A redacted value, as both formats write it: a quoted string.
 pub(crate) const REDACTED_VALUE: &[u8] = b"\"[redacted]\"";
@@ -69,15 +69,27 @@ pub(crate) fn redacts_field(redaction: &Redaction, key: &str, value: &FieldValue
     }
 }
 
+/// Where [`write_headers`] writes a header.
+pub(crate) enum HeaderKey {
+    /// Under `header.<name>`, as the style renders it.
+    Header,
+    /// Under a key of the format's own, given as `,"key":` (ECS `user_agent.original`).
+    Own(&'static [u8]),
+    /// Not at all: the format wrote it elsewhere (Google Cloud's `httpRequest.userAgent`).
+    Skip,
+}
+
 /// Writes ` header.<name>` and its value (by `write_value`) for each header of an access
-/// line: `"[redacted]"` for the headers whose values are never kept and those the policy
-/// redacts. After the custom context fields and the baggage, which cannot take these keys.
+/// line (or the key `key_of` gives it): `"[redacted]"` for the headers whose values are never
+/// kept and those the policy redacts. After the custom context fields and the baggage, which
+/// cannot take these keys.
 pub(crate) fn write_headers<S: KeyStyle>(
     buf: &mut Vec<u8>,
     seen: &mut Seen,
     reserved: &Reserved,
     redaction: &Redaction,
     headers: &[LoggedHeader],
+    key_of: impl Fn(&str) -> HeaderKey,
     write_value: impl Fn(&mut Vec<u8>, &str),
 ) {
     thread_local! {
@@ -85,21 +97,41 @@ pub(crate) fn write_headers<S: KeyStyle>(
     }
     for header in headers {
         let name = header.name().as_str();
+        match key_of(name) {
+            HeaderKey::Header => {}
+            HeaderKey::Own(key) => {
+                buf.extend_from_slice(key);
+                write_header_value(buf, redaction, header, &write_value);
+                continue;
+            }
+            HeaderKey::Skip => continue,
+        }
         let mut write_name = |key: &mut String| {
             key.clear();
             key.push_str(HEADER_PREFIX);
             key.push_str(name);
             // Only a stamped name (a `FieldNames` set to `header.…`) can be in the way.
-            write_key::<S>(buf, seen, key, FIELD_PREFIX, |k| reserved.contains_stamped(k));
+            write_key::<S>(buf, seen, key, S::FIELD_PREFIX, |k| reserved.contains_stamped(k));
         };
         KEY.with(|cell| match cell.try_borrow_mut() {
             Ok(mut key) => write_name(&mut key),
             Err(_) => write_name(&mut String::new()),
         });
-        match header.value() {
-            Some(value) if !redaction.redacts(name, value) => write_value(buf, value),
-            _ => buf.extend_from_slice(REDACTED_VALUE),
-        }
+        write_header_value(buf, redaction, header, &write_value);
+    }
+}
+
+/// Writes a request header's value with `write_value`, or `"[redacted]"` when it was never
+/// kept or the policy redacts it.
+pub(crate) fn write_header_value(
+    buf: &mut Vec<u8>,
+    redaction: &Redaction,
+    header: &LoggedHeader,
+    write_value: &dyn Fn(&mut Vec<u8>, &str),
+) {
+    match header.value() {
+        Some(value) if !redaction.redacts(header.name().as_str(), value) => write_value(buf, value),
+        _ => buf.extend_from_slice(REDACTED_VALUE),
     }
 }
 

@@ -2,17 +2,22 @@
 
 use std::sync::atomic::AtomicUsize;
 
-/// Live spans with a JSON [`Fragment`]: while there are none, events skip the span lookup.
+/// Live spans with a JSON [`Fragment`] (JSON and Google Cloud lines): while there are none,
+/// events skip the span lookup.
 pub(crate) static LIVE_JSON: AtomicUsize = AtomicUsize::new(0);
 /// Live spans with a pretty [`Fragment`].
 pub(crate) static LIVE_PRETTY: AtomicUsize = AtomicUsize::new(0);
+/// Live spans with an ECS [`Fragment`] (values as strings, for labels).
+pub(crate) static LIVE_ECS: AtomicUsize = AtomicUsize::new(0);
 
-/// The rendered fields of one span, kept in its extensions: a value per format that a
-/// [`LogLayer`](crate::LogLayer) of the subscriber writes (two layers of one format share one).
+/// The rendered fields of one span, kept in its extensions: a value per rendering that a
+/// [`LogLayer`](crate::LogLayer) of the subscriber writes (two layers of one format share one;
+/// JSON and Google Cloud lines share the JSON one).
 #[derive(Debug, Default)]
 pub(crate) struct SpanFields {
     pub(crate) json: Option<Fragment>,
     pub(crate) pretty: Option<Fragment>,
+    pub(crate) ecs: Option<Fragment>,
 }
 
 /// Field values rendered in one format, one buffer for all, in the order they were recorded.

@@ -30,6 +30,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tracing_subscriber::fmt::MakeWriter;
 
+use crate::Format;
+
 /// Wraps `output` in a [`NonBlocking`] writer with the default limits (8 MiB buffered, 5 s
 /// to flush at shutdown). Keep the guard alive for as long as lines should be written.
 pub fn non_blocking<T: Write + Send + 'static>(output: T) -> (NonBlocking, WriterGuard) {
@@ -42,6 +44,7 @@ pub struct NonBlockingBuilder {
     buffer_limit: usize,
     shutdown_timeout: Duration,
     flush_interval: Duration,
+    summary_format: Format,
 }
 
 impl Default for NonBlockingBuilder {
@@ -50,6 +53,7 @@ impl Default for NonBlockingBuilder {
             buffer_limit: 8 * 1024 * 1024,
             shutdown_timeout: Duration::from_secs(5),
             flush_interval: Duration::from_millis(10),
+            summary_format: Format::Json,
         }
     }
 }
@@ -80,6 +84,14 @@ impl NonBlockingBuilder {
         self
     }
 
+    /// The format of the line that reports dropped lines (default JSON): that of the
+    /// [`LogLayer`](crate::LogLayer) writing through it, so that every line of the output is
+    /// in one format. [`init_from_env`](crate::init_from_env) sets it.
+    pub fn summary_format(mut self, format: Format) -> Self {
+        self.summary_format = format;
+        self
+    }
+
     /// Starts the worker thread writing to `output`.
     pub fn finish<T: Write + Send + 'static>(self, output: T) -> (NonBlocking, WriterGuard) {
         let shared = Arc::new(Shared {
@@ -91,7 +103,12 @@ impl NonBlockingBuilder {
                 urgent: false,
                 shutdown: false,
                 sleeping: false,
-                output: Some(Output { out: Box::new(output), rest: Vec::new(), rest_is_line: false }),
+                output: Some(Output {
+                    out: Box::new(output),
+                    rest: Vec::new(),
+                    rest_is_line: false,
+                    summary_format: self.summary_format,
+                }),
                 direct: false,
             }),
             work: Condvar::new(),
@@ -151,6 +168,7 @@ struct Output {
     rest: Vec<u8>,
     /// Whether `rest` ends a log line (rather than a drop summary).
     rest_is_line: bool,
+    summary_format: Format,
 }
 
 /// What one attempt to write a batch achieved.
@@ -169,7 +187,7 @@ impl Output {
     fn write_batch(&mut self, batch: &mut Vec<u8>, drops: u64) -> Written {
         let lines_end = batch.len();
         if drops > 0 {
-            batch.extend_from_slice(&drop_summary(drops));
+            batch.extend_from_slice(&drop_summary(self.summary_format, drops));
         }
         if !self.rest.is_empty() {
             let taken = write_some(&mut *self.out, &self.rest);
@@ -366,13 +384,28 @@ impl Shared {
     }
 }
 
-fn drop_summary(dropped: u64) -> Vec<u8> {
+/// The line that reports `dropped` lines, in `format`.
+fn drop_summary(format: Format, dropped: u64) -> Vec<u8> {
+    const TARGET: &str = "reqscope::writer";
+    const MESSAGE: &str = "log output could not keep up; lines were dropped";
     let timestamp = crate::time::rfc3339(SystemTime::now());
     let timestamp = std::str::from_utf8(&timestamp).unwrap_or_default();
-    format!(
-        "{{\"timestamp\":\"{timestamp}\",\"level\":\"WARN\",\"target\":\"reqscope::writer\",\
-         \"message\":\"log output could not keep up; lines were dropped\",\"dropped\":{dropped}}}\n"
-    )
+    match format {
+        Format::Json => format!(
+            "{{\"timestamp\":\"{timestamp}\",\"level\":\"WARN\",\"target\":\"{TARGET}\",\"message\":\"{MESSAGE}\",\
+             \"dropped\":{dropped}}}\n"
+        ),
+        Format::Pretty => format!("{timestamp}  WARN {TARGET}: {MESSAGE} dropped={dropped}\n"),
+        Format::Ecs => format!(
+            "{{\"@timestamp\":\"{timestamp}\",\"log.level\":\"WARN\",\"message\":\"{MESSAGE}\",\"ecs.version\":\"{}\",\
+             \"log.logger\":\"{TARGET}\",\"labels.dropped\":\"{dropped}\"}}\n",
+            crate::ecs::ECS_VERSION
+        ),
+        Format::Gcp => format!(
+            "{{\"time\":\"{timestamp}\",\"severity\":\"WARNING\",\"message\":\"{MESSAGE}\",\
+             \"logging.googleapis.com/sourceLocation\":{{\"function\":\"{TARGET}\"}},\"dropped\":{dropped}}}\n"
+        ),
+    }
     .into_bytes()
 }
 
@@ -499,6 +532,22 @@ mod tests {
         fn flush(&mut self) -> io::Result<()> {
             Ok(())
         }
+    }
+
+    #[test]
+    fn the_drop_summary_is_a_line_of_the_layers_format() {
+        let line = |format| String::from_utf8(drop_summary(format, 7)).unwrap();
+        let json: serde_json::Value = serde_json::from_str(&line(Format::Json)).unwrap();
+        assert_eq!((&json["level"], &json["dropped"]), (&"WARN".into(), &7.into()));
+        let ecs = crate::test_support::check_ecs_line(line(Format::Ecs).trim_end());
+        assert_eq!((&ecs["log.logger"], &ecs["labels.dropped"]), (&"reqscope::writer".into(), &"7".into()));
+        let gcp: serde_json::Value = serde_json::from_str(&line(Format::Gcp)).unwrap();
+        assert_eq!((&gcp["severity"], &gcp["dropped"]), (&"WARNING".into(), &7.into()));
+        let pretty = line(Format::Pretty);
+        assert!(
+            pretty.ends_with("  WARN reqscope::writer: log output could not keep up; lines were dropped dropped=7\n")
+        );
+        assert_eq!(pretty.lines().count(), 1);
     }
 
     #[test]
