@@ -384,7 +384,9 @@ impl Settings {
             }
         }
         let mut timeout = builder.timeout;
-        for var in ["OTEL_EXPORTER_OTLP_TIMEOUT", "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "OTEL_EXPORTER_OTLP_LOGS_TIMEOUT"] {
+        for var in
+            ["OTEL_EXPORTER_OTLP_TIMEOUT", "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "OTEL_EXPORTER_OTLP_LOGS_TIMEOUT"]
+        {
             if let Some(value) = env(var) {
                 value.trim().parse::<u64>().map_err(|_| OtlpError::Env {
                     var,
@@ -440,9 +442,11 @@ fn check_sampler(sampler: Option<&str>, arg: Option<&str>) -> Result<(), OtlpErr
 }
 
 fn check_resource_attributes(value: &str) -> Result<(), OtlpError> {
-    let valid = value.split(',').map(str::trim).filter(|pair| !pair.is_empty()).all(|pair| {
-        pair.split_once('=').is_some_and(|(key, _)| !key.trim().is_empty())
-    });
+    let valid = value
+        .split(',')
+        .map(str::trim)
+        .filter(|pair| !pair.is_empty())
+        .all(|pair| pair.split_once('=').is_some_and(|(key, _)| !key.trim().is_empty()));
     if valid {
         Ok(())
     } else {
@@ -795,14 +799,10 @@ impl OtlpLayer {
             )),
             None => OtelContext::new(),
         };
-        let duration = end.duration_ms.filter(|ms| ms.is_finite() && *ms >= 0.0).map(|ms| Duration::from_secs_f64(ms / 1000.0));
+        let duration =
+            end.duration_ms.filter(|ms| ms.is_finite() && *ms >= 0.0).map(|ms| Duration::from_secs_f64(ms / 1000.0));
         let start = duration.and_then(|d| now.checked_sub(d)).unwrap_or_else(|| ctx.started_at());
-        let builder = self
-            .tracer
-            .span_builder(name)
-            .with_kind(kind)
-            .with_start_time(start)
-            .with_attributes(attributes);
+        let builder = self.tracer.span_builder(name).with_kind(kind).with_start_time(start).with_attributes(attributes);
         NEXT_IDS.set((Some(trace_id), Some(span_id)));
         let mut span = self.tracer.build_with_context(builder, &parent);
         NEXT_IDS.set((None, None));
@@ -1226,7 +1226,9 @@ fn job_span(ctx: &RequestContext, end: &EndFields) -> SpanParts {
 fn exporter_target(target: &str) -> bool {
     const OWN: [&str; 7] = ["opentelemetry", "reqwest", "hyper", "h2", "tonic", "tower", OTLP_TARGET];
     OWN.iter().any(|own| {
-        target.strip_prefix(own).is_some_and(|rest| rest.is_empty() || rest.starts_with("::") || rest.starts_with('_') || rest.starts_with('-'))
+        target.strip_prefix(own).is_some_and(|rest| {
+            rest.is_empty() || rest.starts_with("::") || rest.starts_with('_') || rest.starts_with('-')
+        })
     })
 }
 
@@ -1254,8 +1256,9 @@ where
         if RequestContext::with(|request| self.export(event, meta, Some(request))).is_some() {
             return;
         }
-        let from_span =
-            ctx.event_scope(event).and_then(|spans| spans.into_iter().find_map(|span| request_of_span(&span)).flatten());
+        let from_span = ctx
+            .event_scope(event)
+            .and_then(|spans| spans.into_iter().find_map(|span| request_of_span(&span)).flatten());
         self.export(event, meta, from_span.as_deref());
     }
 }
@@ -1287,7 +1290,8 @@ mod tests {
 
     #[test]
     fn the_exporters_own_crates_are_not_exported() {
-        for own in ["opentelemetry_sdk", "opentelemetry-otlp", "reqwest::connect", "hyper_util::client", "h2", "tonic"] {
+        for own in ["opentelemetry_sdk", "opentelemetry-otlp", "reqwest::connect", "hyper_util::client", "h2", "tonic"]
+        {
             assert!(exporter_target(own), "{own}");
         }
         for other in ["reqscope::access", "myapp", "towers", "hyperion", "reqscope::outgoing"] {
