@@ -5,6 +5,7 @@
 //! bench-server token        # prints a bearer token the `full` stack accepts
 //! bench-server redis-latency [N]   # N rate-limit checks against Redis, one after another: p50, p99
 //! bench-server soak ADDR REQUESTS CONNECTIONS PID TOKEN   # bench/soak.sh's load client
+//! bench-server otlp-sink ADDR   # a stand-in OTLP/HTTP collector; GET /counts: "spans records"
 //! ```
 //!
 //! Every stack answers `GET /hello` with the same small JSON, on a tokio runtime with one
@@ -14,6 +15,7 @@
 #![forbid(unsafe_code)]
 
 mod handrolled;
+mod sink;
 mod soak;
 mod stacks;
 
@@ -43,6 +45,15 @@ fn run() -> Result<(), String> {
     if first == "redis-latency" {
         let checks = args.next().map_or(Ok(20_000), |n| n.parse().map_err(|_| format!("bad count {n:?}")))?;
         return redis_latency(checks);
+    }
+    if first == "otlp-sink" {
+        let addr: SocketAddr = args.next().ok_or("otlp-sink needs ADDR")?.parse().map_err(|_| "bad ADDR")?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .map_err(|e| format!("cannot start tokio: {e}"))?;
+        return runtime.block_on(sink::run(addr));
     }
     if first == "soak" {
         let mut arg = |name: &str| args.next().ok_or(format!("soak needs {name}"));
