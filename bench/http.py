@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 ALL_STACKS = [
@@ -26,6 +27,7 @@ ALL_STACKS = [
     "full-rate-limit",
     "full-redis-limit",
     "tower-http",
+    "full-otlp",
 ]
 LABELS = {
     "bare": "bare axum",
@@ -37,7 +39,10 @@ LABELS = {
     "full-rate-limit": "full stack + rate limit (in process)",
     "full-redis-limit": "full stack + rate limit (Redis on loopback)",
     "tower-http": "tower-http + fmt().json() (2 lines)",
+    "full-otlp": "full stack + OTLP export (1 span, 2 records)",
 }
+# The stand-in collector of full-otlp, pinned with wrk: its work is not the server's.
+SINK_PORT = 4199
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -93,9 +98,10 @@ class Server:
     def __init__(self, binary, stack, port, log_dir):
         self.stack, self.port = stack, port
         self.log = Path(log_dir) / f"{stack}.log"
+        env = dict(os.environ, OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{SINK_PORT}")
         self.proc = subprocess.Popen(
             ["taskset", "-c", "0", binary, stack, "--addr", f"127.0.0.1:{port}", "--log-file", str(self.log)],
-            stdout=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL, env=env,
         )
         wait_for_port(port)
 
@@ -156,6 +162,12 @@ def main():
     connections = env_int("CONNECTIONS", 50)
     rss_target = env_int("RSS_REQUESTS", 1_000_000)
     results = {s: [] for s in stacks}
+    served = {s: 0 for s in stacks}
+    sink = None
+    if "full-otlp" in stacks:
+        sink = subprocess.Popen(["taskset", "-c", "1", binary, "otlp-sink", f"127.0.0.1:{SINK_PORT}"],
+                                stdout=subprocess.DEVNULL)
+        wait_for_port(SINK_PORT)
 
     with tempfile.TemporaryDirectory(prefix="reqscope-bench-") as log_dir:
         servers = {}
@@ -163,12 +175,13 @@ def main():
             for i, stack in enumerate(stacks):
                 servers[stack] = Server(binary, stack, 4100 + i, log_dir)
             for stack, server in servers.items():
-                wrk(server.port, warmup, connections)
+                served[stack] += wrk(server.port, warmup, connections)[0]
                 server.truncate_log()
             for round_no in range(rounds):
                 for stack, server in servers.items():
                     before = cpu_ticks(server.proc.pid)
                     requests, rps, p99 = wrk(server.port, seconds, connections)
+                    served[stack] += requests
                     ticks = cpu_ticks(server.proc.pid) - before
                     cpu_us = ticks / CLK_TCK * 1e6 / requests
                     results[stack].append((rps, cpu_us, p99))
@@ -179,6 +192,14 @@ def main():
         finally:
             for server in servers.values():
                 server.stop()
+            exported = None
+            if sink:
+                # What reached the collector of all that was served (the batches still queued when
+                # the server was stopped are not counted).
+                with urllib.request.urlopen(f"http://127.0.0.1:{SINK_PORT}/counts") as reply:
+                    exported = [int(n) for n in reply.read().split()]
+                sink.terminate()
+                sink.wait(timeout=10)
         marks = rss_phase(binary, 4100 + len(stacks), log_dir, rss_target, connections) if rss_target else {}
 
     rows = []
@@ -210,6 +231,11 @@ def main():
             if r["stack"] in ("full", "full-verify-each"):
                 lines += ["", f"{LABELS[r['stack']]} vs tower-http stack: {r['rps'] / tower['rps']:.2f}× the throughput, "
                               f"{tower['cpu_us'] / r['cpu_us']:.2f}× less server CPU per request."]
+    if exported is not None:
+        requests = served["full-otlp"]
+        lines += ["", f"full-otlp exported {exported[0]:,} spans and {exported[1]:,} log records for {requests:,} requests "
+                      f"({exported[0] / requests * 100:.1f}% of the spans, {exported[1] / (2 * requests) * 100:.1f}% of the "
+                      "records; the rest dropped by the SDK's bounded queues)."]
     if marks:
         (n1, hwm1, _), (n2, hwm2, _) = marks[100_000], marks[rss_target]
         lines += ["", f"Peak RSS of the full stack: {hwm1 / 1024:.1f} MiB after {n1:,} requests, "

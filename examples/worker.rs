@@ -8,7 +8,8 @@
 //!
 //! Each job's lines (JSON on stdout) carry the request's id, user and trace, and `job`,
 //! `job_id`, `attempt`. Environment: `AMQP_URL` (required), `RUST_LOG` (default `info`),
-//! `LOG_FORMAT` (`json`, the default, or `pretty`). The worker reconnects when the broker goes
+//! `LOG_FORMAT` (`json`, the default, or `pretty`), `OTEL_EXPORTER_OTLP_ENDPOINT` (set: jobs
+//! exported as OpenTelemetry spans, lines as log records; see `reqscope::otlp`). The worker reconnects when the broker goes
 //! away and comes back; SIGTERM or ctrl-c stops it (jobs not acked by then are delivered
 //! again, to this or another worker).
 #![forbid(unsafe_code)]
@@ -29,7 +30,15 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let log_guard = match reqscope::logging::init_from_env() {
+    // OTEL_EXPORTER_OTLP_ENDPOINT set: each job is exported as a span, each line as a log record.
+    let otlp = match reqscope::otlp::Otlp::builder().default_service_name("reqscope-example-worker").build_from_env() {
+        Ok(otlp) => otlp,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let log_guard = match reqscope::logging::init_from_env_with(otlp.as_ref().map(reqscope::otlp::Otlp::layer)) {
         Ok(guard) => guard,
         Err(error) => {
             eprintln!("error: cannot set up logging: {error}");
@@ -56,6 +65,11 @@ fn main() -> ExitCode {
     });
     // Jobs still running are dropped (their messages, not acked, go to another worker).
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    if let Some(otlp) = otlp
+        && let Err(error) = otlp.shutdown()
+    {
+        tracing::warn!(%error, "spans or log records may be lost");
+    }
     // Flushes every accepted log line before the process ends.
     drop(log_guard);
     ExitCode::SUCCESS

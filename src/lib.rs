@@ -61,7 +61,10 @@
 //!   default) `client_ip` comes from tonic's `TcpConnectInfo`;
 //! - `sentry`: Sentry events with the request and the user (feature `sentry`, off by default);
 //! - `websocket`: axum WebSocket connections that keep the upgrade request's context, with
-//!   one `websocket closed` line each (feature `websocket`, off by default).
+//!   one `websocket closed` line each (feature `websocket`, off by default);
+//! - `otlp`: requests, outgoing calls and jobs exported as OpenTelemetry spans, and every
+//!   line as a log record, with the lines' ids (feature `otlp`, off by default; gRPC with
+//!   `otlp-grpc`).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -198,4 +201,11 @@ pub mod websocket {
 #[cfg(feature = "tracing")]
 pub mod logging {
     pub use reqscope_tracing::*;
+}
+
+/// Spans and log records exported to an OpenTelemetry collector over OTLP, with the ids of
+/// the log lines: `Otlp::from_env`, `OtlpLayer` (feature `otlp`).
+#[cfg(feature = "otlp")]
+pub mod otlp {
+    pub use reqscope_tracing::otlp::*;
 }

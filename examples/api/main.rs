@@ -40,7 +40,11 @@
 //! templates whose successful requests write no access line, comma-separated; default
 //! `/health,/ready`), `ACCESS_LOG_SAMPLE` (the share of the other successful requests whose
 //! access line is written, chosen by request id, `0.0`–`1.0`; default `1.0`),
-//! `SLOW_REQUEST_MS` (a request this slow always writes its access line; default 1000).
+//! `SLOW_REQUEST_MS` (a request this slow always writes its access line; default 1000),
+//! `OTEL_EXPORTER_OTLP_ENDPOINT` (set, e.g. `http://127.0.0.1:4318`: every request, outgoing
+//! call and job is also exported as an OpenTelemetry span, and every line as a log record,
+//! over OTLP/HTTP — `OTEL_EXPORTER_OTLP_PROTOCOL=grpc` for gRPC —, with the lines' ids; service
+//! name `reqscope-example` unless `OTEL_SERVICE_NAME` says otherwise; see `reqscope::otlp`).
 //!
 //! A request whose token carries the role `log-debug` and which sends `x-log-level: debug` (or
 //! `trace`) logs at that level; every other request stays at `RUST_LOG`'s
@@ -110,6 +114,15 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // OTEL_EXPORTER_OTLP_ENDPOINT set: spans and log records go to that collector too.
+    let otlp = match reqscope::otlp::Otlp::builder().default_service_name("reqscope-example").build_from_env() {
+        Ok(otlp) => otlp,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let otlp_layer = otlp.as_ref().map(|otlp| otlp.layer().redaction(redaction.clone()));
     // Every line on stdout, startup included, is a log line in `LOG_FORMAT`'s format: the
     // errors above, written before logging exists, go to stderr.
     let log_layer = reqscope::logging::LogLayer::new()
@@ -117,7 +130,8 @@ fn main() -> ExitCode {
         .redaction(redaction)
         .gcp_service_context("api", Some(env!("CARGO_PKG_VERSION")));
     let sentry_layer = sentry.is_some().then(reqscope::sentry::layer);
-    let log_guard = match reqscope::logging::init_from_env_with_layer(log_layer, sentry_layer) {
+    let extra = tracing_subscriber::Layer::and_then(sentry_layer, otlp_layer);
+    let log_guard = match reqscope::logging::init_from_env_with_layer(log_layer, extra) {
         Ok(guard) => guard,
         Err(error) => {
             eprintln!("error: cannot set up logging: {error}");
@@ -132,6 +146,12 @@ fn main() -> ExitCode {
     // Requests still running after the grace period are dropped here, while logging still
     // works: each writes its access line, marked aborted.
     runtime.shutdown_timeout(Duration::from_secs(1));
+    // Sends every span and log record of the requests served, while stdout still takes lines.
+    if let Some(otlp) = otlp
+        && let Err(error) = otlp.shutdown()
+    {
+        tracing::warn!(%error, "spans or log records may be lost");
+    }
     // Flushes every accepted log line, then every Sentry event, before the process ends.
     drop(log_guard);
     drop(sentry);

@@ -68,6 +68,7 @@ mod log_level;
 mod log_lines;
 mod log_redaction;
 mod opentelemetry;
+mod otlp;
 mod panics;
 mod properties;
 mod rate_limits;

@@ -7,6 +7,7 @@
 //! bench-server soak ADDR REQUESTS CONNECTIONS PID TOKEN   # bench/soak.sh's load client
 //! bench-server requests <stack> N  # N requests in process, no sockets (bench/instructions.sh)
 //! bench-server events <reqscope|fmt-json> N   # N stamped events (bench/instructions.sh)
+//! bench-server otlp-sink ADDR   # a stand-in OTLP/HTTP collector; GET /counts: "spans records"
 //! ```
 //!
 //! Every stack answers `GET /hello` with the same small JSON, on a tokio runtime with one
@@ -17,6 +18,7 @@
 
 mod handrolled;
 mod inproc;
+mod sink;
 mod soak;
 mod stacks;
 
@@ -46,6 +48,15 @@ fn run() -> Result<(), String> {
     if first == "redis-latency" {
         let checks = args.next().map_or(Ok(20_000), |n| n.parse().map_err(|_| format!("bad count {n:?}")))?;
         return redis_latency(checks);
+    }
+    if first == "otlp-sink" {
+        let addr: SocketAddr = args.next().ok_or("otlp-sink needs ADDR")?.parse().map_err(|_| "bad ADDR")?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .map_err(|e| format!("cannot start tokio: {e}"))?;
+        return runtime.block_on(sink::run(addr));
     }
     if first == "soak" {
         let mut arg = |name: &str| args.next().ok_or(format!("soak needs {name}"));

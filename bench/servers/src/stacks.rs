@@ -47,10 +47,16 @@ pub enum Stack {
     FullRedisLimit,
     /// tower-http SetRequestId/PropagateRequestId + TraceLayer + `fmt().json()`, two lines.
     TowerHttp,
+    /// The full stack, its request exported as a span and its lines as log records over
+    /// OTLP/HTTP to `OTEL_EXPORTER_OTLP_ENDPOINT` (default `http://127.0.0.1:4318`).
+    FullOtlp,
 }
 
+/// The exporter of `full-otlp`, alive as long as the process.
+static OTLP: std::sync::OnceLock<reqscope::otlp::Otlp> = std::sync::OnceLock::new();
+
 impl Stack {
-    pub const NAMES: [&'static str; 9] = [
+    pub const NAMES: [&'static str; 10] = [
         "bare",
         "handrolled",
         "context",
@@ -60,6 +66,7 @@ impl Stack {
         "full-rate-limit",
         "full-redis-limit",
         "tower-http",
+        "full-otlp",
     ];
 
     pub fn name(self) -> &'static str {
@@ -81,8 +88,18 @@ impl Stack {
                 tracing_subscriber::registry().with(LogLayer::new().with_writer(writer)).init();
                 Router::new().route("/hello", get(hello_logged)).layer(RequestContextLayer::new().access_log(false))
             }
-            Stack::Full | Stack::FullVerifyEach | Stack::FullRateLimit | Stack::FullRedisLimit => {
-                tracing_subscriber::registry().with(LogLayer::new().with_writer(writer)).init();
+            Stack::Full | Stack::FullVerifyEach | Stack::FullRateLimit | Stack::FullRedisLimit | Stack::FullOtlp => {
+                let otlp = if self == Stack::FullOtlp {
+                    let otlp = reqscope::otlp::Otlp::builder()
+                        .endpoint("http://127.0.0.1:4318")
+                        .default_service_name("bench-server")
+                        .build()
+                        .map_err(|e| e.to_string())?;
+                    Some(OTLP.get_or_init(|| otlp).layer())
+                } else {
+                    None
+                };
+                tracing_subscriber::registry().with(otlp).with(LogLayer::new().with_writer(writer)).init();
                 let auth = AuthLayer::hmac(BENCH_SECRET);
                 let auth = if self == Stack::FullVerifyEach { auth.without_verified_token_cache() } else { auth };
                 let mut router = Router::new().route("/hello", get(hello_logged)).route_layer(MatchedRouteLayer);
@@ -150,6 +167,7 @@ impl FromStr for Stack {
             Stack::FullRateLimit,
             Stack::FullRedisLimit,
             Stack::TowerHttp,
+            Stack::FullOtlp,
         ];
         all.into_iter().find(|stack| stack.name() == s).ok_or_else(|| format!("unknown stack {s:?}"))
     }

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock, OnceLock, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
-use http::{Extensions, Method, Uri};
+use http::{Extensions, Method, Uri, Version};
 
 use crate::baggage::{Baggage, InvalidBaggage};
 use crate::error::NoRequestContext;
@@ -38,6 +38,10 @@ pub struct RequestContext {
     trace: OnceLock<TraceContext>,
     method: Option<Method>,
     path: Option<RequestPath>,
+    /// The HTTP version and whether the request is a gRPC call: what an exported span says of
+    /// the protocol.
+    version: Option<Version>,
+    grpc: bool,
     client_ip: Option<IpAddr>,
     started: Instant,
     /// `None` when derived from `started` (saves a clock read per request).
@@ -321,6 +325,8 @@ pub struct RequestContextBuilder {
     trace: Option<TraceContext>,
     method: Option<Method>,
     path: Option<RequestPath>,
+    version: Option<Version>,
+    grpc: bool,
     client_ip: Option<IpAddr>,
     started: Option<(Instant, SystemTime)>,
     patch: Option<Patch>,
@@ -357,6 +363,20 @@ impl RequestContextBuilder {
     #[inline]
     pub fn uri(mut self, uri: &Uri) -> Self {
         self.path = Some(RequestPath::Uri(uri.clone()));
+        self
+    }
+
+    /// The HTTP version the request came in.
+    #[inline]
+    pub fn version(mut self, version: Version) -> Self {
+        self.version = Some(version);
+        self
+    }
+
+    /// Marks the request as a gRPC call (`content-type: application/grpc…`).
+    #[inline]
+    pub fn grpc(mut self, grpc: bool) -> Self {
+        self.grpc = grpc;
         self
     }
 
@@ -418,6 +438,8 @@ impl RequestContextBuilder {
             trace,
             method: self.method,
             path: self.path,
+            version: self.version,
+            grpc: self.grpc,
             client_ip: self.client_ip,
             started,
             started_at,
@@ -447,6 +469,8 @@ impl RequestContext {
             trace: None,
             method: None,
             path: None,
+            version: None,
+            grpc: false,
             client_ip: None,
             started: None,
             patch: None,
@@ -505,6 +529,8 @@ impl RequestContext {
             trace,
             method: self.method.clone(),
             path: self.path.clone(),
+            version: self.version,
+            grpc: self.grpc,
             client_ip: self.client_ip,
             started: self.started,
             started_at: self.started_at,
@@ -584,6 +610,28 @@ impl RequestContext {
             RequestPath::Uri(uri) => Some(uri.path()),
             RequestPath::Owned(path) => Some(path),
         }
+    }
+
+    /// The URI scheme (`http`, `https`), when the request's URI has one: HTTP/2 requests
+    /// carry it, HTTP/1.1 requests in origin form (`GET /path`) do not.
+    #[inline]
+    pub fn scheme(&self) -> Option<&str> {
+        match self.path.as_ref()? {
+            RequestPath::Uri(uri) => uri.scheme_str(),
+            RequestPath::Owned(_) => None,
+        }
+    }
+
+    /// The HTTP version the request came in, if this context belongs to an HTTP request.
+    #[inline]
+    pub fn version(&self) -> Option<Version> {
+        self.version
+    }
+
+    /// Whether the request is a gRPC call.
+    #[inline]
+    pub fn is_grpc(&self) -> bool {
+        self.grpc
     }
 
     /// The client's address (the peer, or the forwarded client behind a trusted proxy).

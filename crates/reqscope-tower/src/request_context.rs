@@ -444,7 +444,8 @@ where
         let baggage = (req.headers().contains_key(BAGGAGE) && config.baggage_policy.trusts(peer))
             .then(|| Baggage::from_headers(req.headers()));
 
-        let mut builder = RequestContext::builder(id).method(req.method().clone()).uri(req.uri());
+        let mut builder =
+            RequestContext::builder(id).method(req.method().clone()).uri(req.uri()).version(req.version()).grpc(grpc);
         if config.access_log && !config.logged_headers.is_empty() {
             builder = builder.logged_headers(
                 config.logged_headers.iter().filter_map(|name| LoggedHeader::from_headers(name, req.headers())),

@@ -164,6 +164,18 @@ pub(crate) fn take(event: &Event<'_>, owner: u64) -> bool {
         .unwrap_or(false)
 }
 
+/// Whether a global filter keeps `event` until its request fails, leaving the verdict to the
+/// log layers that take it.
+#[cfg(feature = "otlp")]
+#[inline]
+pub(crate) fn is_kept(event: &Event<'_>) -> bool {
+    if !holding() {
+        return false;
+    }
+    let verdict = Verdict { event: address(event), owner: 0 };
+    PENDING.try_with(|pending| pending.get().contains(&verdict)).unwrap_or(false)
+}
+
 /// Whether `event` ends its request without failing it: the access line (not an ERROR) or a
 /// job's end line.
 pub(crate) fn ends_request(event: &Event<'_>) -> bool {

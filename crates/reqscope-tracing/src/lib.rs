@@ -96,6 +96,8 @@ mod layer;
 mod level;
 mod memory;
 mod names;
+#[cfg(feature = "otlp")]
+pub mod otlp;
 mod pretty;
 mod redact;
 mod spans;
