@@ -692,6 +692,13 @@ mod tests {
     }
 
     #[test]
+    fn without_a_project_traces_are_named_in_local() {
+        let logs = capture(layer, || RequestContext::scope_sync(request("gcp-local"), || tracing::info!("x")));
+        let line = &gcp(&logs)[0];
+        assert_eq!(line["logging.googleapis.com/trace"], "projects/local/traces/4bf92f3577b34da6a3ce929d0e0e4736");
+    }
+
+    #[test]
     fn field_names_rename_the_labels_and_the_project_is_escaped() {
         let ctx = request("gcp-cc");
         ctx.set_user_id("1");
