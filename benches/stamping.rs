@@ -716,12 +716,18 @@ fn level(c: &mut Criterion) {
 
 /// A request's two lines (the handler's and the access line) through `LogLayer` alone and with
 /// `OtlpLayer` next to it: the cost on the request's own thread, what the SDK's batch threads
-/// do being elsewhere. The exporter points at a port nobody listens on, so those threads fail
-/// fast and the queues soon stay full: each record and span is still built and offered to
-/// them, and dropped there.
+/// do being elsewhere. The exporter points at a collector that takes connections and never
+/// answers, so those threads wait in their first exports and the queues soon stay full: each
+/// record and span is still built and offered to them, and dropped there.
 fn otlp(c: &mut Criterion) {
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port");
-    let otlp = reqscope::otlp::Otlp::builder().endpoint(format!("http://{closed}")).build().expect("the exporter");
+    // Never accepted: the kernel completes the connections, the requests sit unread.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+    let endpoint = format!("http://{}", silent.local_addr().expect("its address"));
+    let otlp = reqscope::otlp::Otlp::builder()
+        .endpoint(endpoint)
+        .timeout(std::time::Duration::from_secs(120))
+        .build()
+        .expect("the exporter");
     let lines = || {
         emit();
         tracing::info!(target: "reqscope::access", status = 200u64, duration_ms = 1.25, bytes = 17u64, "request completed");
@@ -737,7 +743,9 @@ fn otlp(c: &mut Criterion) {
         RequestContext::scope_sync(ctx.clone(), || group.bench_function("request_lines_exported", |b| b.iter(lines)))
     });
     group.finish();
-    drop(otlp);
+    // Not flushed: its exports would wait for the silent collector.
+    std::mem::forget(otlp);
+    drop(silent);
 }
 
 criterion_group!(benches, context, event, layer, jwt, rate_limit, grpc, trace, baggage, carry, level, otlp);
