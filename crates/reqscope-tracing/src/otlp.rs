@@ -77,7 +77,9 @@
 //! **A collector that is down** costs requests nothing: nothing on the request path waits
 //! for it. Spans and records whose export fails are dropped and counted ([`Otlp::lost`]);
 //! one WARN line (target `reqscope::otlp`) says when export starts failing, one when it works
-//! again, with the counts lost in between — no restart needed.
+//! again, with the counts lost in between — no restart needed. Exports are not retried: the
+//! next batch is the next attempt. What a full queue drops (export slower than the load) is
+//! counted by the SDK, not in [`Otlp::lost`].
 //!
 //! **Do not combine** with a `tracing-opentelemetry` layer that exports the same requests
 //! (the `otel` feature of the request layer): both would send a span for each request. This
