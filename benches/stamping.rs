@@ -35,6 +35,9 @@
 //!   entry: its snapshot written as headers, the headers validated and restored into a
 //!   context, and a restored job run to its end line (no subscriber).
 //!
+//! - `otlp/*`: a request's handler line and access line through `LogLayer`, alone and with
+//!   `OtlpLayer` (two log records and a server span built and handed to the SDK), on the
+//!   calling thread.
 //! - `level/*`: one INFO event under `EnvFilter::new("info")` (what `init_from_env`
 //!   installed before the request-level filter) and under `RequestLevelFilter` wrapping it,
 //!   no request raised; a DEBUG event both filters drop; a DEBUG line of a raised request,
@@ -742,5 +745,39 @@ fn level(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, context, event, layer, jwt, rate_limit, grpc, trace, baggage, carry, level);
+/// A request's two lines (the handler's and the access line) through `LogLayer` alone and with
+/// `OtlpLayer` next to it: the cost on the request's own thread, what the SDK's batch threads
+/// do being elsewhere. The exporter points at a collector that takes connections and never
+/// answers, so those threads wait in their first exports and the queues soon stay full: each
+/// record and span is still built and offered to them, and dropped there.
+fn otlp(c: &mut Criterion) {
+    // Never accepted: the kernel completes the connections, the requests sit unread.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+    let endpoint = format!("http://{}", silent.local_addr().expect("its address"));
+    let otlp = reqscope::otlp::Otlp::builder()
+        .endpoint(endpoint)
+        .timeout(std::time::Duration::from_secs(120))
+        .build()
+        .expect("the exporter");
+    let lines = || {
+        emit();
+        tracing::info!(target: "reqscope::access", status = 200u64, duration_ms = 1.25, bytes = 17u64, "request completed");
+    };
+    let ctx = request_context();
+    let mut group = c.benchmark_group("otlp");
+    let plain = tracing_subscriber::registry().with(LogLayer::new().with_writer(std::io::sink));
+    tracing::subscriber::with_default(plain, || {
+        RequestContext::scope_sync(ctx.clone(), || group.bench_function("request_lines_log_only", |b| b.iter(lines)))
+    });
+    let exported = tracing_subscriber::registry().with(otlp.layer()).with(LogLayer::new().with_writer(std::io::sink));
+    tracing::subscriber::with_default(exported, || {
+        RequestContext::scope_sync(ctx.clone(), || group.bench_function("request_lines_exported", |b| b.iter(lines)))
+    });
+    group.finish();
+    // Not flushed: its exports would wait for the silent collector.
+    std::mem::forget(otlp);
+    drop(silent);
+}
+
+criterion_group!(benches, context, event, layer, jwt, rate_limit, grpc, trace, baggage, carry, level, otlp);
 criterion_main!(benches);

@@ -271,7 +271,9 @@ async fn a_request_is_a_server_span_with_the_lines_ids_and_its_lines_are_log_rec
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_panic_is_an_error_span_and_an_error_record() {
     let receiver = Receiver::start().await;
-    let (child, _stdout, addr) = example_exporting_to(&receiver.endpoint(), &[]);
+    // DEBUG lines kept until their request fails are stdout's business only.
+    let (child, stdout, addr) = example_exporting_to(&receiver.endpoint(), &[("LOG_ON_ERROR", "debug")]);
+    let (lines, reader) = watch_lines(stdout);
     let reply = fetch(addr, "/boom", &[("x-request-id", b"otlp-boom-1")]).await;
     assert_eq!(reply.status, 500);
     let span = receiver.server_span("otlp-boom-1").await;
@@ -283,12 +285,25 @@ async fn a_panic_is_an_error_span_and_an_error_record() {
         receiver.records_of("otlp-boom-1").iter().any(|r| r.severity_text == "ERROR" && r.severity_number == 17)
     })
     .await;
+    wait_for("the access record", || {
+        receiver.records_of("otlp-boom-1").iter().any(|r| body_is(r, "request completed"))
+    })
+    .await;
+    assert!(
+        lines.lock().unwrap().iter().any(|l| l["message"] == "about to fail" && l["buffered"] == true),
+        "the kept DEBUG line is on stdout"
+    );
+    assert!(
+        !receiver.records_of("otlp-boom-1").iter().any(|r| body_is(r, "about to fail")),
+        "a kept line is no record"
+    );
     // A 404 is the client's business.
     let _ = fetch(addr, "/missing", &[("x-request-id", b"otlp-404-1")]).await;
     let span = receiver.server_span("otlp-404-1").await;
     assert_ne!(span.status.map(|s| s.code), Some(StatusCode::Error as i32));
     assert_eq!(span.name, "GET", "no route: the method alone");
     stop(child).await;
+    until_stdout_ends(reader).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -77,7 +77,9 @@
 //! **A collector that is down** costs requests nothing: nothing on the request path waits
 //! for it. Spans and records whose export fails are dropped and counted ([`Otlp::lost`]);
 //! one WARN line (target `reqscope::otlp`) says when export starts failing, one when it works
-//! again, with the counts lost in between — no restart needed.
+//! again, with the counts lost in between — no restart needed. Exports are not retried: the
+//! next batch is the next attempt. What a full queue drops (export slower than the load) is
+//! counted by the SDK, not in [`Otlp::lost`].
 //!
 //! **Do not combine** with a `tracing-opentelemetry` layer that exports the same requests
 //! (the `otel` feature of the request layer): both would send a span for each request. This
@@ -838,7 +840,7 @@ impl OtlpLayer {
             context_attributes(ctx, &self.redaction, &mut keys, |key, value| record.add_attribute(key, value));
         }
         for (name, value) in fields.values {
-            let key = keys.unique(name);
+            let key = keys.unique(name, || Key::from_static_str(name));
             record.add_attribute(key, value);
         }
         self.logger.emit(record);
@@ -860,13 +862,19 @@ fn severity(level: Level) -> (Severity, &'static str) {
 struct Keys(Vec<Key>);
 
 impl Keys {
-    /// `name`, or `fields.name` (repeated) when it is taken; and takes it.
-    fn unique(&mut self, name: &str) -> Key {
-        let mut key = name.to_owned();
-        while self.0.iter().any(|k| k.as_str() == key) {
-            key.insert_str(0, "fields.");
-        }
-        let key = Key::from(key);
+    /// `name`, or `fields.name` (repeated) when it is taken; and takes it. `name` is
+    /// turned into a key only when it is free (a static or shared name, no copy).
+    fn unique(&mut self, name: &str, as_key: impl FnOnce() -> Key) -> Key {
+        let taken = |keys: &[Key], candidate: &str| keys.iter().any(|k| k.as_str() == candidate);
+        let key = if taken(&self.0, name) {
+            let mut key = name.to_owned();
+            while taken(&self.0, &key) {
+                key.insert_str(0, "fields.");
+            }
+            Key::from(key)
+        } else {
+            as_key()
+        };
         self.0.push(key.clone());
         key
     }
@@ -888,19 +896,19 @@ fn context_attributes(
     add(keys.stamped("request_id"), AnyValue::from(ctx.id().as_str().to_owned()));
     ctx.read_patch(|patch| {
         if let Some(user) = &patch.user_id {
-            add(keys.stamped("user_id"), AnyValue::from(user.to_string()));
+            add(keys.stamped("user_id"), shared(user));
         }
         if let Some(org) = &patch.org_id {
-            add(keys.stamped("org_id"), AnyValue::from(org.to_string()));
+            add(keys.stamped("org_id"), shared(org));
         }
         if let Some(method) = ctx.method() {
-            add(keys.stamped("method"), AnyValue::from(method.as_str().to_owned()));
+            add(keys.stamped("method"), AnyValue::from(method_name(method)));
         }
         if let Some(path) = ctx.path() {
             add(keys.stamped("path"), AnyValue::from(path.to_owned()));
         }
         if let Some(route) = &patch.route {
-            add(keys.stamped("route"), AnyValue::from(route.to_string()));
+            add(keys.stamped("route"), shared(route));
         }
         if let Some(ip) = ctx.client_ip() {
             add(keys.stamped("client_ip"), AnyValue::from(ip.to_string()));
@@ -913,12 +921,12 @@ fn context_attributes(
             add(keys.stamped("attempt"), AnyValue::Int(i64::from(job.attempt())));
         }
         for (name, value) in &patch.fields {
-            let key = keys.unique(name);
+            let key = keys.unique(name, || Key::from(Arc::clone(name)));
             let value = if redacts_field(redaction, name, value) {
                 AnyValue::from(REDACTED)
             } else {
                 match value {
-                    FieldValue::Str(v) => AnyValue::from(v.to_string()),
+                    FieldValue::Str(v) => AnyValue::from(opentelemetry::StringValue::from(Arc::clone(v))),
                     FieldValue::I64(v) => AnyValue::Int(*v),
                     FieldValue::U64(v) => u64_value(*v),
                     FieldValue::F64(v) => AnyValue::Double(*v),
@@ -928,6 +936,28 @@ fn context_attributes(
             add(key, value);
         }
     });
+}
+
+fn shared(text: &Arc<str>) -> AnyValue {
+    AnyValue::from(opentelemetry::StringValue::from(Arc::clone(text)))
+}
+
+/// The method's name, without a copy for the standard ones.
+fn method_name(method: &http::Method) -> opentelemetry::StringValue {
+    use http::Method;
+    let name = match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => return opentelemetry::StringValue::from(method.as_str().to_owned()),
+    };
+    opentelemetry::StringValue::from(name)
 }
 
 fn u64_value(v: u64) -> AnyValue {
@@ -1080,13 +1110,13 @@ fn server_span(ctx: &RequestContext, end: &EndFields, level: Level) -> SpanParts
     let path = ctx.path().unwrap_or("/");
     let route = ctx.read_patch(|patch| patch.route.clone());
     let user = ctx.user_id();
-    if let Some(method) = method {
-        attributes.push(KeyValue::new("http.request.method", method.to_owned()));
+    if let Some(method) = ctx.method() {
+        attributes.push(KeyValue::new("http.request.method", method_name(method)));
     }
     attributes.push(KeyValue::new("url.path", path.to_owned()));
     attributes.push(KeyValue::new("url.scheme", ctx.scheme().unwrap_or("http").to_owned()));
     if let Some(route) = &route {
-        attributes.push(KeyValue::new("http.route", route.to_string()));
+        attributes.push(KeyValue::new("http.route", Arc::clone(route)));
     }
     if let Some(status) = end.status {
         attributes.push(KeyValue::new("http.response.status_code", i64::try_from(status).unwrap_or(i64::MAX)));
@@ -1098,7 +1128,7 @@ fn server_span(ctx: &RequestContext, end: &EndFields, level: Level) -> SpanParts
         attributes.push(KeyValue::new("client.address", ip.to_string()));
     }
     if let Some(user) = user {
-        attributes.push(KeyValue::new("user.id", user.to_string()));
+        attributes.push(KeyValue::new("user.id", user));
     }
     if let Some(version) = ctx.version() {
         attributes.push(KeyValue::new("network.protocol.version", protocol_version(version)));
@@ -1152,7 +1182,10 @@ fn server_span(ctx: &RequestContext, end: &EndFields, level: Level) -> SpanParts
 fn client_span(ctx: &RequestContext, end: &EndFields, level: Level) -> SpanParts {
     let mut attributes = Vec::with_capacity(8);
     let method = ctx.method().map_or("GET", http::Method::as_str);
-    attributes.push(KeyValue::new("http.request.method", method.to_owned()));
+    attributes.push(KeyValue::new(
+        "http.request.method",
+        ctx.method().map_or(opentelemetry::StringValue::from("GET"), method_name),
+    ));
     if let Some(url) = &end.url {
         attributes.push(KeyValue::new("url.full", url.clone()));
         if let Ok(uri) = url.parse::<http::Uri>()
@@ -1208,7 +1241,7 @@ fn job_span(ctx: &RequestContext, end: &EndFields) -> SpanParts {
         None => "process".to_owned(),
     };
     if let Some(user) = ctx.user_id() {
-        attributes.push(KeyValue::new("user.id", user.to_string()));
+        attributes.push(KeyValue::new("user.id", user));
     }
     attributes.push(KeyValue::new("request_id", ctx.id().as_str().to_owned()));
     let status = match end.outcome.as_deref() {
