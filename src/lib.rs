@@ -200,7 +200,12 @@ pub mod websocket {
 /// The stamping log layer and its writers (feature `tracing`).
 #[cfg(feature = "tracing")]
 pub mod logging {
-    pub use reqscope_tracing::*;
+    // Item by item, not a glob: the crate's `otlp` module has its own path, `reqscope::otlp`.
+    pub use reqscope_tracing::{
+        FieldNames, Format, HoldLimits, InitError, LogLayer, MemoryWriter, NonBlocking, NonBlockingBuilder,
+        RequestLevelFilter, WriterGuard, init_from_env, init_from_env_with, init_from_env_with_layer,
+        install_log_bridge, non_blocking,
+    };
 }
 
 /// Spans and log records exported to an OpenTelemetry collector over OTLP, with the ids of
