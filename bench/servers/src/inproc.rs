@@ -29,7 +29,10 @@ pub fn requests(stack: Stack, count: u64, writer: NonBlocking) -> Result<(), Str
     let token = format!("Bearer {}", stacks::token());
     let peer: SocketAddr = "127.0.0.1:50000".parse().map_err(|_| "bad peer address")?;
     runtime.block_on(async move {
-        let app = stack.router(writer)?;
+        // `axum::serve` turns the router's handlers into services once, before the first
+        // request (`into_make_service*` calls `with_state`); without it, each request would
+        // build its route and apply every layer anew.
+        let app = stack.router(writer)?.with_state::<()>(());
         for _ in 0..count {
             let mut request = Request::get("/hello")
                 .header("authorization", &token)
