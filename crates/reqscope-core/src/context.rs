@@ -329,8 +329,9 @@ pub struct RequestContextBuilder {
     grpc: bool,
     client_ip: Option<IpAddr>,
     started: Option<(Instant, SystemTime)>,
-    patch: Option<Patch>,
-    job: Option<Job>,
+    // Boxed: rarely set, and the builder is moved by value at every step.
+    patch: Option<Box<Patch>>,
+    job: Option<Box<Job>>,
     logged_headers: Vec<LoggedHeader>,
     raised: Option<RaisedLevel>,
 }
@@ -397,7 +398,7 @@ impl RequestContextBuilder {
     /// Marks the context as a job's: its lines carry the job's name, id and attempt.
     #[inline]
     pub fn job(mut self, job: Job) -> Self {
-        self.job = Some(job);
+        self.job = Some(Box::new(job));
         self
     }
 
@@ -418,7 +419,7 @@ impl RequestContextBuilder {
 
     /// The patchable part to start with (a restored snapshot's).
     pub(crate) fn patch(mut self, patch: Patch) -> Self {
-        self.patch = Some(patch);
+        self.patch = Some(Box::new(patch));
         self
     }
 
@@ -443,10 +444,10 @@ impl RequestContextBuilder {
             client_ip: self.client_ip,
             started,
             started_at,
-            patch: PatchCell::new(self.patch.map_or_else(empty_patch, Arc::new)),
+            patch: PatchCell::new(self.patch.map_or_else(empty_patch, |patch| Arc::new(*patch))),
             extensions: RwLock::new(Extensions::new()),
             finished: AtomicBool::new(false),
-            job: self.job.map(Arc::new),
+            job: self.job.map(|job| Arc::new(*job)),
             logged_headers: self.logged_headers.into_boxed_slice(),
             level: LevelState::new(self.raised),
             log_lines: OnceLock::new(),

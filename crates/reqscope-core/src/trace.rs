@@ -38,17 +38,23 @@ pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 /// The `tracestate` header.
 pub const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 
-/// The two lowercase hex digits of every byte value.
-static HEX_PAIRS: [[u8; 2]; 256] = {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut table = [[0u8; 2]; 256];
-    let mut b = 0;
-    while b < 256 {
-        table[b] = [DIGITS[b >> 4], DIGITS[b & 0xf]];
-        b += 1;
+/// The 16 lowercase hex digits of `word`, most significant first, computed a word at a time:
+/// each nibble is spread into a byte of its own, then turned into its digit without a branch.
+pub(crate) fn hex16(word: u64) -> [u8; 16] {
+    fn hex8(half: u32) -> [u8; 8] {
+        let v = u64::from(half);
+        let v = ((v & 0xffff_0000) << 16) | (v & 0xffff);
+        let v = ((v & 0x0000_ff00_0000_ff00) << 8) | (v & 0x0000_00ff_0000_00ff);
+        let v = ((v & 0x00f0_00f0_00f0_00f0) << 4) | (v & 0x000f_000f_000f_000f);
+        // 1 in each byte whose nibble is 10 or more: adding 6 carries into bit 4 just then.
+        let letters = ((v + 0x0606_0606_0606_0606) >> 4) & 0x0101_0101_0101_0101;
+        (v + 0x3030_3030_3030_3030 + letters * (b'a' - b'0' - 10) as u64).to_be_bytes()
     }
-    table
-};
+    let mut hex = [0u8; 16];
+    hex[..8].copy_from_slice(&hex8((word >> 32) as u32));
+    hex[8..].copy_from_slice(&hex8(word as u32));
+    hex
+}
 
 /// Lowercase hex of `N` bytes, stored as text so that log lines and headers copy it as is.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
@@ -63,17 +69,18 @@ impl<const N: usize> Hex<N> {
     }
 
     fn random(mut next: impl FnMut() -> u64) -> Self {
+        const { assert!(N % 16 == 0, "whole random words only") };
         loop {
             let mut hex = [0u8; N];
-            for chunk in hex.chunks_mut(16) {
-                let bytes = next().to_le_bytes();
-                // Two digits per random byte, from a table: a few instructions per byte.
-                for (pair, byte) in chunk.chunks_mut(2).zip(bytes) {
-                    pair.copy_from_slice(&HEX_PAIRS[byte as usize]);
-                }
+            // The random words OR-ed together: zero only if every digit is `0`.
+            let mut seen = 0;
+            for chunk in hex.chunks_exact_mut(16) {
+                let word = next();
+                seen |= word;
+                chunk.copy_from_slice(&hex16(word));
             }
             // All-zero ids are invalid; with 64+ random bits this loop runs once.
-            if hex.iter().any(|&b| b != b'0') {
+            if seen != 0 {
                 return Hex(hex);
             }
         }
@@ -803,6 +810,16 @@ mod tests {
         assert_eq!(a.state(), request.state());
         assert!(!TraceContext::new_root_sampled(false).sampled());
         assert!(TraceContext::new_root_sampled(false).child().traceparent().to_str().unwrap().ends_with("-00"));
+    }
+
+    #[test]
+    fn hex16_writes_what_format_writes() {
+        let mut words = vec![0, 1, 9, 10, 15, 16, 0xff, 0x0123_4567_89ab_cdef, u64::MAX, u64::MAX - 1];
+        words.extend((0..64).map(|bit| 1u64 << bit));
+        words.extend((0..10_000).map(|_| fastrand::u64(..)));
+        for word in words {
+            assert_eq!(std::str::from_utf8(&hex16(word)).unwrap(), format!("{word:016x}"));
+        }
     }
 
     #[test]

@@ -391,17 +391,21 @@ where
 
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
         let config = &*self.config;
+        let inner = &mut self.inner;
         let peer = config.peer.peer_addr(req.extensions()).map(|addr| addr.ip());
         if peer.is_none() && config.default_peer {
             warn_no_peer_once();
         }
+        let sent = Sent::of(req.headers(), config);
         // Sent more than once, the id is ambiguous (which hop's is it?): none is kept.
-        let mut sent = req.headers().get_all(&config.header).iter();
-        let forwarded = match (sent.next(), sent.next()) {
-            (Some(value), None) if config.policy.trusts(peer) => {
-                RequestId::from_bytes(value.as_bytes()).ok().map(|id| (id, value.clone()))
+        let forwarded = if sent.id && config.policy.trusts(peer) {
+            let mut values = req.headers().get_all(&config.header).iter();
+            match (values.next(), values.next()) {
+                (Some(value), None) => RequestId::from_bytes(value.as_bytes()).ok().map(|id| (id, value.clone())),
+                _ => None,
             }
-            _ => None,
+        } else {
+            None
         };
         let (id, id_header) = match forwarded {
             // Kept as sent: the request already carries it, and its header value is reused.
@@ -416,7 +420,8 @@ where
         req.extensions_mut().insert(id.clone());
         let head = req.method() == http::Method::HEAD;
         // Only a gRPC call has a deadline: on any other request the header means nothing.
-        let grpc = req.headers().get(http::header::CONTENT_TYPE).is_some_and(|v| is_grpc_content_type(v.as_bytes()));
+        let grpc = sent.content_type
+            && req.headers().get(http::header::CONTENT_TYPE).is_some_and(|v| is_grpc_content_type(v.as_bytes()));
         let grpc_timeout = if grpc {
             let sent = req.headers().get(GRPC_TIMEOUT).and_then(|value| parse_grpc_timeout(value.as_bytes()));
             match (sent, config.grpc_server_timeout) {
@@ -427,9 +432,14 @@ where
             None
         };
 
-        let (incoming, invalid, sent_traceparent) = if config.trace_policy.trusts(peer) {
+        let (incoming, invalid, sent_traceparent) = if !sent.traceparent {
+            (None, None, false)
+        } else if config.trace_policy.trusts(peer) {
             match TraceParent::from_headers(req.headers()) {
-                Ok(Some(parent)) => (Some((parent, TraceState::from_headers(req.headers()))), None, true),
+                Ok(Some(parent)) => {
+                    let state = if sent.tracestate { TraceState::from_headers(req.headers()) } else { None };
+                    (Some((parent, state)), None, true)
+                }
                 Ok(None) => (None, None, false),
                 Err(reason) => (None, Some(reason), true),
             }
@@ -438,10 +448,10 @@ where
         };
         // A `tracestate` without a `traceparent` means nothing (and was not validated): inner
         // services see it replaced like a `traceparent` is.
-        let sent_traceparent = sent_traceparent || req.headers().contains_key(TRACESTATE);
+        let sent_traceparent = sent_traceparent || (sent.tracestate && req.headers().contains_key(TRACESTATE));
 
-        // Parsed only when sent and trusted: a request without baggage pays one lookup.
-        let baggage = (req.headers().contains_key(BAGGAGE) && config.baggage_policy.trusts(peer))
+        // Parsed only when sent and trusted.
+        let baggage = (sent.baggage && config.baggage_policy.trusts(peer) && req.headers().contains_key(BAGGAGE))
             .then(|| Baggage::from_headers(req.headers()));
 
         let mut builder =
@@ -455,7 +465,9 @@ where
             builder = builder.client_ip(ip);
         }
         let ctx = Arc::new(builder.build());
-        config.log_level.apply(req.headers(), &ctx);
+        if sent.log_level {
+            config.log_level.apply(req.headers(), &ctx);
+        }
         let invalid_baggage = match baggage {
             Some(Ok(Some(baggage))) if !baggage.is_empty() => {
                 let baggage = Arc::new(baggage);
@@ -466,7 +478,9 @@ where
             _ => None,
         };
 
-        let (span, future) = RequestContext::scope_sync(Arc::clone(&ctx), || {
+        // Everything is built inside the scope and returned at once: the inner future is moved
+        // as few times as can be.
+        RequestContext::scope_sync(Arc::clone(&ctx), move || {
             let span = tracing::info_span!(target: REQUEST_SPAN_TARGET, "request");
             // With `otel` the trace comes from the OpenTelemetry span, which needs the context
             // to exist first; so the trace is set right after, before anything logs. Nothing
@@ -496,29 +510,74 @@ where
                 // As for the traceparent: the reason only, never the caller's value.
                 tracing::debug!(target: "reqscope::baggage", %reason, "ignored an invalid baggage; this request carries none from its caller");
             }
-            let future = span.in_scope(|| self.inner.call(req));
-            (span, future)
-        });
-        ResponseFuture {
-            inner: future,
-            state: Some(RequestState {
-                ctx,
-                span,
-                status: None,
-                bytes: 0,
-                declared: None,
-                empty_body: false,
-                head,
-                log: config.access_log,
-                classifier: Arc::clone(&config.classifier),
-                sampler: Arc::clone(&config.sampler),
-                grpc_timeout,
-                classification: Classification::SUCCESS,
-                finished: false,
-            }),
-            header: config.header.clone(),
-            id: id_header,
+            let entered = span.enter();
+            let inner = inner.call(req);
+            drop(entered);
+            ResponseFuture {
+                inner,
+                state: Some(RequestState {
+                    ctx,
+                    span,
+                    status: None,
+                    bytes: 0,
+                    declared: None,
+                    empty_body: false,
+                    head,
+                    log: config.access_log,
+                    classifier: Arc::clone(&config.classifier),
+                    sampler: Arc::clone(&config.sampler),
+                    grpc_timeout,
+                    classification: Classification::SUCCESS,
+                    finished: false,
+                }),
+                header: config.header.clone(),
+                id: id_header,
+            }
+        })
+    }
+}
+
+/// Which of the headers a context is made from the request sent. A request has few header
+/// names, so one pass comparing them (mostly standard names, compared by tag) costs less than
+/// a hash lookup per header this layer reads; past [`Sent::SCAN_LIMIT`] names each is looked
+/// up instead. `true` means "look it up", so the lookups still decide.
+#[derive(Clone, Copy)]
+struct Sent {
+    id: bool,
+    content_type: bool,
+    traceparent: bool,
+    tracestate: bool,
+    baggage: bool,
+    log_level: bool,
+}
+
+impl Sent {
+    const SCAN_LIMIT: usize = 24;
+
+    fn of(headers: &http::HeaderMap, config: &Config) -> Sent {
+        let all = headers.keys_len() > Self::SCAN_LIMIT;
+        let mut sent =
+            Sent { id: all, content_type: all, traceparent: all, tracestate: all, baggage: all, log_level: all };
+        if all {
+            return sent;
         }
+        let log_level = config.log_level.header.as_ref();
+        for name in headers.keys() {
+            if *name == http::header::CONTENT_TYPE {
+                sent.content_type = true;
+            } else if *name == config.header {
+                sent.id = true;
+            } else if *name == TRACEPARENT {
+                sent.traceparent = true;
+            } else if *name == TRACESTATE {
+                sent.tracestate = true;
+            } else if *name == BAGGAGE {
+                sent.baggage = true;
+            } else if log_level == Some(name) {
+                sent.log_level = true;
+            }
+        }
+        sent
     }
 }
 
@@ -602,7 +661,11 @@ where
             Some(state) => {
                 let _entered = state.span.enter();
                 let inner = this.inner;
-                ready!(RequestContext::scope_sync(Arc::clone(&state.ctx), || inner.poll(cx)))
+                // Written in place rather than returned through the scope: a response is large,
+                // and each return would copy it.
+                let mut polled = Poll::Pending;
+                RequestContext::scope_sync(Arc::clone(&state.ctx), || polled = inner.poll(cx));
+                ready!(polled)
             }
             // Polled again after completion: the inner future decides what that means.
             None => ready!(this.inner.poll(cx)),
@@ -785,26 +848,30 @@ impl<B: Body> Body for ContextBody<B> {
             let inner = this.inner.as_mut();
             RequestContext::scope_sync(Arc::clone(&state.ctx), || inner.poll_frame(cx))
         };
-        match &polled {
+        let outcome = match &polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     state.bytes += data.remaining() as u64;
+                    this.inner.is_end_stream().then_some(Outcome::Completed)
                 } else if let Some(trailers) = frame.trailers_ref() {
                     // gRPC's status is here. Trailers are the last frame: hyper sends them and
                     // stops, without polling again to see the end.
                     if state.log {
                         state.classification = state.classifier.classify_trailers(state.classification, trailers);
                     }
-                    state.finish(Outcome::Completed);
-                    return polled;
-                }
-                if this.inner.is_end_stream() {
-                    state.finish(Outcome::Completed);
+                    Some(Outcome::Completed)
+                } else {
+                    this.inner.is_end_stream().then_some(Outcome::Completed)
                 }
             }
-            Poll::Ready(Some(Err(_))) => state.finish(Outcome::BodyError),
-            Poll::Ready(None) => state.finish(Outcome::Completed),
-            Poll::Pending => {}
+            Poll::Ready(Some(Err(_))) => Some(Outcome::BodyError),
+            Poll::Ready(None) => Some(Outcome::Completed),
+            Poll::Pending => None,
+        };
+        if let Some(outcome) = outcome {
+            state.finish(outcome);
+            // Over: the span closes now, and later polls (to see the end) go straight through.
+            *this.state = None;
         }
         polled
     }
