@@ -40,6 +40,7 @@ pub const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 
 /// The 16 lowercase hex digits of `word`, most significant first, computed a word at a time:
 /// each nibble is spread into a byte of its own, then turned into its digit without a branch.
+#[inline]
 pub(crate) fn hex16(word: u64) -> [u8; 16] {
     fn hex8(half: u32) -> [u8; 8] {
         let v = u64::from(half);

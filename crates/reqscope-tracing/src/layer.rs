@@ -4,6 +4,7 @@ use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 
+use arrayvec::ArrayVec;
 use reqscope_core::redact::Redaction;
 use reqscope_core::{REQUEST_SPAN_TARGET, RequestContext};
 use tracing::span::{Attributes, Id, Record};
@@ -87,10 +88,9 @@ where
     S: for<'a> LookupSpan<'a>,
 {
     if let Some(request) = RequestContext::current() {
-        let mut extensions = span.extensions_mut();
-        if extensions.get_mut::<SpanContext>().is_none() {
-            extensions.insert(SpanContext(Arc::downgrade(&request)));
-        }
+        // `replace`, not a look-up then an insert: one map operation. Another layer that
+        // remembered it first stored the same request.
+        span.extensions_mut().replace(SpanContext(Arc::downgrade(&request)));
     }
 }
 
@@ -376,7 +376,7 @@ impl<W> LogLayer<W> {
     /// Writes the fields of `spans` (innermost first, as a scope lists them) root first. The
     /// extensions are read only here, while no user code runs (a `Debug` impl that logs
     /// cannot meet its own span's lock).
-    fn write_spans<S>(&self, spans: &[Option<SpanRef<'_, S>>], event: &Event<'_>, buf: &mut Vec<u8>, seen: &mut Seen)
+    fn write_spans<S>(&self, spans: &[SpanRef<'_, S>], event: &Event<'_>, buf: &mut Vec<u8>, seen: &mut Seen)
     where
         S: for<'a> LookupSpan<'a>,
     {
@@ -385,11 +385,7 @@ impl<W> LogLayer<W> {
         }
         // The request span has no fields of its own: no lock to take for it.
         let guards: [_; MAX_SPANS] = std::array::from_fn(|i| {
-            spans
-                .get(i)
-                .and_then(Option::as_ref)
-                .filter(|span| span.metadata().target() != REQUEST_SPAN_TARGET)
-                .map(|span| span.extensions())
+            spans.get(i).filter(|span| span.metadata().target() != REQUEST_SPAN_TARGET).map(|span| span.extensions())
         });
         let mut fragments: [&Fragment; MAX_SPANS] = [&EMPTY; MAX_SPANS];
         let mut count = 0;
@@ -646,11 +642,12 @@ where
     fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
         // Taken first: nothing this layer does may dispatch another event before.
         let kept = buffer::take(event, self.hold.owner);
-        // A `log` record bridged by `tracing-log`: its own target and module, not "log".
-        let normalized = event.normalized_metadata();
+        // A `log` record bridged by `tracing-log`: its own target and module, not "log". The
+        // target is compared first: the bridge's callsites all have that one.
+        let normalized = if event.metadata().target() == "log" { event.normalized_metadata() } else { None };
         let meta = normalized.as_ref().unwrap_or_else(|| event.metadata());
-        let mut scope: [Option<SpanRef<'_, S>>; MAX_SPANS] = std::array::from_fn(|_| None);
-        let mut depth = 0;
+        // Only the slots in use are dropped again, not all of them.
+        let mut scope: ArrayVec<SpanRef<'_, S>, MAX_SPANS> = ArrayVec::new();
         // The spans are looked up only when one of them may have fields to write, or to find
         // the context: with the task-local and no span fields anywhere, an event costs what
         // it did before span fields were written.
@@ -659,12 +656,9 @@ where
         if (span_fields || !in_request)
             && let Some(spans) = ctx.event_scope(event)
         {
-            for (slot, span) in scope.iter_mut().zip(spans) {
-                *slot = Some(span);
-                depth += 1;
-            }
+            scope.extend(spans.take(MAX_SPANS));
         }
-        let spans = &scope[..depth];
+        let spans = &scope[..];
         let mut write_spans = |buf: &mut Vec<u8>, seen: &mut Seen| {
             if span_fields {
                 self.write_spans(spans, event, buf, seen);
@@ -676,7 +670,7 @@ where
             return;
         }
         // No task-local: the nearest request span decides, if its request is still on.
-        let from_span = spans.iter().flatten().find_map(request_of_span).flatten();
+        let from_span = spans.iter().find_map(request_of_span).flatten();
         self.write_line(event, meta, from_span.as_deref(), kept, &mut write_spans);
     }
 }
