@@ -70,7 +70,7 @@ impl<const N: usize> Hex<N> {
     }
 
     fn random(mut next: impl FnMut() -> u64) -> Self {
-        const { assert!(N % 16 == 0, "whole random words only") };
+        const { assert!(N.is_multiple_of(16), "whole random words only") };
         loop {
             let mut hex = [0u8; N];
             // The random words OR-ed together: zero only if every digit is `0`.

@@ -38,6 +38,38 @@ pub(crate) struct KeyEntry {
     /// Names the key across refetches (its `kid` and public parameters): the verified-token
     /// cache forgets tokens whose key no longer has a fingerprint in the set.
     pub(crate) fingerprint: Arc<str>,
+    /// For a shared secret: the secret prepared for each HMAC algorithm.
+    pub(crate) hmac: Option<Arc<HmacKeys>>,
+}
+
+/// A shared secret with its HMAC pads already hashed, once per algorithm. Verifying a token
+/// then hashes the token alone; `jsonwebtoken::crypto::verify` would prepare the key again on
+/// every call (two more hash blocks), and allocate a verifier for it.
+pub(crate) struct HmacKeys {
+    hs256: aws_lc_rs::hmac::Key,
+    hs384: aws_lc_rs::hmac::Key,
+    hs512: aws_lc_rs::hmac::Key,
+}
+
+impl HmacKeys {
+    fn new(secret: &[u8]) -> Self {
+        use aws_lc_rs::hmac::{HMAC_SHA256, HMAC_SHA384, HMAC_SHA512, Key};
+        HmacKeys {
+            hs256: Key::new(HMAC_SHA256, secret),
+            hs384: Key::new(HMAC_SHA384, secret),
+            hs512: Key::new(HMAC_SHA512, secret),
+        }
+    }
+
+    /// The prepared key for `alg`, if it is an HMAC algorithm.
+    pub(crate) fn for_algorithm(&self, alg: Algorithm) -> Option<&aws_lc_rs::hmac::Key> {
+        match alg {
+            Algorithm::HS256 => Some(&self.hs256),
+            Algorithm::HS384 => Some(&self.hs384),
+            Algorithm::HS512 => Some(&self.hs512),
+            _ => None,
+        }
+    }
 }
 
 impl KeyEntry {
@@ -47,22 +79,23 @@ impl KeyEntry {
             key: DecodingKey::from_secret(secret),
             algorithms: HMAC.to_vec(),
             fingerprint: static_key(),
+            hmac: Some(Arc::new(HmacKeys::new(secret))),
         }
     }
 
     pub(crate) fn rsa_pem(pem: &[u8]) -> Result<Self, AuthConfigError> {
         let key = DecodingKey::from_rsa_pem(pem).map_err(|e| AuthConfigError::InvalidKey(e.to_string()))?;
-        Ok(KeyEntry { kid: None, key, algorithms: RSA.to_vec(), fingerprint: static_key() })
+        Ok(KeyEntry { kid: None, key, algorithms: RSA.to_vec(), fingerprint: static_key(), hmac: None })
     }
 
     pub(crate) fn ec_pem(pem: &[u8]) -> Result<Self, AuthConfigError> {
         let key = DecodingKey::from_ec_pem(pem).map_err(|e| AuthConfigError::InvalidKey(e.to_string()))?;
-        Ok(KeyEntry { kid: None, key, algorithms: EC.to_vec(), fingerprint: static_key() })
+        Ok(KeyEntry { kid: None, key, algorithms: EC.to_vec(), fingerprint: static_key(), hmac: None })
     }
 
     pub(crate) fn ed_pem(pem: &[u8]) -> Result<Self, AuthConfigError> {
         let key = DecodingKey::from_ed_pem(pem).map_err(|e| AuthConfigError::InvalidKey(e.to_string()))?;
-        Ok(KeyEntry { kid: None, key, algorithms: ED.to_vec(), fingerprint: static_key() })
+        Ok(KeyEntry { kid: None, key, algorithms: ED.to_vec(), fingerprint: static_key(), hmac: None })
     }
 
     fn from_jwk(jwk: &Jwk) -> Result<Self, AuthConfigError> {
@@ -91,7 +124,7 @@ impl KeyEntry {
         let key = DecodingKey::from_jwk(jwk).map_err(|e| AuthConfigError::InvalidJwks(e.to_string()))?;
         let params = serde_json::to_string(&jwk.algorithm).unwrap_or_default();
         let fingerprint = Arc::from(format!("{:?} {params}", jwk.common.key_id));
-        Ok(KeyEntry { kid: jwk.common.key_id.clone(), key, algorithms, fingerprint })
+        Ok(KeyEntry { kid: jwk.common.key_id.clone(), key, algorithms, fingerprint, hmac: None })
     }
 }
 

@@ -180,10 +180,13 @@ pub(crate) fn verify(token: &str, header: &TokenHeader, key: &KeyEntry, rules: &
     }
     let (message, signature) = token.rsplit_once('.').ok_or(Reason::Malformed)?;
     let payload = message.split_once('.').map(|(_, payload)| payload).ok_or(Reason::Malformed)?;
-    match jsonwebtoken::crypto::verify(signature, message.as_bytes(), &key.key, header.alg) {
-        Ok(true) => {}
-        Ok(false) => return Err(Reason::InvalidSignature),
-        Err(error) => return Err(classify(error.kind())),
+    match key.hmac.as_deref().and_then(|keys| keys.for_algorithm(header.alg)) {
+        Some(prepared) => verify_hmac(prepared, message.as_bytes(), signature)?,
+        None => match jsonwebtoken::crypto::verify(signature, message.as_bytes(), &key.key, header.alg) {
+            Ok(true) => {}
+            Ok(false) => return Err(Reason::InvalidSignature),
+            Err(error) => return Err(classify(error.kind())),
+        },
     }
     // Only signed bytes are parsed from here on.
     let bytes = URL_SAFE_NO_PAD.decode(payload).map_err(|_| Reason::Malformed)?;
@@ -200,6 +203,16 @@ pub(crate) fn verify(token: &str, header: &TokenHeader, key: &KeyEntry, rules: &
         exp,
         nbf,
     })
+}
+
+/// An HMAC signature (base64url, no padding, as JWS writes it) checked in constant time.
+/// A signature that does not decode, or has the wrong length, is invalid, as jsonwebtoken
+/// would say.
+fn verify_hmac(key: &aws_lc_rs::hmac::Key, message: &[u8], signature: &str) -> Result<(), Reason> {
+    // SHA-512's 64 bytes are the longest tag; the signature is decoded onto the stack.
+    let mut tag = [0u8; 64];
+    let length = URL_SAFE_NO_PAD.decode_slice(signature, &mut tag).map_err(|_| Reason::InvalidSignature)?;
+    aws_lc_rs::hmac::verify(key, message, &tag[..length]).map_err(|_| Reason::InvalidSignature)
 }
 
 /// The registered claims (RFC 7519 §4.1): `exp` and `sub` are required, `iss` and `aud`
@@ -365,6 +378,34 @@ mod tests {
         assert_eq!(check(json!({"sub": "1", "exp": now})), Err(Reason::WrongAudience));
         assert_eq!(check(json!({"sub": "1", "exp": now, "aud": ["other"]})), Err(Reason::WrongAudience));
         assert_eq!(check(json!({"sub": "1", "exp": now, "aud": 7})), Err(Reason::WrongAudience));
+    }
+
+    #[test]
+    fn hmac_signatures_are_checked_with_the_prepared_keys() {
+        let key = KeyEntry::hmac(b"a secret of thirty-two bytes or more");
+        let other = KeyEntry::hmac(b"another secret of thirty-two bytes");
+        let claims = json!({"sub": "1", "exp": unix_now() + 60, "aud": "api"});
+        for alg in [Algorithm::HS256, Algorithm::HS384, Algorithm::HS512] {
+            let secret = jsonwebtoken::EncodingKey::from_secret(b"a secret of thirty-two bytes or more");
+            let token = jsonwebtoken::encode(&jsonwebtoken::Header::new(alg), &claims, &secret).unwrap();
+            let header = token_header(&token).unwrap();
+            let verified = verify(&token, &header, &key, &rules()).unwrap_or_else(|r| panic!("{alg:?}: {r}"));
+            assert_eq!(verified.user_id.as_deref(), Some("1"));
+            assert_eq!(verify(&token, &header, &other, &rules()).err(), Some(Reason::InvalidSignature), "{alg:?}");
+            let (message, signature) = token.rsplit_once('.').unwrap();
+            let first = if signature.starts_with('A') { "B" } else { "A" };
+            let flipped = format!("{first}{}", &signature[1..]);
+            let truncated = &signature[..signature.len() - 2];
+            let longer = format!("{signature}AAAA");
+            for bad in [flipped.as_str(), truncated, &longer, "", "!!!!", &format!("{signature}=")] {
+                let forged = format!("{message}.{bad}");
+                assert_eq!(
+                    verify(&forged, &header, &key, &rules()).err(),
+                    Some(Reason::InvalidSignature),
+                    "{alg:?} {bad:?}"
+                );
+            }
+        }
     }
 
     #[test]
