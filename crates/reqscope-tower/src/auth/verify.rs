@@ -2,12 +2,16 @@
 //!
 //! The header and the claims are read here rather than by `jsonwebtoken::decode`: its
 //! `Header` keeps unknown parameters as strings only (a numeric one made the whole token
-//! `malformed`, against RFC 7515 §4) and does not expose `crit`. `jsonwebtoken` still does
-//! the cryptography ([`jsonwebtoken::crypto::verify`]).
+//! `malformed`, against RFC 7515 §4) and does not expose `crit`. The cryptography is
+//! jsonwebtoken's ([`jsonwebtoken::crypto::verify`]; for shared secrets its backend,
+//! aws-lc-rs, with the key prepared once). The claims are read once, borrowed from the
+//! decoded payload, and only those the checks need; the full claim set is parsed when a
+//! handler first asks for it ([`Claims::get`]).
 
 use std::borrow::Cow;
+use std::fmt;
 use std::str::FromStr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
@@ -16,6 +20,7 @@ use http::HeaderMap;
 use http::header::AUTHORIZATION;
 use jsonwebtoken::Algorithm;
 use jsonwebtoken::errors::ErrorKind;
+use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 use serde_json::{Map, Value};
 
@@ -28,16 +33,42 @@ use super::reject::Reason;
 /// Only [`AuthLayer`](super::AuthLayer) makes one (there is no public constructor), so a
 /// `Claims` in the request's extensions is proof that the token was verified; this is what
 /// [`RequireRoleLayer`](super::RequireRoleLayer) decides from.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone)]
 pub struct Claims {
-    claims: Arc<Map<String, Value>>,
+    claims: Arc<ClaimSet>,
     roles: Arc<[Arc<str>]>,
+}
+
+/// The verified payload, parsed into a map on first use: most requests never ask.
+struct ClaimSet {
+    json: Box<[u8]>,
+    map: OnceLock<Map<String, Value>>,
+}
+
+impl ClaimSet {
+    fn map(&self) -> &Map<String, Value> {
+        // The payload was read as a JSON object when the token was checked, so this parse
+        // succeeds; an empty map would only stand for one that could not have been admitted.
+        self.map.get_or_init(|| serde_json::from_slice(&self.json).unwrap_or_default())
+    }
+}
+
+impl fmt::Debug for Claims {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Claims").field("claims", self.as_map()).field("roles", &self.roles).finish()
+    }
+}
+
+impl PartialEq for Claims {
+    fn eq(&self, other: &Self) -> bool {
+        self.roles == other.roles && self.as_map() == other.as_map()
+    }
 }
 
 impl Claims {
     /// One claim.
     pub fn get(&self, name: &str) -> Option<&Value> {
-        self.claims.get(name)
+        self.as_map().get(name)
     }
 
     /// The `sub` claim. Always a non-empty string in an admitted token: RFC 7519 §4.1.2 makes
@@ -61,12 +92,13 @@ impl Claims {
 
     /// Every claim.
     pub fn as_map(&self) -> &Map<String, Value> {
-        &self.claims
+        self.claims.map()
     }
 
     #[cfg(test)]
     pub(crate) fn for_tests() -> Self {
-        Claims { claims: Arc::new(Map::new()), roles: Arc::from(Vec::new()) }
+        let claims = ClaimSet { json: Box::from(&b"{}"[..]), map: OnceLock::new() };
+        Claims { claims: Arc::new(claims), roles: Arc::from(Vec::new()) }
     }
 }
 
@@ -190,11 +222,15 @@ pub(crate) fn verify(token: &str, header: &TokenHeader, key: &KeyEntry, rules: &
     }
     // Only signed bytes are parsed from here on.
     let bytes = URL_SAFE_NO_PAD.decode(payload).map_err(|_| Reason::Malformed)?;
-    let claims: Map<String, Value> = serde_json::from_slice(&bytes).map_err(|_| Reason::Malformed)?;
-    let (exp, nbf) = check_claims(&claims, rules, unix_now())?;
-    let user_id = claims.get("sub").and_then(Value::as_str).map(Arc::from);
-    let org_id = claims.get(&rules.org_claim).and_then(text).map(Arc::from);
-    let roles: Arc<[Arc<str>]> = roles(&claims, &rules.roles_claim, rules.scope_fallback).into();
+    let (exp, nbf, user_id, org_id, roles) = {
+        let claims = Registered::read(&bytes, rules).ok_or(Reason::Malformed)?;
+        let (exp, nbf) = check_claims(&claims, rules, unix_now())?;
+        let user_id = claims.sub.as_ref().and_then(Claim::as_str).map(Arc::from);
+        let org_id = claims.org.as_ref().and_then(text).map(Arc::from);
+        let roles: Arc<[Arc<str>]> = roles(&claims, rules.scope_fallback).into();
+        (exp, nbf, user_id, org_id, roles)
+    };
+    let claims = ClaimSet { json: bytes.into_boxed_slice(), map: OnceLock::new() };
     Ok(Verified {
         claims: Claims { claims: Arc::new(claims), roles: Arc::clone(&roles) },
         user_id,
@@ -217,21 +253,21 @@ fn verify_hmac(key: &aws_lc_rs::hmac::Key, message: &[u8], signature: &str) -> R
 
 /// The registered claims (RFC 7519 §4.1): `exp` and `sub` are required, `iss` and `aud`
 /// when configured; then `exp` and `nbf` against `now` with the leeway. `(exp, nbf)` if good.
-fn check_claims(claims: &Map<String, Value>, rules: &Rules, now: u64) -> Result<(u64, Option<u64>), Reason> {
-    let exp = claims.get("exp").ok_or(Reason::Malformed)?;
+fn check_claims(claims: &Registered<'_>, rules: &Rules, now: u64) -> Result<(u64, Option<u64>), Reason> {
+    let exp = claims.exp.as_ref().ok_or(Reason::Malformed)?;
     // A `sub` that names no one (empty, `true`, an object) would authenticate nobody; a
     // numeric one is not a StringOrURI (RFC 7519 §4.1.2) and may have lost digits.
-    if claims.get("sub").and_then(Value::as_str).is_none_or(str::is_empty) {
+    if claims.sub.as_ref().and_then(Claim::as_str).is_none_or(str::is_empty) {
         return Err(Reason::Malformed);
     }
-    if rules.issuers.is_some() && !claims.contains_key("iss") {
+    if rules.issuers.is_some() && claims.iss.is_none() {
         return Err(Reason::WrongIssuer);
     }
-    if rules.audiences.is_some() && !claims.contains_key("aud") {
+    if rules.audiences.is_some() && claims.aud.is_none() {
         return Err(Reason::WrongAudience);
     }
     let exp = numeric_date(exp).ok_or(Reason::Malformed)?;
-    let nbf = claims.get("nbf").map(|nbf| numeric_date(nbf).ok_or(Reason::Malformed)).transpose()?;
+    let nbf = claims.nbf.as_ref().map(|nbf| numeric_date(nbf).ok_or(Reason::Malformed)).transpose()?;
     if exp.saturating_add(rules.leeway_secs) < now {
         return Err(Reason::Expired);
     }
@@ -239,7 +275,7 @@ fn check_claims(claims: &Map<String, Value>, rules: &Rules, now: u64) -> Result<
         return Err(Reason::NotYetValid);
     }
     if let Some(issuers) = &rules.issuers {
-        let iss = claims.get("iss").and_then(Value::as_str).ok_or(Reason::WrongIssuer)?;
+        let iss = claims.iss.as_ref().and_then(Claim::as_str).ok_or(Reason::WrongIssuer)?;
         if !issuers.iter().any(|want| want == iss) {
             return Err(Reason::WrongIssuer);
         }
@@ -247,9 +283,9 @@ fn check_claims(claims: &Map<String, Value>, rules: &Rules, now: u64) -> Result<
     if let Some(audiences) = &rules.audiences {
         // RFC 7519 §4.1.3: one string, or an array of strings of which one must be ours.
         let ours = |aud: &str| audiences.iter().any(|want| want == aud);
-        let matched = match claims.get("aud") {
-            Some(Value::String(aud)) => ours(aud),
-            Some(Value::Array(auds)) => auds.iter().filter_map(Value::as_str).any(ours),
+        let matched = match &claims.aud {
+            Some(Claim::Str(aud)) => ours(aud),
+            Some(Claim::List(auds)) => auds.iter().filter_map(Claim::as_str).any(ours),
             _ => false,
         };
         if !matched {
@@ -261,8 +297,8 @@ fn check_claims(claims: &Map<String, Value>, rules: &Rules, now: u64) -> Result<
 
 /// A NumericDate (RFC 7519 §2): seconds since the epoch, fractions dropped; negative,
 /// non-finite and non-numbers are not dates.
-fn numeric_date(value: &Value) -> Option<u64> {
-    let number = value.as_number()?;
+fn numeric_date(value: &Claim<'_>) -> Option<u64> {
+    let Claim::Num(number) = value else { return None };
     if let Some(secs) = number.as_u64() {
         return Some(secs);
     }
@@ -291,26 +327,166 @@ fn classify(kind: &ErrorKind) -> Reason {
 }
 
 /// A claim as text: strings as they are, numbers in decimal.
-fn text(value: &Value) -> Option<String> {
+fn text(value: &Claim<'_>) -> Option<String> {
     match value {
-        Value::String(s) if !s.is_empty() => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
+        Claim::Str(s) if !s.is_empty() => Some(s.to_string()),
+        Claim::Num(n) => Some(n.to_string()),
         _ => None,
     }
 }
 
 /// Roles from the configured claim (an array of strings, or a space-separated string), else
 /// — when `scope_fallback` is on — from OAuth's space-separated `scope`.
-fn roles(claims: &Map<String, Value>, claim: &str, scope_fallback: bool) -> Vec<Arc<str>> {
-    let from = |value: &Value| -> Vec<Arc<str>> {
+fn roles(claims: &Registered<'_>, scope_fallback: bool) -> Vec<Arc<str>> {
+    let from = |value: &Claim<'_>| -> Vec<Arc<str>> {
         match value {
-            Value::Array(items) => items.iter().filter_map(Value::as_str).map(Arc::from).collect(),
-            Value::String(s) => s.split_whitespace().map(Arc::from).collect(),
+            Claim::List(items) => items.iter().filter_map(Claim::as_str).map(Arc::from).collect(),
+            Claim::Str(s) => s.split_whitespace().map(Arc::from).collect(),
             _ => Vec::new(),
         }
     };
-    let roles = claims.get(claim).map(from).unwrap_or_default();
-    if roles.is_empty() && scope_fallback { claims.get("scope").map(from).unwrap_or_default() } else { roles }
+    let roles = claims.roles.as_ref().map(from).unwrap_or_default();
+    if roles.is_empty() && scope_fallback { claims.scope.as_ref().map(from).unwrap_or_default() } else { roles }
+}
+
+/// The claims the checks read, borrowed from the payload where JSON allows (strings without
+/// escapes). A name read twice keeps its last value, as a map of the payload would.
+#[derive(Default)]
+struct Registered<'a> {
+    sub: Option<Claim<'a>>,
+    exp: Option<Claim<'a>>,
+    nbf: Option<Claim<'a>>,
+    iss: Option<Claim<'a>>,
+    aud: Option<Claim<'a>>,
+    scope: Option<Claim<'a>>,
+    /// The configured org and roles claims (`AuthLayer::org_claim`, `roles_claim`).
+    org: Option<Claim<'a>>,
+    roles: Option<Claim<'a>>,
+}
+
+impl<'a> Registered<'a> {
+    /// `None` unless `json` is one JSON object and nothing else.
+    fn read(json: &'a [u8], rules: &Rules) -> Option<Self> {
+        let mut deserializer = serde_json::Deserializer::from_slice(json);
+        let claims = Pick { rules }.deserialize(&mut deserializer).ok()?;
+        deserializer.end().ok()?;
+        Some(claims)
+    }
+}
+
+/// A claim's value, as far as the checks look into it; anything else is `Other`.
+#[derive(Clone, Debug, PartialEq)]
+enum Claim<'a> {
+    Str(Cow<'a, str>),
+    Num(serde_json::Number),
+    List(Vec<Claim<'a>>),
+    Other,
+}
+
+impl Claim<'_> {
+    fn as_str(&self) -> Option<&str> {
+        match self {
+            Claim::Str(s) => Some(s),
+            _ => None,
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Claim<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ClaimVisitor;
+        impl<'de> Visitor<'de> for ClaimVisitor {
+            type Value = Claim<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON value")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Claim::Str(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Claim::Str(Cow::Owned(v.to_owned())))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
+                Ok(Claim::Num(v.into()))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
+                Ok(Claim::Num(v.into()))
+            }
+            fn visit_f64<E>(self, v: f64) -> Result<Self::Value, E> {
+                Ok(serde_json::Number::from_f64(v).map_or(Claim::Other, Claim::Num))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+                Ok(Claim::Other)
+            }
+            fn visit_unit<E>(self) -> Result<Self::Value, E> {
+                Ok(Claim::Other)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                let mut items = Vec::new();
+                while let Some(item) = seq.next_element()? {
+                    items.push(item);
+                }
+                Ok(Claim::List(items))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(Claim::Other)
+            }
+        }
+        deserializer.deserialize_any(ClaimVisitor)
+    }
+}
+
+/// Reads the payload object, keeping the claims [`Registered`] names and skipping the rest.
+struct Pick<'r> {
+    rules: &'r Rules,
+}
+
+impl<'de> DeserializeSeed<'de> for Pick<'_> {
+    type Value = Registered<'de>;
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Pick<'_> {
+    type Value = Registered<'de>;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object of claims")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut claims = Registered::default();
+        while let Some(name) = map.next_key::<Cow<'de, str>>()? {
+            let org = *name == *self.rules.org_claim;
+            let roles = *name == *self.rules.roles_claim;
+            let slot = match &*name {
+                "sub" => Some(&mut claims.sub),
+                "exp" => Some(&mut claims.exp),
+                "nbf" => Some(&mut claims.nbf),
+                "iss" => Some(&mut claims.iss),
+                "aud" => Some(&mut claims.aud),
+                "scope" => Some(&mut claims.scope),
+                _ => None,
+            };
+            if slot.is_none() && !org && !roles {
+                map.next_value::<IgnoredAny>()?;
+                continue;
+            }
+            // One value may fill several slots: the org or roles claim can be configured to
+            // a registered name.
+            let value: Claim<'de> = map.next_value()?;
+            if org {
+                claims.org = Some(value.clone());
+            }
+            if roles {
+                claims.roles = Some(value.clone());
+            }
+            if let Some(slot) = slot {
+                *slot = Some(value);
+            }
+        }
+        Ok(claims)
+    }
 }
 
 #[cfg(test)]
@@ -363,7 +539,10 @@ mod tests {
     #[test]
     fn claims_are_checked_as_rfc_7519_says() {
         let now = 1_000_000;
-        let check = |claims: Value| check_claims(claims.as_object().unwrap(), &rules(), now);
+        let check = |claims: Value| {
+            let json = serde_json::to_vec(&claims).unwrap();
+            check_claims(&Registered::read(&json, &rules()).unwrap(), &rules(), now)
+        };
         assert_eq!(check(json!({"sub": "1", "exp": now, "aud": "api"})), Ok((now, None)));
         assert!(check(json!({"sub": "1", "exp": now as f64 + 0.5, "aud": ["other", "api"]})).is_ok());
         assert_eq!(check(json!({"sub": 1, "exp": now, "aud": "api"})), Err(Reason::Malformed), "numeric sub");
@@ -409,10 +588,43 @@ mod tests {
     }
 
     #[test]
+    fn claims_are_read_as_a_map_of_the_payload_would_read_them() {
+        fn read(json: &str) -> Option<Registered<'_>> {
+            Registered::read(json.as_bytes(), &rules())
+        }
+        // Escaped names and values, a repeated name (the last one counts), nested values skipped.
+        let claims =
+            read(r#"{"su\u0062":"first","sub":"a\"b","exp":1e3,"x":{"sub":"no"},"roles":["r",1,"s"]}"#).unwrap();
+        assert_eq!(claims.sub, Some(Claim::Str("a\"b".into())));
+        assert_eq!(claims.exp.as_ref().and_then(numeric_date), Some(1000));
+        assert_eq!(roles(&claims, false), vec![Arc::from("r"), Arc::from("s")]);
+        for not_an_object in [r#"["sub"]"#, r#""sub""#, "1", "null", r#"{"sub":"a"} x"#, r#"{"sub":"a""#, ""] {
+            assert!(read(not_an_object).is_none(), "{not_an_object}");
+        }
+        // The org claim may be a registered name: one value fills both.
+        let rules = Rules { org_claim: "sub".into(), ..rules() };
+        let claims = Registered::read(br#"{"sub":"7"}"#, &rules).unwrap();
+        assert_eq!(claims.org.as_ref().and_then(text).as_deref(), Some("7"));
+        assert_eq!(claims.sub.as_ref().and_then(Claim::as_str), Some("7"));
+    }
+
+    #[test]
+    fn the_full_claim_set_is_there_when_a_handler_asks() {
+        let key = KeyEntry::hmac(b"a secret of thirty-two bytes or more");
+        let claims = json!({"sub": "1", "exp": unix_now() + 60, "aud": "api", "tenant": {"id": 5}});
+        let secret = jsonwebtoken::EncodingKey::from_secret(b"a secret of thirty-two bytes or more");
+        let token = jsonwebtoken::encode(&jsonwebtoken::Header::new(Algorithm::HS256), &claims, &secret).unwrap();
+        let verified = verify(&token, &token_header(&token).unwrap(), &key, &rules()).unwrap();
+        assert_eq!(verified.claims.get("tenant"), Some(&json!({"id": 5})));
+        assert_eq!(verified.claims.subject().as_deref(), Some("1"));
+        assert_eq!(Value::Object(verified.claims.as_map().clone()), claims);
+    }
+
+    #[test]
     fn scope_gives_roles_only_when_asked_to() {
-        let claims = json!({"scope": "read admin", "roles": []});
-        let claims = claims.as_object().unwrap();
-        assert!(roles(claims, "roles", false).is_empty());
-        assert_eq!(roles(claims, "roles", true), vec![Arc::from("read"), Arc::from("admin")]);
+        let json = br#"{"scope": "read admin", "roles": []}"#;
+        let claims = Registered::read(json, &rules()).unwrap();
+        assert!(roles(&claims, false).is_empty());
+        assert_eq!(roles(&claims, true), vec![Arc::from("read"), Arc::from("admin")]);
     }
 }
