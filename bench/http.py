@@ -9,7 +9,8 @@ the four set every group runs in full, with one or more set the unset ones run n
 
 Environment: ROUNDS (5), SECONDS_PER_RUN (5), WARMUP_SECONDS (2), CONNECTIONS (50: wrk's and
 h2load's connections, the WebSockets), H2_STREAMS (10 per h2load connection), GRPC_CALLS (50
-concurrent calls) over GRPC_CONNECTIONS (4), RSS_REQUESTS (1000000; 0 skips the RSS phase).
+concurrent calls) over GRPC_CONNECTIONS (4), RSS_REQUESTS (1000000; 0 skips the RSS phase),
+PORT_BASE (4100: the servers listen from there up).
 """
 
 import os
@@ -63,8 +64,10 @@ WS_LABELS = {
     "ws-bare": "bare axum WebSocket echo",
     "ws-context-log": "reqscope context on the connection + 1 stamped line per message",
 }
-# The stand-in collector of full-otlp, pinned with wrk: its work is not the server's.
-SINK_PORT = 4199
+# The servers listen on PORT_BASE + i; the stand-in collector of full-otlp, pinned with
+# wrk (its work is not the server's), on PORT_BASE + 99.
+PORT_BASE = int(os.environ.get("PORT_BASE", 4100))
+SINK_PORT = PORT_BASE + 99
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -84,14 +87,32 @@ def status_kib(pid, key):
     return 0
 
 
-def wait_for_port(port, timeout=10.0):
+def port_open(port):
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
+def start(args, port, **popen):
+    """Starts a server on `port`, refusing a port already taken (another run of this script)."""
+    if port_open(port):
+        raise RuntimeError(f"port {port} is taken: is another benchmark running? (PORT_BASE moves the ports)")
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, **popen)
+    wait_for_port(port, proc)
+    return proc
+
+
+def wait_for_port(port, proc, timeout=10.0):
     deadline = time.time() + timeout
-    while time.time() < deadline:
+    while time.time() < deadline and proc.poll() is None:
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.2):
                 return
         except OSError:
             time.sleep(0.05)
+    proc.kill()
     raise RuntimeError(f"server on port {port} did not start")
 
 
@@ -159,11 +180,10 @@ class Server:
         self.stack, self.port = stack, port
         self.log = Path(log_dir) / f"{key or stack}.log"
         env = dict(os.environ, OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{SINK_PORT}", **(env or {}))
-        self.proc = subprocess.Popen(
+        self.proc = start(
             ["taskset", "-c", "0", binary, stack, "--addr", f"127.0.0.1:{port}", "--log-file", str(self.log)],
-            stdout=subprocess.DEVNULL, env=env,
+            port, env=env,
         )
-        wait_for_port(port)
 
     def truncate_log(self):
         # The server appends, so truncating keeps the disk from filling over many rounds.
@@ -264,15 +284,13 @@ def main():
         served = {key: 0 for key, _, _ in runs}
         sink = None
         if any(stack == "full-otlp" for _, _, stack in runs):
-            sink = subprocess.Popen(["taskset", "-c", "1", binary, "otlp-sink", f"127.0.0.1:{SINK_PORT}"],
-                                    stdout=subprocess.DEVNULL)
-            wait_for_port(SINK_PORT)
+            sink = start(["taskset", "-c", "1", binary, "otlp-sink", f"127.0.0.1:{SINK_PORT}"], SINK_PORT)
         servers = {}
         try:
             for i, (key, group, stack) in enumerate(runs):
                 # h2 logs DEBUG and TRACE events of its own: the h2c servers keep to INFO.
                 env = {"BENCH_MAX_LEVEL": "info"} if group == "h2c" else None
-                servers[key] = Server(binary, stack, 4100 + i, log_dir, key.replace(":", "-"), env)
+                servers[key] = Server(binary, stack, PORT_BASE + i, log_dir, key.replace(":", "-"), env)
             for key, group, _ in runs:
                 served[key] += drivers[group](servers[key].port, warmup)[0]
                 servers[key].truncate_log()
@@ -299,7 +317,7 @@ def main():
                 exported = [int(n) for n in sink_counts().split()]
                 sink.terminate()
                 sink.wait(timeout=10)
-        marks = rss_phase(binary, 4100 + len(runs), log_dir, rss_target, connections) if rss_target else {}
+        marks = rss_phase(binary, PORT_BASE + len(runs), log_dir, rss_target, connections) if rss_target else {}
 
     by_group = {group: [] for group in groups}
     for key, group, stack in runs:
