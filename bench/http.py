@@ -1,9 +1,16 @@
-"""Drives bench/http.sh: interleaved wrk rounds against each stack of bench-server.
+"""Drives bench/http.sh: interleaved load rounds against each stack of bench-server.
 
 Usage: python3 bench/http.py PATH/TO/bench-server
 
-Environment: STACKS (space separated, default all), ROUNDS (5), SECONDS_PER_RUN (5),
-WARMUP_SECONDS (2), CONNECTIONS (50), RSS_REQUESTS (1000000; 0 skips the RSS phase).
+Four groups of rows, each with its own table and baseline: HTTP/1.1 under wrk (STACKS),
+h2c under h2load (H2_STACKS), gRPC under `bench-server grpc-load` (GRPC_STACKS), WebSocket
+echoes under `bench-server ws-load` (WS_STACKS). Each is a space-separated list; with none of
+the four set every group runs in full, with one or more set the unset ones run nothing.
+
+Environment: ROUNDS (5), SECONDS_PER_RUN (5), WARMUP_SECONDS (2), CONNECTIONS (50: wrk's and
+h2load's connections, the WebSockets), H2_STREAMS (10 per h2load connection), GRPC_CALLS (50
+concurrent calls) over GRPC_CONNECTIONS (4), RSS_REQUESTS (1000000; 0 skips the RSS phase),
+PORT_BASE (4100: the servers listen from there up).
 """
 
 import os
@@ -23,6 +30,9 @@ ALL_STACKS = [
     "context-log",
     "full",
     "full-verify-each",
+    "full-redaction-off",
+    "full-level-filter",
+    "full-keep-until-error",
     "full-rate-limit",
     "full-redis-limit",
     "tower-http",
@@ -35,13 +45,29 @@ LABELS = {
     "context-log": "reqscope context + 1 stamped line",
     "full": "reqscope full stack: JWT + 2 lines",
     "full-verify-each": "the same, token verified in full each time",
+    "full-redaction-off": "full stack, redaction off (Redaction::none())",
+    "full-level-filter": "full stack + RequestLevelFilter(EnvFilter info), 1 DEBUG line filtered",
+    "full-keep-until-error": "the same + keep_until_error: the DEBUG line kept, then dropped",
     "full-rate-limit": "full stack + rate limit (in process)",
     "full-redis-limit": "full stack + rate limit (Redis on loopback)",
     "tower-http": "tower-http + fmt().json() (2 lines)",
     "full-otlp": "full stack + OTLP export (1 span, 2 records)",
 }
-# The stand-in collector of full-otlp, pinned with wrk: its work is not the server's.
-SINK_PORT = 4199
+# The rows of the other protocols, each group against its own first row.
+H2_DEFAULT = ["bare", "context-log", "full"]
+GRPC_LABELS = {
+    "grpc-bare": "bare tonic",
+    "grpc-context-log": "tonic + reqscope context + 1 stamped line",
+    "grpc-auth": "the same + AuthLayer (HS256, token cache)",
+}
+WS_LABELS = {
+    "ws-bare": "bare axum WebSocket echo",
+    "ws-context-log": "reqscope context on the connection + 1 stamped line per message",
+}
+# The servers listen on PORT_BASE + i; the stand-in collector of full-otlp, pinned with
+# wrk (its work is not the server's), on PORT_BASE + 99.
+PORT_BASE = int(os.environ.get("PORT_BASE", 4100))
+SINK_PORT = PORT_BASE + 99
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -61,14 +87,32 @@ def status_kib(pid, key):
     return 0
 
 
-def wait_for_port(port, timeout=10.0):
+def port_open(port):
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
+def start(args, port, **popen):
+    """Starts a server on `port`, refusing a port already taken (another run of this script)."""
+    if port_open(port):
+        raise RuntimeError(f"port {port} is taken: is another benchmark running? (PORT_BASE moves the ports)")
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, **popen)
+    wait_for_port(port, proc)
+    return proc
+
+
+def wait_for_port(port, proc, timeout=10.0):
     deadline = time.time() + timeout
-    while time.time() < deadline:
+    while time.time() < deadline and proc.poll() is None:
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.2):
                 return
         except OSError:
             time.sleep(0.05)
+    proc.kill()
     raise RuntimeError(f"server on port {port} did not start")
 
 
@@ -103,16 +147,43 @@ def wrk(port, seconds, connections):
     return requests, rps, p99_us
 
 
+def h2load(port, seconds, connections, streams, log_dir):
+    """h2c with prior knowledge; h2load prints no percentiles, so p99 comes from its request log."""
+    timings = Path(log_dir) / "h2load-requests.tsv"
+    out = subprocess.run(
+        ["taskset", "-c", "1", "h2load", "-t1", f"-c{connections}", f"-m{streams}", f"-D{seconds}",
+         f"--log-file={timings}", "-H", f"authorization: Bearer {TOKEN}", f"http://127.0.0.1:{port}/hello"],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    done = re.search(r"requests: \d+ total, \d+ started, (\d+) done, (\d+) succeeded, (\d+) failed, (\d+) errored", out)
+    status = re.search(r"status codes: (\d+) 2xx", out)
+    if not done or not status or int(done.group(3)) or int(done.group(4)) or int(status.group(1)) != int(done.group(1)):
+        raise RuntimeError(f"h2load saw errors:\n{out}")
+    rps = float(re.search(r"finished in [\d.]+m?s, ([\d.]+) req/s", out).group(1))
+    # One line per request: start time, status, microseconds to the response's end.
+    micros = sorted(int(line.split("\t")[2]) for line in timings.read_text().splitlines() if line)
+    timings.unlink()
+    p99 = micros[(len(micros) - 1) * 99 // 100] if micros else float("nan")
+    return int(done.group(1)), rps, p99
+
+
+def load_client(binary, args):
+    """bench-server grpc-load / ws-load, pinned with wrk: `<what>=N seconds=S p99_us=X`."""
+    out = subprocess.run(["taskset", "-c", "1", binary, *map(str, args)],
+                         capture_output=True, text=True, check=True).stdout
+    done, seconds, p99 = re.search(r"\w+=(\d+) seconds=(\d+) p99_us=(\S+)", out).groups()
+    return int(done), int(done) / int(seconds), float(p99)
+
+
 class Server:
-    def __init__(self, binary, stack, port, log_dir):
+    def __init__(self, binary, stack, port, log_dir, key=None, env=None):
         self.stack, self.port = stack, port
-        self.log = Path(log_dir) / f"{stack}.log"
-        env = dict(os.environ, OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{SINK_PORT}")
-        self.proc = subprocess.Popen(
+        self.log = Path(log_dir) / f"{key or stack}.log"
+        env = dict(os.environ, OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{SINK_PORT}", **(env or {}))
+        self.proc = start(
             ["taskset", "-c", "0", binary, stack, "--addr", f"127.0.0.1:{port}", "--log-file", str(self.log)],
-            stdout=subprocess.DEVNULL, env=env,
+            port, env=env,
         )
-        wait_for_port(port)
 
     def truncate_log(self):
         # The server appends, so truncating keeps the disk from filling over many rounds.
@@ -160,44 +231,82 @@ def svg_chart(rows, path):
     Path(path).write_text("\n".join(parts) + "\n")
 
 
+def selected():
+    """The rows of each group: all by default; once any group is named, only those named."""
+    names = {"http": "STACKS", "h2c": "H2_STACKS", "grpc": "GRPC_STACKS", "ws": "WS_STACKS"}
+    defaults = {"http": ALL_STACKS, "h2c": H2_DEFAULT, "grpc": list(GRPC_LABELS), "ws": list(WS_LABELS)}
+    any_set = any(var in os.environ for var in names.values())
+    return {group: os.environ.get(var, "" if any_set else " ".join(defaults[group])).split()
+            for group, var in names.items()}
+
+
+def group_table(rows, unit, what, labels):
+    """A table of one group, against its first row (its bare baseline)."""
+    base = rows[0]
+    lines = [
+        f"| stack | {unit}/s | × {labels(base)} | server CPU µs/{unit} | Δ | p99 latency | peak RSS |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {labels(r)} | {r['rps']:,.0f} | {r['rps'] / base['rps']:.2f} | {r['cpu_us']:.2f} | "
+            f"{r['cpu_us'] - base['cpu_us']:+.2f} | {r['p99']:.0f} µs | {r['rss'] / 1024:.1f} MiB |"
+        )
+    return ["", what, ""] + lines
+
+
 def main():
     global TOKEN
     binary = sys.argv[1]
     TOKEN = subprocess.run([binary, "token"], capture_output=True, text=True, check=True).stdout.strip()
-    stacks = os.environ.get("STACKS", " ".join(ALL_STACKS)).split()
+    groups = selected()
     rounds = env_int("ROUNDS", 5)
     seconds = env_int("SECONDS_PER_RUN", 5)
     warmup = env_int("WARMUP_SECONDS", 2)
     connections = env_int("CONNECTIONS", 50)
+    streams = env_int("H2_STREAMS", 10)
+    grpc_calls = env_int("GRPC_CALLS", 50)
+    grpc_connections = env_int("GRPC_CONNECTIONS", 4)
     rss_target = env_int("RSS_REQUESTS", 1_000_000)
-    results = {s: [] for s in stacks}
-    served = {s: 0 for s in stacks}
-    sink = None
-    if "full-otlp" in stacks:
-        sink = subprocess.Popen(["taskset", "-c", "1", binary, "otlp-sink", f"127.0.0.1:{SINK_PORT}"],
-                                stdout=subprocess.DEVNULL)
-        wait_for_port(SINK_PORT)
 
     with tempfile.TemporaryDirectory(prefix="reqscope-bench-") as log_dir:
+        # One run per row: (key, group, stack, how to load it for some seconds).
+        drivers = {
+            "http": lambda port, secs: wrk(port, secs, connections),
+            "h2c": lambda port, secs: h2load(port, secs, connections, streams, log_dir),
+            "grpc": lambda port, secs: load_client(
+                binary, ["grpc-load", f"127.0.0.1:{port}", secs, grpc_calls, grpc_connections, TOKEN]),
+            "ws": lambda port, secs: load_client(binary, ["ws-load", f"127.0.0.1:{port}", secs, connections, TOKEN]),
+        }
+        runs = [(f"h2c:{stack}" if group == "h2c" else stack, group, stack)
+                for group, stacks in groups.items() for stack in stacks]
+        results = {key: [] for key, _, _ in runs}
+        served = {key: 0 for key, _, _ in runs}
+        sink = None
+        if any(stack == "full-otlp" for _, _, stack in runs):
+            sink = start(["taskset", "-c", "1", binary, "otlp-sink", f"127.0.0.1:{SINK_PORT}"], SINK_PORT)
         servers = {}
         try:
-            for i, stack in enumerate(stacks):
-                servers[stack] = Server(binary, stack, 4100 + i, log_dir)
-            for stack, server in servers.items():
-                served[stack] += wrk(server.port, warmup, connections)[0]
-                server.truncate_log()
+            for i, (key, group, stack) in enumerate(runs):
+                # h2 logs DEBUG and TRACE events of its own: the h2c servers keep to INFO.
+                env = {"BENCH_MAX_LEVEL": "info"} if group == "h2c" else None
+                servers[key] = Server(binary, stack, PORT_BASE + i, log_dir, key.replace(":", "-"), env)
+            for key, group, _ in runs:
+                served[key] += drivers[group](servers[key].port, warmup)[0]
+                servers[key].truncate_log()
             for round_no in range(rounds):
-                for stack, server in servers.items():
+                for key, group, _ in runs:
+                    server = servers[key]
                     before = cpu_ticks(server.proc.pid)
-                    requests, rps, p99 = wrk(server.port, seconds, connections)
-                    served[stack] += requests
+                    requests, rps, p99 = drivers[group](server.port, seconds)
+                    served[key] += requests
                     ticks = cpu_ticks(server.proc.pid) - before
                     cpu_us = ticks / CLK_TCK * 1e6 / requests
-                    results[stack].append((rps, cpu_us, p99))
+                    results[key].append((rps, cpu_us, p99))
                     server.truncate_log()
-                    print(f"round {round_no + 1}/{rounds} {stack:12} {rps:10,.0f} req/s {cpu_us:6.2f} µs CPU/req p99 {p99:7.0f} µs",
+                    print(f"round {round_no + 1}/{rounds} {key:22} {rps:10,.0f} /s {cpu_us:6.2f} µs CPU/op p99 {p99:7.0f} µs",
                           file=sys.stderr)
-            peaks = {stack: status_kib(s.proc.pid, "VmHWM") for stack, s in servers.items()}
+            peaks = {key: status_kib(s.proc.pid, "VmHWM") for key, s in servers.items()}
         finally:
             for server in servers.values():
                 server.stop()
@@ -208,16 +317,15 @@ def main():
                 exported = [int(n) for n in sink_counts().split()]
                 sink.terminate()
                 sink.wait(timeout=10)
-        marks = rss_phase(binary, 4100 + len(stacks), log_dir, rss_target, connections) if rss_target else {}
+        marks = rss_phase(binary, PORT_BASE + len(runs), log_dir, rss_target, connections) if rss_target else {}
 
-    rows = []
-    for stack in stacks:
-        rps = statistics.median(r[0] for r in results[stack])
-        cpu = statistics.median(r[1] for r in results[stack])
-        p99 = statistics.median(r[2] for r in results[stack])
-        rows.append({"stack": stack, "rps": rps, "cpu_us": cpu, "p99": p99, "rss": peaks[stack]})
-    base = next((r for r in rows if r["stack"] == "bare"), rows[0])
-    tower = next((r for r in rows if r["stack"] == "tower-http"), None)
+    by_group = {group: [] for group in groups}
+    for key, group, stack in runs:
+        rps = statistics.median(r[0] for r in results[key])
+        cpu = statistics.median(r[1] for r in results[key])
+        p99 = statistics.median(r[2] for r in results[key])
+        by_group[group].append({"stack": stack, "rps": rps, "cpu_us": cpu, "p99": p99, "rss": peaks[key]})
+    rows = by_group["http"]
 
     cpu_model = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
                       if l.startswith("model name")), "unknown CPU")
@@ -225,22 +333,46 @@ def main():
         f"Machine: {os.cpu_count()} × {cpu_model}; server pinned to CPU 0 (one tokio worker), wrk -t1 -c{connections} pinned to CPU 1.",
         f"{rounds} interleaved rounds of {seconds} s per stack after a {warmup} s warm-up; medians. "
         "CPU µs/req = the server process's user+system time over the requests wrk completed.",
-        "",
-        "| stack | req/s | × bare | server CPU µs/req | Δ vs bare | p99 latency | peak RSS |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
-    for r in rows:
-        lines.append(
-            f"| {LABELS[r['stack']]} | {r['rps']:,.0f} | {r['rps'] / base['rps']:.2f} | {r['cpu_us']:.2f} | "
-            f"{r['cpu_us'] - base['cpu_us']:+.2f} | {r['p99']:.0f} µs | {r['rss'] / 1024:.1f} MiB |"
-        )
-    if tower:
+    if rows:
+        base = next((r for r in rows if r["stack"] == "bare"), rows[0])
+        tower = next((r for r in rows if r["stack"] == "tower-http"), None)
+        lines += [
+            "",
+            "| stack | req/s | × bare | server CPU µs/req | Δ vs bare | p99 latency | peak RSS |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        ]
         for r in rows:
-            if r["stack"] in ("full", "full-verify-each"):
-                lines += ["", f"{LABELS[r['stack']]} vs tower-http stack: {r['rps'] / tower['rps']:.2f}× the throughput, "
-                              f"{tower['cpu_us'] / r['cpu_us']:.2f}× less server CPU per request."]
+            lines.append(
+                f"| {LABELS[r['stack']]} | {r['rps']:,.0f} | {r['rps'] / base['rps']:.2f} | {r['cpu_us']:.2f} | "
+                f"{r['cpu_us'] - base['cpu_us']:+.2f} | {r['p99']:.0f} µs | {r['rss'] / 1024:.1f} MiB |"
+            )
+        if tower:
+            for r in rows:
+                if r["stack"] in ("full", "full-verify-each"):
+                    lines += ["", f"{LABELS[r['stack']]} vs tower-http stack: {r['rps'] / tower['rps']:.2f}× the throughput, "
+                                  f"{tower['cpu_us'] / r['cpu_us']:.2f}× less server CPU per request."]
+    if by_group["h2c"]:
+        lines += group_table(by_group["h2c"], "req", f"HTTP/2 cleartext (h2c, prior knowledge), the same stacks under "
+                             f"h2load -t1 -c{connections} -m{streams} pinned to CPU 1; against the first row:",
+                             lambda r: LABELS[r["stack"]] + " (h2c)")
+    if by_group["grpc"]:
+        grpc = by_group["grpc"]
+        lines += group_table(grpc, "call", f"gRPC, unary Users/GetUser on tonic::transport::Server, {grpc_calls} concurrent "
+                             f"calls over {grpc_connections} HTTP/2 connections (bench-server grpc-load, pinned to CPU 1):",
+                             lambda r: GRPC_LABELS[r["stack"]])
+        bare = next((r for r in grpc if r["stack"] == "grpc-bare"), None)
+        logged = next((r for r in grpc if r["stack"] == "grpc-context-log"), None)
+        if bare and logged:
+            delta = logged["cpu_us"] - bare["cpu_us"]
+            lines += ["", f"gRPC context + 1 line over bare tonic: {delta:+.2f} µs server CPU per call "
+                          f"(target ≤ +1.5 µs: {'met' if delta <= 1.5 else 'missed'})."]
+    if by_group["ws"]:
+        lines += group_table(by_group["ws"], "msg", f"WebSocket, {connections} connections each sending a text message and "
+                             "awaiting its echo (bench-server ws-load, pinned to CPU 1); per message:",
+                             lambda r: WS_LABELS[r["stack"]])
     if exported is not None:
-        requests = served["full-otlp"]
+        requests = sum(served[key] for key, _, stack in runs if stack == "full-otlp")
         lines += ["", f"full-otlp exported {exported[0]:,} spans and {exported[1]:,} log records for {requests:,} requests "
                       f"(spans {exported[0] / requests * 100:.1f}%, records {exported[1] / (2 * requests) * 100:.1f}% of one and "
                       "two per request: below 100%, the SDK's bounded queues dropped some)."]
@@ -253,7 +385,8 @@ def main():
     out_dir = Path(__file__).parent / "results"
     out_dir.mkdir(exist_ok=True)
     (out_dir / "http.md").write_text(table + "\n")
-    svg_chart(rows, out_dir / "http.svg")
+    if rows:
+        svg_chart(rows, out_dir / "http.svg")
     print(f"\nwrote {out_dir / 'http.md'} and {out_dir / 'http.svg'}", file=sys.stderr)
 
 

@@ -1,7 +1,10 @@
 //! One binary, every stack compared by `bench/http.sh`:
 //!
 //! ```text
-//! bench-server <stack> [--addr 127.0.0.1:4000] [--log-file PATH]
+//! bench-server <stack> [--addr 127.0.0.1:4000] [--log-file PATH]   # HTTP/1.1 and h2c
+//! bench-server <grpc-stack|ws-stack> [--addr …] [--log-file …]    # gRPC (tonic), WebSocket
+//! bench-server grpc-load ADDR SECONDS CALLS CONNECTIONS TOKEN   # the gRPC rows' load client
+//! bench-server ws-load ADDR SECONDS CONNECTIONS TOKEN   # the WebSocket rows' load client
 //! bench-server token        # prints a bearer token the `full` stack accepts
 //! bench-server redis-latency [N]   # N rate-limit checks against Redis, one after another: p50, p99
 //! bench-server soak ADDR REQUESTS CONNECTIONS PID TOKEN   # bench/soak.sh's load client
@@ -10,29 +13,38 @@
 //! bench-server otlp-sink ADDR   # a stand-in OTLP/HTTP collector; GET /counts: "spans records"
 //! ```
 //!
-//! Every stack answers `GET /hello` with the same small JSON, on a tokio runtime with one
-//! worker (the script pins the process to one core). Stacks that log write to `--log-file`
+//! Every HTTP stack answers `GET /hello` with the same small JSON (over HTTP/1.1, or h2c with
+//! prior knowledge), the gRPC stacks `Users/GetUser`, the WebSocket stacks echo on `/ws`; on
+//! a tokio runtime with one worker (the script pins the process to one core). Stacks that log write to `--log-file`
 //! through the same non-blocking writer, so the comparison is about the stacks, not the
 //! output.
 #![forbid(unsafe_code)]
 
+mod grpc;
+mod grpc_load;
 mod handrolled;
 mod inproc;
+mod latency;
 mod sink;
 mod soak;
 mod stacks;
+mod ws;
+mod ws_load;
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
 
+use grpc::GrpcStack;
 use stacks::Stack;
+use ws::WsStack;
 
 fn main() -> ExitCode {
     match run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
             eprintln!("bench-server: {message}");
-            eprintln!("usage: bench-server <{}> [--addr ADDR] [--log-file PATH]", Stack::NAMES.join("|"));
+            let names = [&Stack::NAMES[..], &GrpcStack::NAMES, &WsStack::NAMES].concat();
+            eprintln!("usage: bench-server <{}> [--addr ADDR] [--log-file PATH]", names.join("|"));
             ExitCode::FAILURE
         }
     }
@@ -72,6 +84,25 @@ fn run() -> Result<(), String> {
             .map_err(|e| format!("cannot start tokio: {e}"))?;
         return runtime.block_on(soak::run(addr, requests, connections, pid, token));
     }
+    if first == "grpc-load" || first == "ws-load" {
+        let mut arg = |name: &str| args.next().ok_or(format!("{first} needs {name}"));
+        let addr: SocketAddr = arg("ADDR")?.parse().map_err(|_| "bad ADDR")?;
+        let seconds: u64 = arg("SECONDS")?.parse().map_err(|_| "bad SECONDS")?;
+        let count = |value: String, name: &str| value.parse::<usize>().map_err(|_| format!("bad {name}"));
+        // One thread, as wrk -t1: the script pins it to the other core.
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| format!("cannot start tokio: {e}"))?;
+        return if first == "grpc-load" {
+            let calls = count(arg("CALLS")?, "CALLS")?;
+            let connections = count(arg("CONNECTIONS")?, "CONNECTIONS")?;
+            runtime.block_on(grpc_load::run(addr, seconds, calls, connections, arg("TOKEN")?))
+        } else {
+            let connections = count(arg("CONNECTIONS")?, "CONNECTIONS")?;
+            runtime.block_on(ws_load::run(addr, seconds, connections, arg("TOKEN")?))
+        };
+    }
     if first == "requests" || first == "events" {
         let what = args.next().ok_or(format!("{first} needs what to run"))?;
         let count = args.next().ok_or(format!("{first} needs a count"))?;
@@ -84,7 +115,13 @@ fn run() -> Result<(), String> {
             inproc::events(what.parse()?, count, writer)
         };
     }
-    let stack: Stack = first.parse()?;
+    let served = if let Some(grpc) = GrpcStack::parse(&first) {
+        Served::Grpc(grpc)
+    } else if let Some(ws) = WsStack::parse(&first) {
+        Served::Ws(ws)
+    } else {
+        Served::Http(first.parse()?)
+    };
     let mut addr: SocketAddr = "127.0.0.1:4000".parse().map_err(|_| "bad default address")?;
     let mut log_file = std::env::temp_dir().join("reqscope-bench.log");
     while let Some(flag) = args.next() {
@@ -108,11 +145,26 @@ fn run() -> Result<(), String> {
         .build()
         .map_err(|e| format!("cannot start tokio: {e}"))?;
     runtime.block_on(async move {
-        let app = stack.router(writer)?;
         let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| format!("cannot bind {addr}: {e}"))?;
-        println!("ready {}", stack.name());
+        let app = match served {
+            Served::Http(stack) => stack.router(writer)?,
+            Served::Ws(stack) => stack.router(writer)?,
+            Served::Grpc(stack) => {
+                println!("ready {}", stack.name());
+                return stack.serve(listener, writer).await;
+            }
+        };
+        println!("ready {first}");
         axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).await.map_err(|e| e.to_string())
     })
+}
+
+/// What the process serves: an HTTP stack (HTTP/1.1 and h2c alike), a WebSocket stack (both
+/// through `axum::serve`), or a gRPC stack (`tonic::transport::Server`).
+enum Served {
+    Http(Stack),
+    Ws(WsStack),
+    Grpc(GrpcStack),
 }
 
 /// The latency of one rate-limit check against Redis (`REDIS_URL`, default local), through

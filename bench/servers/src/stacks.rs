@@ -6,13 +6,16 @@ use axum::http::{HeaderName, Request};
 use axum::routing::get;
 use axum::{Json, Router};
 use reqscope::auth::AuthLayer;
-use reqscope::logging::{LogLayer, NonBlocking};
+use reqscope::logging::{LogLayer, NonBlocking, RequestLevelFilter};
 use reqscope::rate_limit::{Quota, RateLimitLayer, RedisStore};
-use reqscope::{MatchedRouteLayer, RequestContext, RequestContextLayer};
+use reqscope::redact::Redaction;
+use reqscope::{MatchedRouteLayer, RaisedLevel, RequestContext, RequestContextLayer};
 use serde_json::{Value, json};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
-use tracing::Level;
+use tracing::{Level, Subscriber};
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::prelude::*;
 
 use crate::handrolled;
@@ -41,6 +44,14 @@ pub enum Stack {
     Full,
     /// The same, verifying the token in full on every request (verified-token cache off).
     FullVerifyEach,
+    /// The full stack with `Redaction::none()` (`LogLayer::new()` redacts by default).
+    FullRedactionOff,
+    /// The full stack under `RequestLevelFilter::new(EnvFilter::new("info"))`, as
+    /// `init_from_env` installs it; the handler adds a DEBUG line the filter turns away.
+    FullLevelFilter,
+    /// The same with `keep_until_error(Debug)`: that DEBUG line is kept, then dropped when
+    /// the request succeeds.
+    FullKeepUntilError,
     /// The full stack plus `RateLimitLayer` with the in-process store (a quota never reached).
     FullRateLimit,
     /// The full stack plus `RateLimitLayer` with the Redis store (`REDIS_URL`, default local).
@@ -56,13 +67,16 @@ pub enum Stack {
 static OTLP: std::sync::OnceLock<reqscope::otlp::Otlp> = std::sync::OnceLock::new();
 
 impl Stack {
-    pub const NAMES: [&'static str; 10] = [
+    pub const NAMES: [&'static str; 13] = [
         "bare",
         "handrolled",
         "context",
         "context-log",
         "full",
         "full-verify-each",
+        "full-redaction-off",
+        "full-level-filter",
+        "full-keep-until-error",
         "full-rate-limit",
         "full-redis-limit",
         "tower-http",
@@ -78,14 +92,14 @@ impl Stack {
         Ok(match self {
             Stack::Bare => Router::new().route("/hello", get(hello)),
             Stack::Handrolled => {
-                tracing_subscriber::registry().with(handrolled::JsonLayer::new(writer)).init();
+                init(tracing_subscriber::registry().with(handrolled::JsonLayer::new(writer)))?;
                 handrolled::router(Router::new().route("/hello", get(hello_logged)))
             }
             Stack::Context => {
                 Router::new().route("/hello", get(hello_context)).layer(RequestContextLayer::new().access_log(false))
             }
             Stack::ContextLog => {
-                tracing_subscriber::registry().with(LogLayer::new().with_writer(writer)).init();
+                init(tracing_subscriber::registry().with(LogLayer::new().with_writer(writer)))?;
                 Router::new().route("/hello", get(hello_logged)).layer(RequestContextLayer::new().access_log(false))
             }
             Stack::Full | Stack::FullVerifyEach | Stack::FullRateLimit | Stack::FullRedisLimit | Stack::FullOtlp => {
@@ -99,17 +113,22 @@ impl Stack {
                 } else {
                     None
                 };
-                tracing_subscriber::registry().with(otlp).with(LogLayer::new().with_writer(writer)).init();
-                let auth = AuthLayer::hmac(BENCH_SECRET);
-                let auth = if self == Stack::FullVerifyEach { auth.without_verified_token_cache() } else { auth };
-                let mut router = Router::new().route("/hello", get(hello_logged)).route_layer(MatchedRouteLayer);
-                if let Some(limit) = self.rate_limit()? {
-                    router = router.route_layer(limit);
-                }
-                router.route_layer(auth).layer(RequestContextLayer::new())
+                init(tracing_subscriber::registry().with(otlp).with(LogLayer::new().with_writer(writer)))?;
+                self.full_router()?
+            }
+            Stack::FullRedactionOff => {
+                let log = LogLayer::new().redaction(Redaction::none()).with_writer(writer);
+                init(tracing_subscriber::registry().with(log))?;
+                self.full_router()?
+            }
+            Stack::FullLevelFilter | Stack::FullKeepUntilError => {
+                let keep = (self == Stack::FullKeepUntilError).then_some(RaisedLevel::Debug);
+                let filter = RequestLevelFilter::new(EnvFilter::new("info")).keep_until_error(keep);
+                init(tracing_subscriber::registry().with(filter).with(LogLayer::new().with_writer(writer)))?;
+                self.full_router()?
             }
             Stack::TowerHttp => {
-                tracing_subscriber::fmt().json().with_writer(writer).init();
+                init(tracing_subscriber::fmt().json().with_writer(writer).finish())?;
                 let x_request_id = HeaderName::from_static("x-request-id");
                 Router::new()
                     .route("/hello", get(hello_logged))
@@ -135,6 +154,21 @@ impl Stack {
 }
 
 impl Stack {
+    /// The full stack's router: the layers of every `full*` row, around its handler.
+    fn full_router(self) -> Result<Router, String> {
+        let auth = AuthLayer::hmac(BENCH_SECRET);
+        let auth = if self == Stack::FullVerifyEach { auth.without_verified_token_cache() } else { auth };
+        let handler = match self {
+            Stack::FullLevelFilter | Stack::FullKeepUntilError => get(hello_logged_with_debug),
+            _ => get(hello_logged),
+        };
+        let mut router = Router::new().route("/hello", handler).route_layer(MatchedRouteLayer);
+        if let Some(limit) = self.rate_limit()? {
+            router = router.route_layer(limit);
+        }
+        Ok(router.route_layer(auth).layer(RequestContextLayer::new()))
+    }
+
     /// The rate limit of the stacks that have one: a quota the benchmark never reaches, so
     /// that every request pays for a check and gets its headers.
     fn rate_limit(self) -> Result<Option<RateLimitLayer>, String> {
@@ -145,6 +179,18 @@ impl Stack {
             _ => None,
         })
     }
+}
+
+/// Installs a stack's subscriber, under `BENCH_MAX_LEVEL` (`info`, …) when it is set. The
+/// h2c rows set it: the h2 crate emits DEBUG and TRACE events of its own, which an unfiltered
+/// subscriber would write (HTTP/1.1 through hyper emits none). Not for the level rows, whose
+/// DEBUG line it would filter out before their own filter sees it.
+pub fn init(subscriber: impl Subscriber + Send + Sync + 'static) -> Result<(), String> {
+    let max_level = match std::env::var("BENCH_MAX_LEVEL") {
+        Ok(level) => Some(level.parse::<LevelFilter>().map_err(|_| format!("bad BENCH_MAX_LEVEL {level:?}"))?),
+        Err(_) => None,
+    };
+    subscriber.with(max_level).try_init().map_err(|e| e.to_string())
 }
 
 /// A Redis store on `REDIS_URL` (default the local server) with a prefix of this process.
@@ -164,6 +210,9 @@ impl FromStr for Stack {
             Stack::ContextLog,
             Stack::Full,
             Stack::FullVerifyEach,
+            Stack::FullRedactionOff,
+            Stack::FullLevelFilter,
+            Stack::FullKeepUntilError,
             Stack::FullRateLimit,
             Stack::FullRedisLimit,
             Stack::TowerHttp,
@@ -186,4 +235,10 @@ async fn hello_context() -> Json<Value> {
 async fn hello_logged() -> Json<Value> {
     tracing::info!(greeting = "hello", "saying hello");
     Json(json!({ "message": "hello" }))
+}
+
+/// `hello_logged` plus a DEBUG line: what the level rows filter out, or keep and drop.
+async fn hello_logged_with_debug() -> Json<Value> {
+    tracing::debug!(rows = 3u64, table = "users", "query done");
+    hello_logged().await
 }
