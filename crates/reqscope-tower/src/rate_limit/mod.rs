@@ -74,7 +74,9 @@
 //!
 //! In process (the default): sharded maps, each lock held for one lookup; memory bounded by
 //! [`max_keys`](RateLimitLayer::max_keys) (idle keys are dropped). Redis (feature `redis`,
-//! [`RedisStore`]): one atomic script per check, budgets shared by every instance. When Redis
+//! [`RedisStore`]): budgets shared by every instance; concurrent checks are coalesced into
+//! one atomic script call per round trip, with the decisions of one call per check (or, with
+//! [`RedisStore::local_lease`], a few cells taken at a time and spent in process). When Redis
 //! fails, requests go on (fail-open, with one stamped WARN per request and
 //! [`store_failures`](RateLimitLayer::store_failures) counting), or get 503 JSON (gRPC:
 //! `UNAVAILABLE`) with
@@ -447,7 +449,7 @@ where
     R: RespondWithError,
 {
     let Store::Redis(store) = &*shared.store else { unreachable!("only the Redis store checks asynchronously") };
-    let headers = match store.check(&key, &shared.quota).await {
+    let headers = match store.check(key, &shared.quota).await {
         Ok(decision) if decision.allowed => shared.record(&decision),
         Ok(decision) => return Ok(responder.respond(&shared.refuse(&decision)).map(ResponseBody::reply)),
         Err(error) => {
