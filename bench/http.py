@@ -25,6 +25,7 @@ ALL_STACKS = [
     "full-verify-each",
     "full-rate-limit",
     "full-redis-limit",
+    "full-redis-lease",
     "tower-http",
     "full-otlp",
 ]
@@ -37,6 +38,7 @@ LABELS = {
     "full-verify-each": "the same, token verified in full each time",
     "full-rate-limit": "full stack + rate limit (in process)",
     "full-redis-limit": "full stack + rate limit (Redis on loopback)",
+    "full-redis-lease": "full stack + rate limit (Redis, local leases of 16)",
     "tower-http": "tower-http + fmt().json() (2 lines)",
     "full-otlp": "full stack + OTLP export (1 span, 2 records)",
 }

@@ -108,7 +108,7 @@ use self::memory::MemoryStore;
 use self::quota::ceil_secs;
 pub use self::quota::{Decision, InvalidQuota, Quota};
 #[cfg(feature = "redis")]
-pub use self::redis::{RedisStore, RedisStoreError};
+pub use self::redis::{RedisStore, RedisStoreError, RedisStoreStats};
 use crate::error_response::{ByContentType, ErrorCode, ErrorReply, MakeErrorResponse, RespondWithError, ResponseBody};
 
 /// The `RateLimit-Policy` header.

@@ -278,3 +278,16 @@ async fn an_expired_lease_loses_at_most_its_unspent_cells() {
     assert!(!after.allowed, "the 9 unspent cells are gone: {after:?}");
     assert_eq!(a.stats().script_calls, calls + 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_of_n_cells_is_one_script_call_per_n_checks() {
+    let Some(url) = redis_url() else { return };
+    // The quota of the benchmark: never reached.
+    let quota = Quota::per_second(u32::MAX).unwrap();
+    let store = store(&url, &fresh_prefix()).local_lease(16);
+    for _ in 0..1000 {
+        assert!(store.check("ivy".to_owned(), &quota).await.unwrap().allowed);
+    }
+    let stats = store.stats();
+    assert_eq!((stats.checks, stats.script_calls, stats.local), (1000, 1000_u64.div_ceil(16), 1000 - 63), "{stats:?}");
+}
