@@ -124,6 +124,7 @@ struct Handle {
 struct Stats {
     checks: AtomicU64,
     script_calls: AtomicU64,
+    script_loads: AtomicU64,
     local: AtomicU64,
     queue_full: AtomicU64,
 }
@@ -134,10 +135,13 @@ struct Stats {
 pub struct RedisStoreStats {
     /// Checks asked of the store.
     pub checks: u64,
-    /// Batch script calls sent to Redis (each one `EVALSHA` round trip for up to
+    /// Batch script calls made (each one `EVALSHA` for up to
     /// [`max_batch`](RedisStore::max_batch) checks; a call repeated after `NOSCRIPT` counts
-    /// twice).
+    /// once).
     pub script_calls: u64,
+    /// Times Redis answered `NOSCRIPT` and the script was loaded (first use, Redis restarted,
+    /// `SCRIPT FLUSH`).
+    pub script_loads: u64,
     /// Checks answered in process, without Redis: from a lease, or a refusal remembered
     /// from Redis's last answer for the key ([`local_lease`](RedisStore::local_lease) mode
     /// only).
@@ -301,24 +305,42 @@ impl RedisStore {
         RedisStoreStats {
             checks: stats.checks.load(Ordering::Relaxed),
             script_calls: stats.script_calls.load(Ordering::Relaxed),
+            script_loads: stats.script_loads.load(Ordering::Relaxed),
             local: stats.local.load(Ordering::Relaxed),
             queue_full: stats.queue_full.load(Ordering::Relaxed),
         }
     }
 
+    /// A check: from the key's lease if there is one, else through Redis.
+    #[cfg(test)]
     pub(crate) async fn check(&self, key: String, quota: &Quota) -> Result<Decision, RedisStoreError> {
+        match self.check_local(&key, quota) {
+            Some(decision) => Ok(decision),
+            None => self.check_remote(key, quota).await,
+        }
+    }
+
+    /// The answer of the key's lease or remembered refusal, in local-lease mode (counted as a
+    /// check); `None` when Redis must be asked ([`check_remote`](Self::check_remote)).
+    pub(crate) fn check_local(&self, key: &str, quota: &Quota) -> Option<Decision> {
+        let lease = self.config.lease?;
+        let interval = quota.interval_in(UNIT);
+        let span = interval.saturating_mul(u64::from(quota.burst()));
+        let leases = self.shared.leases.get_or_init(|| Leases::new(lease));
+        let decision = leases.take(key, interval, span, Instant::now())?;
+        let stats = &self.shared.stats;
+        stats.checks.fetch_add(1, Ordering::Relaxed);
+        stats.local.fetch_add(1, Ordering::Relaxed);
+        Some(decision)
+    }
+
+    /// A check through Redis (after [`check_local`](Self::check_local) said `None`).
+    pub(crate) async fn check_remote(&self, key: String, quota: &Quota) -> Result<Decision, RedisStoreError> {
         let stats = &self.shared.stats;
         stats.checks.fetch_add(1, Ordering::Relaxed);
         let interval = quota.interval_in(UNIT);
         let span = interval.saturating_mul(u64::from(quota.burst()));
         let now = Instant::now();
-        if let Some(lease) = self.config.lease {
-            let leases = self.shared.leases.get_or_init(|| Leases::new(lease));
-            if let Some(decision) = leases.take(&key, interval, span, now) {
-                stats.local.fetch_add(1, Ordering::Relaxed);
-                return Ok(decision);
-            }
-        }
         let queue = self.shared.queue.get_or_init(|| self.spawn());
         let deadline = now + self.config.timeout;
         let (reply, answer) = oneshot::channel();
@@ -331,13 +353,19 @@ impl RedisStore {
             }
             Err(mpsc::error::TrySendError::Closed(_)) => return Err(RedisStoreError::Stopped),
         }
-        match tokio::time::timeout_at(deadline, answer).await {
-            Ok(Ok(result)) => result,
-            // The task drops a check it can no longer answer in time.
-            Ok(Err(_)) if Instant::now() >= deadline => Err(RedisStoreError::Timeout(self.config.timeout)),
-            Ok(Err(_)) => Err(RedisStoreError::Stopped),
-            Err(_) => Err(RedisStoreError::Timeout(self.config.timeout)),
+        // No timer per check: the task answers every check by its deadline (it bounds each
+        // script call by the earliest deadline of its batch, and deadlines grow with the queue).
+        match answer.await {
+            Ok(result) => result,
+            Err(_) if Instant::now() >= deadline => Err(RedisStoreError::Timeout(self.config.timeout)),
+            Err(_) => Err(RedisStoreError::Stopped),
         }
+    }
+
+    /// The SHA1 of the batch script.
+    #[cfg(test)]
+    fn script_hash(&self) -> String {
+        redis::Script::new(BATCH_GCRA).get_hash().to_owned()
     }
 
     fn spawn(&self) -> mpsc::Sender<Job> {
@@ -410,8 +438,16 @@ impl Worker {
     async fn run(mut self) {
         while self.queue.recv_many(&mut self.jobs, self.max_batch).await > 0 {
             let now = Instant::now();
-            // Checks whose caller has already given up (timed out) are not made.
-            self.jobs.retain(|job| job.deadline > now && !job.reply.is_closed());
+            // Checks past their deadline (they waited behind a slow call) are not made.
+            let timeout = self.timeout;
+            self.jobs.retain_mut(|job| {
+                if job.deadline > now {
+                    return !job.reply.is_closed();
+                }
+                let (done, _) = oneshot::channel();
+                let _ = std::mem::replace(&mut job.reply, done).send(Err(RedisStoreError::Timeout(timeout)));
+                false
+            });
             if let Some(shared) = &self.shared {
                 Self::answer_from_leases(&mut self.jobs, shared, now);
             }
@@ -452,7 +488,7 @@ impl Worker {
         for job in &self.jobs {
             self.command.arg(job.interval).arg(job.span).arg(1);
         }
-        let deadline = self.jobs.iter().map(|job| job.deadline).max().unwrap_or_else(Instant::now);
+        let deadline = self.jobs.iter().map(|job| job.deadline).min().unwrap_or_else(Instant::now);
         match self.call(deadline).await {
             Ok(reply) => {
                 let mut entries = Entries::new(&reply, self.jobs.len());
@@ -493,7 +529,7 @@ impl Worker {
             let want = (waiting.len() as u64).saturating_add(extra);
             self.command.arg(job.interval).arg(job.span).arg(want);
         }
-        let deadline = self.jobs.iter().map(|job| job.deadline).max().unwrap_or(sent);
+        let deadline = self.jobs.iter().map(|job| job.deadline).min().unwrap_or(sent);
         let result = self.call(deadline).await;
         let leases = self.shared.as_ref().and_then(|shared| shared.leases.get());
         let mut answers: Vec<Option<Result<Decision, RedisStoreError>>> = Vec::new();
@@ -538,8 +574,8 @@ impl Worker {
     }
 
     /// Sends the batch built in `command`; on `NOSCRIPT` (first use, Redis restarted, `SCRIPT
-    /// FLUSH`) loads the script and sends it again. Gives up at `deadline`, or after the
-    /// timeout, whichever comes first.
+    /// FLUSH`) loads the script and sends it again. Gives up at `deadline` (the earliest of
+    /// the batch's checks), or after the timeout, whichever comes first.
     async fn call(&mut self, deadline: Instant) -> Result<Value, RedisStoreError> {
         let deadline = deadline.min(Instant::now() + self.timeout);
         let stats = &self.stats.stats;
@@ -550,8 +586,8 @@ impl Worker {
             stats.script_calls.fetch_add(1, Ordering::Relaxed);
             match command.query_async::<Value>(connection).await {
                 Err(error) if error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                    stats.script_loads.fetch_add(1, Ordering::Relaxed);
                     script.load_async(connection).await?;
-                    stats.script_calls.fetch_add(1, Ordering::Relaxed);
                     command.query_async::<Value>(connection).await
                 }
                 other => other,
