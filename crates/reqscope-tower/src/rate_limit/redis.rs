@@ -5,9 +5,11 @@
 //! Every store has one background task (spawned on the first check) that owns the
 //! connection. A check is queued to it; while a round trip is in flight, the checks that
 //! arrive wait in the (bounded) queue, and the next round trip sends up to `max_batch` of them
-//! as one `EVALSHA` of [`BATCH_GCRA`], which runs GCRA for each in queue order inside one
-//! script call. Redis runs a script atomically, so every decision is the one a one-by-one run
-//! in that order would give, checks of the same key in one batch included.
+//! as one `EVALSHA` of [`BATCH_GCRA`], one entry per distinct key: `want` cells of it at once
+//! (one GET and one SET however many checks of the key the batch has). Redis runs a script
+//! atomically on one reading of its clock, and the cells of a key go to its checks in queue
+//! order, so every decision (allowed, `remaining`, `reset`, `retry_after`) is the one a
+//! one-by-one run in that order, at that instant, would give.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -74,9 +76,11 @@ return out
 /// A rate-limit store shared by every instance that uses the same Redis and key prefix.
 ///
 /// Checks are coalesced: a background task owns the connection, and the checks that arrive
-/// while a round trip is in flight go together in the next one, as one `EVALSHA` of a script
-/// that runs GCRA for each in order (at most [`max_batch`](Self::max_batch) per call). The
-/// script is atomic, so the decisions are exactly those of one call per check. The script
+/// while a round trip is in flight go together in the next one (at most
+/// [`max_batch`](Self::max_batch)), as one `EVALSHA` of a script that runs GCRA once per
+/// distinct key for as many cells as the batch has checks of it; the cells go to the checks
+/// in queue order. The script is atomic, so the decisions are exactly those of one call per
+/// check. The script
 /// is loaded on first use and again when Redis answers `NOSCRIPT` (after a restart or
 /// `SCRIPT FLUSH`). The connection is made lazily and remade after failures, with short
 /// timeouts, so a Redis outage costs each request at most [`timeout`](Self::timeout) and
@@ -389,6 +393,7 @@ impl RedisStore {
             jobs: Vec::with_capacity(config.max_batch),
             command: redis::Cmd::new(),
             groups: Vec::new(),
+            group_of: Vec::new(),
         };
         tokio::spawn(worker.run());
         sender
@@ -421,8 +426,20 @@ struct Worker {
     jobs: Vec<Job>,
     /// The script call, rebuilt in place for every batch.
     command: redis::Cmd,
-    /// Lease mode: per script entry, the jobs it answers (indices into `jobs`).
-    groups: Vec<(usize, Vec<usize>)>,
+    /// One per script entry: a key (and quota) of the batch.
+    groups: Vec<Group>,
+    /// The group of each job.
+    group_of: Vec<usize>,
+}
+
+/// The checks of one key (and quota) in a batch: one script entry.
+struct Group {
+    /// The index of its first check in the batch.
+    first: usize,
+    checks: u64,
+    /// Checks answered so far, in queue order.
+    served: u64,
+    entry: Result<Entry, RedisStoreError>,
 }
 
 /// One entry of the script's reply.
@@ -452,10 +469,7 @@ impl Worker {
                 Self::answer_from_leases(&mut self.jobs, shared, now);
             }
             if !self.jobs.is_empty() {
-                match &self.shared {
-                    Some(_) => self.lease_batch(now).await,
-                    None => self.exact_batch().await,
-                }
+                self.batch(now).await;
             }
             self.jobs.clear();
         }
@@ -478,98 +492,79 @@ impl Worker {
         }
     }
 
-    /// One entry per check, one cell each, in queue order.
-    async fn exact_batch(&mut self) {
-        self.command.clear();
-        self.command.arg("EVALSHA").arg(self.script.get_hash()).arg(self.jobs.len());
-        for job in &self.jobs {
-            write_key(&mut self.command, &self.prefix, &job.key);
-        }
-        for job in &self.jobs {
-            self.command.arg(job.interval).arg(job.span).arg(1);
-        }
-        let deadline = self.jobs.iter().map(|job| job.deadline).min().unwrap_or_else(Instant::now);
-        match self.call(deadline).await {
-            Ok(reply) => {
-                let mut entries = Entries::new(&reply, self.jobs.len());
-                for job in self.jobs.drain(..) {
-                    let result = entries.next_entry().map(|entry| entry.decision(0));
-                    let _ = job.reply.send(result);
-                }
-            }
-            Err(error) => {
-                for job in self.jobs.drain(..) {
-                    let _ = job.reply.send(Err(error.clone()));
-                }
-            }
-        }
-    }
-
-    /// One entry per key (and quota): the checks of the batch plus `lease_cells − 1` to
-    /// keep; the leftover becomes the key's lease.
-    async fn lease_batch(&mut self, sent: Instant) {
+    /// One script entry per key (and quota) of the batch, asking for as many cells as the
+    /// batch has checks of it (in lease mode, `lease_cells − 1` more, to keep). Then every
+    /// check gets, in queue order, what one call per check would have answered at the
+    /// script's instant: the first `granted` are allowed (each with the `remaining` and
+    /// `reset` it would have seen), the rest refused; in lease mode the leftover cells become
+    /// the key's lease.
+    async fn batch(&mut self, sent: Instant) {
         self.groups.clear();
-        let mut index: HashMap<(&str, u64, u64), usize> = HashMap::new();
+        self.group_of.clear();
+        let mut index: HashMap<(&str, u64, u64), usize> = HashMap::with_capacity(self.jobs.len());
         for (n, job) in self.jobs.iter().enumerate() {
             let group = *index.entry((job.key.as_str(), job.interval, job.span)).or_insert_with(|| {
-                self.groups.push((n, Vec::new()));
+                self.groups.push(Group { first: n, checks: 0, served: 0, entry: Err(RedisStoreError::Reply) });
                 self.groups.len() - 1
             });
-            self.groups[group].1.push(n);
+            self.groups[group].checks += 1;
+            self.group_of.push(group);
         }
         drop(index);
+        let shared = self.shared.clone();
+        let leases = shared.as_ref().and_then(|shared| shared.leases.get());
+        let extra = if leases.is_some() { u64::from(self.lease_cells - 1) } else { 0 };
         self.command.clear();
         self.command.arg("EVALSHA").arg(self.script.get_hash()).arg(self.groups.len());
-        for &(first, _) in &self.groups {
-            write_key(&mut self.command, &self.prefix, &self.jobs[first].key);
+        for group in &self.groups {
+            write_key(&mut self.command, &self.prefix, &self.jobs[group.first].key);
         }
-        let extra = u64::from(self.lease_cells - 1);
-        for (first, waiting) in &self.groups {
-            let job = &self.jobs[*first];
-            let want = (waiting.len() as u64).saturating_add(extra);
-            self.command.arg(job.interval).arg(job.span).arg(want);
+        for group in &self.groups {
+            let job = &self.jobs[group.first];
+            self.command.arg(job.interval).arg(job.span).arg(group.checks.saturating_add(extra));
         }
         let deadline = self.jobs.iter().map(|job| job.deadline).min().unwrap_or(sent);
-        let result = self.call(deadline).await;
-        let leases = self.shared.as_ref().and_then(|shared| shared.leases.get());
-        let mut answers: Vec<Option<Result<Decision, RedisStoreError>>> = Vec::new();
-        answers.resize_with(self.jobs.len(), || None);
-        match result {
+        match self.call(deadline).await {
             Ok(reply) => {
                 let mut entries = Entries::new(&reply, self.groups.len());
-                for (first, waiting) in &self.groups {
-                    let job = &self.jobs[*first];
-                    let entry = match entries.next_entry() {
-                        Ok(entry) => entry,
-                        Err(error) => {
-                            for &n in waiting {
-                                answers[n] = Some(Err(error.clone()));
-                            }
-                            continue;
-                        }
-                    };
-                    let waiters = waiting.len() as u64;
-                    for (served, &n) in waiting.iter().enumerate() {
-                        let served = served as u64;
-                        answers[n] = Some(Ok(if served < entry.granted {
-                            entry.decision(entry.granted - served - 1)
-                        } else {
-                            entry.exhausted(job.interval, job.span)
-                        }));
-                    }
-                    if let Some(leases) = leases {
-                        leases.store(&job.key, job.interval, job.span, &entry, waiters, sent);
-                    }
+                for group in &mut self.groups {
+                    group.entry = entries.next_entry();
                 }
             }
             Err(error) => {
-                for answer in &mut answers {
-                    *answer = Some(Err(error.clone()));
+                for group in &mut self.groups {
+                    group.entry = Err(error.clone());
                 }
             }
         }
-        for (job, answer) in self.jobs.drain(..).zip(answers) {
-            let _ = job.reply.send(answer.unwrap_or(Err(RedisStoreError::Reply)));
+        if let Some(leases) = leases {
+            for group in &self.groups {
+                if let Ok(entry) = &group.entry {
+                    let job = &self.jobs[group.first];
+                    leases.store(&job.key, job.interval, job.span, entry, group.checks, sent);
+                }
+            }
+        }
+        let leased = leases.is_some();
+        for (job, &group) in self.jobs.drain(..).zip(&self.group_of) {
+            let group = &mut self.groups[group];
+            let answer = match &group.entry {
+                Ok(entry) if group.served < entry.granted => {
+                    // Cells granted after this check's, in this batch or kept in the lease.
+                    let after = entry.granted - group.served - 1;
+                    let mut decision = entry.decision(after);
+                    if !leased {
+                        // Its own reset, as if the cells after it were not taken yet.
+                        let earlier = Duration::from_micros(after.saturating_mul(job.interval));
+                        decision.reset = decision.reset.saturating_sub(earlier);
+                    }
+                    Ok(decision)
+                }
+                Ok(entry) => Ok(entry.exhausted(job.interval, job.span)),
+                Err(error) => Err(error.clone()),
+            };
+            group.served += 1;
+            let _ = job.reply.send(answer);
         }
     }
 

@@ -76,6 +76,11 @@ async fn concurrent_checks_are_batched_and_exact() {
     let decisions = concurrent(&store, "ann", quota, 500).await;
     // Exactly the budget, and each `remaining` once: what 500 one-by-one checks would say.
     assert_eq!(allowed_remaining(&decisions), (0..100).collect::<Vec<u64>>());
+    // And each its own reset: one interval (36 s) per cell taken, its own included.
+    for allowed in decisions.iter().filter(|d| d.allowed) {
+        let expected = Duration::from_secs(36 * (100 - allowed.remaining));
+        assert!(allowed.reset <= expected && allowed.reset + Duration::from_secs(1) > expected, "{allowed:?}");
+    }
     for refused in decisions.iter().filter(|d| !d.allowed) {
         assert_eq!(refused.remaining, 0);
         assert!(refused.retry_after > Duration::from_secs(35), "{refused:?}");
