@@ -120,8 +120,10 @@ struct LeaseConfig {
 #[derive(Default)]
 struct Handle {
     queue: OnceLock<mpsc::Sender<Job>>,
-    leases: OnceLock<Leases>,
-    stats: Stats,
+    leases: OnceLock<Arc<Leases>>,
+    /// Shared with the background task, which holds no sender of its own queue (it ends
+    /// when the last clone of the store is dropped).
+    stats: Arc<Stats>,
 }
 
 #[derive(Default)]
@@ -330,7 +332,7 @@ impl RedisStore {
         let lease = self.config.lease?;
         let interval = quota.interval_in(UNIT);
         let span = interval.saturating_mul(u64::from(quota.burst()));
-        let leases = self.shared.leases.get_or_init(|| Leases::new(lease));
+        let leases = self.shared.leases.get_or_init(|| Arc::new(Leases::new(lease)));
         let decision = leases.take(key, interval, span, Instant::now())?;
         let stats = &self.shared.stats;
         stats.checks.fetch_add(1, Ordering::Relaxed);
@@ -375,11 +377,9 @@ impl RedisStore {
     fn spawn(&self) -> mpsc::Sender<Job> {
         let config = &*self.config;
         let (sender, receiver) = mpsc::channel(config.max_queue);
-        let leases = config.lease.map(|lease| {
-            // The same map as the checks' fast path.
-            let _ = self.shared.leases.get_or_init(|| Leases::new(lease));
-            Arc::clone(&self.shared)
-        });
+        // The same map as the checks' fast path.
+        let leases =
+            config.lease.map(|lease| Arc::clone(self.shared.leases.get_or_init(|| Arc::new(Leases::new(lease)))));
         let worker = Worker {
             queue: receiver,
             connection: config.connection.clone(),
@@ -388,8 +388,8 @@ impl RedisStore {
             timeout: config.timeout,
             max_batch: config.max_batch,
             lease_cells: config.lease.map_or(1, |lease| lease.cells),
-            shared: leases,
-            stats: Arc::clone(&self.shared),
+            leases,
+            stats: Arc::clone(&self.shared.stats),
             jobs: Vec::with_capacity(config.max_batch),
             command: redis::Cmd::new(),
             groups: Vec::new(),
@@ -420,8 +420,8 @@ struct Worker {
     max_batch: usize,
     lease_cells: u32,
     /// The leases, in lease mode.
-    shared: Option<Arc<Handle>>,
-    stats: Arc<Handle>,
+    leases: Option<Arc<Leases>>,
+    stats: Arc<Stats>,
     /// The batch, reused.
     jobs: Vec<Job>,
     /// The script call, rebuilt in place for every batch.
@@ -465,8 +465,8 @@ impl Worker {
                 let _ = std::mem::replace(&mut job.reply, done).send(Err(RedisStoreError::Timeout(timeout)));
                 false
             });
-            if let Some(shared) = &self.shared {
-                Self::answer_from_leases(&mut self.jobs, shared, now);
+            if let Some(leases) = &self.leases {
+                Self::answer_from_leases(&mut self.jobs, leases, &self.stats, now);
             }
             if !self.jobs.is_empty() {
                 self.batch(now).await;
@@ -476,14 +476,13 @@ impl Worker {
     }
 
     /// A lease filled by an earlier batch answers the checks queued before it came back.
-    fn answer_from_leases(jobs: &mut Vec<Job>, shared: &Handle, now: Instant) {
-        let Some(leases) = shared.leases.get() else { return };
+    fn answer_from_leases(jobs: &mut Vec<Job>, leases: &Leases, stats: &Stats, now: Instant) {
         let mut index = 0;
         while index < jobs.len() {
             let job = &jobs[index];
             match leases.take(&job.key, job.interval, job.span, now) {
                 Some(decision) => {
-                    shared.stats.local.fetch_add(1, Ordering::Relaxed);
+                    stats.local.fetch_add(1, Ordering::Relaxed);
                     let job = jobs.swap_remove(index);
                     let _ = job.reply.send(Ok(decision));
                 }
@@ -511,8 +510,8 @@ impl Worker {
             self.group_of.push(group);
         }
         drop(index);
-        let shared = self.shared.clone();
-        let leases = shared.as_ref().and_then(|shared| shared.leases.get());
+        let leases = self.leases.clone();
+        let leases = leases.as_deref();
         let extra = if leases.is_some() { u64::from(self.lease_cells - 1) } else { 0 };
         self.command.clear();
         self.command.arg("EVALSHA").arg(self.script.get_hash()).arg(self.groups.len());
@@ -573,7 +572,7 @@ impl Worker {
     /// the batch's checks), or after the timeout, whichever comes first.
     async fn call(&mut self, deadline: Instant) -> Result<Value, RedisStoreError> {
         let deadline = deadline.min(Instant::now() + self.timeout);
-        let stats = &self.stats.stats;
+        let stats = &*self.stats;
         let connection = &mut self.connection;
         let command = &self.command;
         let script = &self.script;

@@ -302,3 +302,21 @@ async fn a_lease_of_n_cells_is_one_script_call_per_n_checks() {
     let stats = store.stats();
     assert_eq!((stats.checks, stats.script_calls, stats.local), (1000, 1000_u64.div_ceil(16), 1000 - 63), "{stats:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_background_task_ends_with_the_last_clone() {
+    // No Redis needed: the check fails fast on a closed port, the task has been spawned.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let store = RedisStore::open(&format!("redis://{port}/")).unwrap().timeout(Duration::from_millis(50));
+    let clone = store.clone();
+    assert!(store.check("joe".to_owned(), &Quota::per_hour(1).unwrap()).await.is_err());
+    let stats = Arc::clone(&store.shared.stats);
+    assert_eq!(Arc::strong_count(&stats), 3, "the store, this test and the task");
+    drop(store);
+    drop(clone);
+    let started = Instant::now();
+    while Arc::strong_count(&stats) > 1 {
+        assert!(started.elapsed() < Duration::from_secs(5), "the task is still running");
+        tokio::task::yield_now().await;
+    }
+}
