@@ -346,3 +346,41 @@ async fn redis_going_away_fails_open_or_closed_and_comes_back() {
     }
     assert!(closed_back, "fail-closed recovers too");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_servers_with_redis_leases_share_the_budget_within_the_bound() {
+    let Some(url) = redis_url().await else { return };
+    let prefix = fresh_prefix();
+    // 10 per hour (one back every 360 s), 5 cells per lease.
+    let quota = Quota::per_hour(10).unwrap();
+    let store = |prefix: &str| RedisStore::open(&url).unwrap().prefix(prefix).local_lease(5);
+    let (store_a, store_b) = (store(&prefix), store(&prefix));
+    let a = serve(limited_app(RateLimitLayer::redis(quota, store_a.clone()), RequestContextLayer::new())).await;
+    let b = serve(limited_app(RateLimitLayer::redis(quota, store_b.clone()), RequestContextLayer::new())).await;
+    let r = |reply: &Reply| header(reply, "ratelimit").split(';').nth(1).unwrap().to_owned();
+
+    // `a` takes 5 cells and spends one: 4 in its lease + 5 left in Redis.
+    let first = as_user(a, "ivy", "lease-a-0").await;
+    assert_eq!((first.status.as_u16(), r(&first)), (200, "r=9".to_owned()));
+    // `b` takes the other 5; the 4 `a` holds are not its to spend.
+    let mut from_b = Vec::new();
+    for n in 0..6 {
+        let reply = as_user(b, "ivy", &format!("lease-b-{n}")).await;
+        from_b.push((reply.status.as_u16(), r(&reply)));
+    }
+    let expected: Vec<(u16, String)> =
+        [(200, "r=4"), (200, "r=3"), (200, "r=2"), (200, "r=1"), (200, "r=0"), (429, "r=0")]
+            .into_iter()
+            .map(|(status, r)| (status, r.to_owned()))
+            .collect();
+    assert_eq!(from_b, expected);
+    // `a` spends its lease in process, then is refused: 10 in all, the exact budget.
+    for n in 1..5 {
+        assert_eq!(as_user(a, "ivy", &format!("lease-a-{n}")).await.status, 200);
+    }
+    let refused = as_user(a, "ivy", "lease-a-5").await;
+    assert_eq!(refused.status, 429);
+    assert_eq!(header(&refused, "retry-after"), "360");
+    assert_eq!(store_a.stats().script_calls, 2, "one lease, one refusal: {:?}", store_a.stats());
+    assert_eq!(store_a.stats().local, 4);
+}

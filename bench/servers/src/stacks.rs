@@ -56,6 +56,8 @@ pub enum Stack {
     FullRateLimit,
     /// The full stack plus `RateLimitLayer` with the Redis store (`REDIS_URL`, default local).
     FullRedisLimit,
+    /// The same with the Redis store's local leases (16 cells per script call, 1 s).
+    FullRedisLease,
     /// tower-http SetRequestId/PropagateRequestId + TraceLayer + `fmt().json()`, two lines.
     TowerHttp,
     /// The full stack, its request exported as a span and its lines as log records over
@@ -67,7 +69,7 @@ pub enum Stack {
 static OTLP: std::sync::OnceLock<reqscope::otlp::Otlp> = std::sync::OnceLock::new();
 
 impl Stack {
-    pub const NAMES: [&'static str; 13] = [
+    pub const NAMES: [&'static str; 14] = [
         "bare",
         "handrolled",
         "context",
@@ -79,6 +81,7 @@ impl Stack {
         "full-keep-until-error",
         "full-rate-limit",
         "full-redis-limit",
+        "full-redis-lease",
         "tower-http",
         "full-otlp",
     ];
@@ -102,7 +105,12 @@ impl Stack {
                 init(tracing_subscriber::registry().with(LogLayer::new().with_writer(writer)))?;
                 Router::new().route("/hello", get(hello_logged)).layer(RequestContextLayer::new().access_log(false))
             }
-            Stack::Full | Stack::FullVerifyEach | Stack::FullRateLimit | Stack::FullRedisLimit | Stack::FullOtlp => {
+            Stack::Full
+            | Stack::FullVerifyEach
+            | Stack::FullRateLimit
+            | Stack::FullRedisLimit
+            | Stack::FullRedisLease
+            | Stack::FullOtlp => {
                 let otlp = if self == Stack::FullOtlp {
                     let otlp = reqscope::otlp::Otlp::builder()
                         .endpoint("http://127.0.0.1:4318")
@@ -176,6 +184,7 @@ impl Stack {
         Ok(match self {
             Stack::FullRateLimit => Some(RateLimitLayer::new(quota)),
             Stack::FullRedisLimit => Some(RateLimitLayer::redis(quota, redis_store()?)),
+            Stack::FullRedisLease => Some(RateLimitLayer::redis(quota, redis_store()?.local_lease(16))),
             _ => None,
         })
     }
@@ -215,6 +224,7 @@ impl FromStr for Stack {
             Stack::FullKeepUntilError,
             Stack::FullRateLimit,
             Stack::FullRedisLimit,
+            Stack::FullRedisLease,
             Stack::TowerHttp,
             Stack::FullOtlp,
         ];

@@ -74,7 +74,9 @@
 //!
 //! In process (the default): sharded maps, each lock held for one lookup; memory bounded by
 //! [`max_keys`](RateLimitLayer::max_keys) (idle keys are dropped). Redis (feature `redis`,
-//! [`RedisStore`]): one atomic script per check, budgets shared by every instance. When Redis
+//! [`RedisStore`]): budgets shared by every instance; concurrent checks are coalesced into
+//! one atomic script call per round trip, with the decisions of one call per check (or, with
+//! [`RedisStore::local_lease`], a few cells taken at a time and spent in process). When Redis
 //! fails, requests go on (fail-open, with one stamped WARN per request and
 //! [`store_failures`](RateLimitLayer::store_failures) counting), or get 503 JSON (gRPC:
 //! `UNAVAILABLE`) with
@@ -106,7 +108,7 @@ use self::memory::MemoryStore;
 use self::quota::ceil_secs;
 pub use self::quota::{Decision, InvalidQuota, Quota};
 #[cfg(feature = "redis")]
-pub use self::redis::{RedisStore, RedisStoreError};
+pub use self::redis::{RedisStore, RedisStoreError, RedisStoreStats};
 use crate::error_response::{ByContentType, ErrorCode, ErrorReply, MakeErrorResponse, RespondWithError, ResponseBody};
 
 /// The `RateLimit-Policy` header.
@@ -405,21 +407,36 @@ where
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
         let shared = &*self.shared;
         let ctx = RequestContext::current();
+        let decided = |decision: Option<Decision>, inner: &mut S, errors: &M, request: Request<ReqBody>| match decision
+        {
+            None => Kind::Allowed { future: inner.call(request), headers: None },
+            Some(decision) if decision.allowed => {
+                Kind::Allowed { future: inner.call(request), headers: Some(shared.record(&decision)) }
+            }
+            Some(decision) => {
+                let reply = shared.refuse(&decision);
+                Kind::Refused { response: Some(errors.for_request(&request).respond(&reply)) }
+            }
+        };
         let kind = match &*shared.store {
-            Store::Memory(store) => match shared.with_key(ctx.as_deref(), |key| store.check(key, &shared.quota)) {
-                None => Kind::Allowed { future: self.inner.call(request), headers: None },
-                Some(decision) if decision.allowed => {
-                    Kind::Allowed { future: self.inner.call(request), headers: Some(shared.record(&decision)) }
-                }
-                Some(decision) => {
-                    let reply = shared.refuse(&decision);
-                    Kind::Refused { response: Some(self.errors.for_request(&request).respond(&reply)) }
-                }
-            },
+            Store::Memory(store) => {
+                let decision = shared.with_key(ctx.as_deref(), |key| store.check(key, &shared.quota));
+                decided(decision, &mut self.inner, &self.errors, request)
+            }
             #[cfg(feature = "redis")]
-            Store::Redis(_) => {
-                let Some(key) = shared.with_key(ctx.as_deref(), str::to_owned) else {
-                    return ResponseFuture { kind: Kind::Allowed { future: self.inner.call(request), headers: None } };
+            Store::Redis(store) => {
+                // A lease (local-lease mode) answers in place, like the in-process store.
+                let local = shared.with_key(ctx.as_deref(), |key| {
+                    store.check_local(key, &shared.quota).ok_or_else(|| key.to_owned())
+                });
+                let key = match local {
+                    None => return ResponseFuture { kind: decided(None, &mut self.inner, &self.errors, request) },
+                    Some(Ok(decision)) => {
+                        return ResponseFuture {
+                            kind: decided(Some(decision), &mut self.inner, &self.errors, request),
+                        };
+                    }
+                    Some(Err(key)) => key,
                 };
                 let responder = self.errors.for_request(&request);
                 // The ready service handles this request; a clone takes its place.
@@ -447,7 +464,7 @@ where
     R: RespondWithError,
 {
     let Store::Redis(store) = &*shared.store else { unreachable!("only the Redis store checks asynchronously") };
-    let headers = match store.check(&key, &shared.quota).await {
+    let headers = match store.check_remote(key, &shared.quota).await {
         Ok(decision) if decision.allowed => shared.record(&decision),
         Ok(decision) => return Ok(responder.respond(&shared.refuse(&decision)).map(ResponseBody::reply)),
         Err(error) => {
