@@ -14,8 +14,8 @@ if ! command -v valgrind >/dev/null; then
     apt-get update -qq && apt-get install -y -qq valgrind >/dev/null
 fi
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/reqscope-target}"
-cargo build --release -q -p reqscope-bench-servers
-binary="$CARGO_TARGET_DIR/release/bench-server"
+cargo build --profile bench-release -q -p reqscope-bench-servers
+binary="$CARGO_TARGET_DIR/bench-release/bench-server"
 if [ "${1:-}" = "--check" ]; then
     exec python3 bench/instructions.py "$binary" --check bench/results/instructions.json
 fi
