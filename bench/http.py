@@ -51,7 +51,7 @@ LABELS = {
     "full-keep-until-error": "the same + keep_until_error: the DEBUG line kept, then dropped",
     "full-rate-limit": "full stack + rate limit (in process)",
     "full-redis-limit": "full stack + rate limit (Redis on loopback)",
-    "full-redis-lease": "full stack + rate limit (Redis, local leases of 256)",
+    "full-redis-lease": "full stack + rate limit (Redis, local leases of 16)",
     "tower-http": "tower-http + fmt().json() (2 lines)",
     "full-otlp": "full stack + OTLP export (1 span, 2 records)",
 }

@@ -56,7 +56,7 @@ pub enum Stack {
     FullRateLimit,
     /// The full stack plus `RateLimitLayer` with the Redis store (`REDIS_URL`, default local).
     FullRedisLimit,
-    /// The same with the Redis store's local leases (256 cells per script call, 1 s).
+    /// The same with the Redis store's local leases (16 cells per script call, 1 s).
     FullRedisLease,
     /// tower-http SetRequestId/PropagateRequestId + TraceLayer + `fmt().json()`, two lines.
     TowerHttp,
@@ -184,7 +184,7 @@ impl Stack {
         Ok(match self {
             Stack::FullRateLimit => Some(RateLimitLayer::new(quota)),
             Stack::FullRedisLimit => Some(RateLimitLayer::redis(quota, redis_store()?)),
-            Stack::FullRedisLease => Some(RateLimitLayer::redis(quota, redis_store()?.local_lease(256))),
+            Stack::FullRedisLease => Some(RateLimitLayer::redis(quota, redis_store()?.local_lease(16))),
             _ => None,
         })
     }
