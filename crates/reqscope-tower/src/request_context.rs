@@ -562,20 +562,15 @@ impl Sent {
             return sent;
         }
         let log_level = config.log_level.header.as_ref();
+        // Each name checked against every header, not an `else if` chain: the id and log-level
+        // headers are configurable and may be named like another one.
         for name in headers.keys() {
-            if *name == http::header::CONTENT_TYPE {
-                sent.content_type = true;
-            } else if *name == config.header {
-                sent.id = true;
-            } else if *name == TRACEPARENT {
-                sent.traceparent = true;
-            } else if *name == TRACESTATE {
-                sent.tracestate = true;
-            } else if *name == BAGGAGE {
-                sent.baggage = true;
-            } else if log_level == Some(name) {
-                sent.log_level = true;
-            }
+            sent.content_type |= *name == http::header::CONTENT_TYPE;
+            sent.id |= *name == config.header;
+            sent.traceparent |= *name == TRACEPARENT;
+            sent.tracestate |= *name == TRACESTATE;
+            sent.baggage |= *name == BAGGAGE;
+            sent.log_level |= log_level == Some(name);
         }
         sent
     }

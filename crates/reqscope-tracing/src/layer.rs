@@ -81,8 +81,8 @@ impl FromStr for Format {
 /// holds it.
 struct SpanContext(Weak<RequestContext>);
 
-/// Keeps the current request in `span` (a request span) for threads without the task-local,
-/// unless another layer of the subscriber already did.
+/// Keeps the current request in `span` (a request span) for threads without the task-local;
+/// another layer of the subscriber doing it too stores the same request again.
 pub(crate) fn remember_request<S>(span: &SpanRef<'_, S>)
 where
     S: for<'a> LookupSpan<'a>,

@@ -4,9 +4,9 @@
 //! `Header` keeps unknown parameters as strings only (a numeric one made the whole token
 //! `malformed`, against RFC 7515 §4) and does not expose `crit`. The cryptography is
 //! jsonwebtoken's ([`jsonwebtoken::crypto::verify`]; for shared secrets its backend,
-//! aws-lc-rs, with the key prepared once). The claims are read once, borrowed from the
-//! decoded payload, and only those the checks need; the full claim set is parsed when a
-//! handler first asks for it ([`Claims::get`]).
+//! aws-lc-rs, with the key prepared once). The payload is parsed once, in full but into
+//! nothing beyond the claims the checks need (their strings borrowed when unescaped); the
+//! claim map is built when a handler first asks for it ([`Claims::get`]).
 
 use std::borrow::Cow;
 use std::fmt;
@@ -20,7 +20,7 @@ use http::HeaderMap;
 use http::header::AUTHORIZATION;
 use jsonwebtoken::Algorithm;
 use jsonwebtoken::errors::ErrorKind;
-use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::de::{DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 use serde_json::{Map, Value};
 
@@ -47,8 +47,9 @@ struct ClaimSet {
 
 impl ClaimSet {
     fn map(&self) -> &Map<String, Value> {
-        // The payload was read as a JSON object when the token was checked, so this parse
-        // succeeds; an empty map would only stand for one that could not have been admitted.
+        // The payload was parsed in full as a JSON object when the token was checked (every
+        // value, nested ones included), so this parse succeeds; an empty map would only stand
+        // for a token that could not have been admitted.
         self.map.get_or_init(|| serde_json::from_slice(&self.json).unwrap_or_default())
     }
 }
@@ -429,7 +430,9 @@ impl<'de> Deserialize<'de> for Claim<'de> {
                 Ok(Claim::List(items))
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                // Parsed, not skipped: skipping checks less (number range, surrogates, depth)
+                // than the map a handler gets from `Claims::get`, which must parse too.
+                while map.next_entry::<Claim<'de>, Claim<'de>>()?.is_some() {}
                 Ok(Claim::Other)
             }
         }
@@ -456,7 +459,9 @@ impl<'de> Visitor<'de> for Pick<'_> {
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         let mut claims = Registered::default();
-        while let Some(name) = map.next_key::<Cow<'de, str>>()? {
+        // Names as `Claim`s: borrowed when unescaped (serde's `Cow<str>` always copies).
+        while let Some(name) = map.next_key::<Claim<'de>>()? {
+            let Claim::Str(name) = name else { return Err(serde::de::Error::custom("a claim name is a string")) };
             let org = *name == *self.rules.org_claim;
             let roles = *name == *self.rules.roles_claim;
             let slot = match &*name {
@@ -469,7 +474,8 @@ impl<'de> Visitor<'de> for Pick<'_> {
                 _ => None,
             };
             if slot.is_none() && !org && !roles {
-                map.next_value::<IgnoredAny>()?;
+                // Parsed as fully as the rest (see `Claim`), then dropped.
+                map.next_value::<Claim<'de>>()?;
                 continue;
             }
             // One value may fill several slots: the org or roles claim can be configured to
@@ -600,6 +606,13 @@ mod tests {
         assert_eq!(roles(&claims, false), vec![Arc::from("r"), Arc::from("s")]);
         for not_an_object in [r#"["sub"]"#, r#""sub""#, "1", "null", r#"{"sub":"a"} x"#, r#"{"sub":"a""#, ""] {
             assert!(read(not_an_object).is_none(), "{not_an_object}");
+        }
+        // What a map of the payload refuses, in claims the checks skip, is refused too.
+        let deep = format!(r#"{{"sub":"a","x":{}1{}}}"#, "[".repeat(200), "]".repeat(200));
+        for bad in [r#"{"sub":"a","x":1e400}"#, r#"{"sub":"a","x":"\ud800"}"#, r#"{"sub":"a","x":{"y":1e400}}"#, &deep]
+        {
+            assert!(serde_json::from_str::<Map<String, Value>>(bad).is_err(), "{bad}");
+            assert!(read(bad).is_none(), "{bad}");
         }
         // The org claim may be a registered name: one value fills both.
         let rules = Rules { org_claim: "sub".into(), ..rules() };

@@ -83,7 +83,8 @@ return out
 /// check. The script
 /// is loaded on first use and again when Redis answers `NOSCRIPT` (after a restart or
 /// `SCRIPT FLUSH`). The connection is made lazily and remade after failures, with short
-/// timeouts, so a Redis outage costs each request at most [`timeout`](Self::timeout) and
+/// timeouts, so a Redis outage costs each request at most twice [`timeout`](Self::timeout)
+/// (once queued behind a call that ran out, once its own) and
 /// the limiter recovers by itself when Redis is back.
 ///
 /// With [`local_lease`](Self::local_lease), an instance takes several cells of a key's
@@ -348,7 +349,7 @@ impl RedisStore {
         let span = interval.saturating_mul(u64::from(quota.burst()));
         let now = Instant::now();
         let queue = self.shared.queue.get_or_init(|| self.spawn());
-        let deadline = now + self.config.timeout;
+        let deadline = later(now, self.config.timeout);
         let (reply, answer) = oneshot::channel();
         let job = Job { key, interval, span, deadline, reply };
         match queue.try_send(job) {
@@ -359,8 +360,8 @@ impl RedisStore {
             }
             Err(mpsc::error::TrySendError::Closed(_)) => return Err(RedisStoreError::Stopped),
         }
-        // No timer per check: the task answers every check by its deadline (it bounds each
-        // script call by the earliest deadline of its batch, and deadlines grow with the queue).
+        // No timer per check: the task answers every check, with `Timeout` when its deadline
+        // passed. A check queued behind a slow call can so wait up to twice the timeout.
         match answer.await {
             Ok(result) => result,
             Err(_) if Instant::now() >= deadline => Err(RedisStoreError::Timeout(self.config.timeout)),
@@ -483,7 +484,8 @@ impl Worker {
             match leases.take(&job.key, job.interval, job.span, now) {
                 Some(decision) => {
                     stats.local.fetch_add(1, Ordering::Relaxed);
-                    let job = jobs.swap_remove(index);
+                    // `remove`, not `swap_remove`: the checks left keep their queue order.
+                    let job = jobs.remove(index);
                     let _ = job.reply.send(Ok(decision));
                 }
                 None => index += 1,
@@ -493,7 +495,8 @@ impl Worker {
 
     /// One script entry per key (and quota) of the batch, asking for as many cells as the
     /// batch has checks of it (in lease mode, `lease_cells − 1` more, to keep). Then every
-    /// check gets, in queue order, what one call per check would have answered at the
+    /// check gets, in queue order among the checks of its key and quota (a key checked under
+    /// two quotas in one batch is run as two entries), what one call per check would have answered at the
     /// script's instant: the first `granted` are allowed (each with the `remaining` and
     /// `reset` it would have seen), the rest refused; in lease mode the leftover cells become
     /// the key's lease.
@@ -522,7 +525,9 @@ impl Worker {
             let job = &self.jobs[group.first];
             self.command.arg(job.interval).arg(job.span).arg(group.checks.saturating_add(extra));
         }
-        let deadline = self.jobs.iter().map(|job| job.deadline).min().unwrap_or(sent);
+        // Bounded by the newest check's deadline, not the oldest's: one check that waited
+        // behind the previous call must not fail the whole batch.
+        let deadline = self.jobs.iter().map(|job| job.deadline).max().unwrap_or(sent);
         match self.call(deadline).await {
             Ok(reply) => {
                 let mut entries = Entries::new(&reply, self.groups.len());
@@ -545,6 +550,7 @@ impl Worker {
             }
         }
         let leased = leases.is_some();
+        let answered = Instant::now();
         for (job, &group) in self.jobs.drain(..).zip(&self.group_of) {
             let group = &mut self.groups[group];
             let answer = match &group.entry {
@@ -563,15 +569,18 @@ impl Worker {
                 Err(error) => Err(error.clone()),
             };
             group.served += 1;
+            // Counted above either way (Redis took its cell, as it would have for a check
+            // that timed out on its own), but answered as the timeout it is.
+            let answer = if job.deadline <= answered { Err(RedisStoreError::Timeout(self.timeout)) } else { answer };
             let _ = job.reply.send(answer);
         }
     }
 
     /// Sends the batch built in `command`; on `NOSCRIPT` (first use, Redis restarted, `SCRIPT
-    /// FLUSH`) loads the script and sends it again. Gives up at `deadline` (the earliest of
+    /// FLUSH`) loads the script and sends it again. Gives up at `deadline` (the latest of
     /// the batch's checks), or after the timeout, whichever comes first.
     async fn call(&mut self, deadline: Instant) -> Result<Value, RedisStoreError> {
-        let deadline = deadline.min(Instant::now() + self.timeout);
+        let deadline = deadline.min(later(Instant::now(), self.timeout));
         let stats = &*self.stats;
         let connection = &mut self.connection;
         let command = &self.command;
@@ -592,6 +601,12 @@ impl Worker {
             Err(_) => Err(RedisStoreError::Timeout(self.timeout)),
         }
     }
+}
+
+/// `at + after`, or a time decades away when that would overflow (`Duration::MAX` as a
+/// timeout or lease lifetime means "never").
+fn later(at: Instant, after: Duration) -> Instant {
+    at.checked_add(after).unwrap_or_else(|| at + Duration::from_secs(30 * 365 * 86_400))
 }
 
 /// `prefix + key` as one argument, written into the command's buffer.
@@ -732,7 +747,7 @@ impl Leases {
                 reset,
                 refused: None,
                 taken,
-                until: taken + lifetime,
+                until: later(taken, lifetime),
             }
         } else {
             let retry_after = if entry.granted == 0 {
@@ -753,14 +768,14 @@ impl Leases {
                 reset,
                 refused: Some(retry_after),
                 taken,
-                until: taken + lifetime.min(retry_after),
+                until: later(taken, lifetime.min(retry_after)),
             }
         };
         let mut map = self.map.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         // Expired leases go once per lifetime: the map holds the keys of the last one or two.
         if taken >= map.next_sweep {
             map.leases.retain(|_, lease| lease.until > taken);
-            map.next_sweep = taken + lifetime;
+            map.next_sweep = later(taken, lifetime);
         }
         match map.leases.get_mut(key) {
             Some(existing) => *existing = lease,
