@@ -7,10 +7,13 @@ use axum::response::Response;
 use axum::routing::get;
 use reqscope::RequestContextLayer;
 use reqscope::logging::{LogLayer, NonBlocking};
-use reqscope::websocket::{ContextWebSocket, WebSocketUpgradeExt};
 use tracing_subscriber::prelude::*;
 
 use crate::stacks;
+
+/// The example server's own `/ws` handler, so that the row measures what the example serves.
+#[path = "../../../examples/api/ws.rs"]
+mod example_ws;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WsStack {
@@ -37,7 +40,7 @@ impl WsStack {
             WsStack::Bare => Router::new().route("/ws", get(bare)),
             WsStack::ContextLog => {
                 stacks::init(tracing_subscriber::registry().with(LogLayer::new().with_writer(writer)))?;
-                Router::new().route("/ws", get(in_context)).layer(RequestContextLayer::new())
+                Router::new().route("/ws", get(example_ws::ws)).layer(RequestContextLayer::new())
             }
         })
     }
@@ -47,22 +50,6 @@ async fn bare(upgrade: WebSocketUpgrade) -> Response {
     upgrade.on_upgrade(|mut socket: WebSocket| async move {
         while let Some(Ok(message)) = socket.recv().await {
             if matches!(message, Message::Text(_) | Message::Binary(_)) && socket.send(message).await.is_err() {
-                break;
-            }
-        }
-    })
-}
-
-async fn in_context(upgrade: WebSocketUpgrade) -> Response {
-    upgrade.on_upgrade_in_context(|mut socket: ContextWebSocket| async move {
-        while let Some(Ok(message)) = socket.recv().await {
-            let bytes = match &message {
-                Message::Text(text) => text.len(),
-                Message::Binary(data) => data.len(),
-                _ => continue,
-            };
-            tracing::info!(bytes, "message received");
-            if socket.send(message).await.is_err() {
                 break;
             }
         }

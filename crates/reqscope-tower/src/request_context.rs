@@ -886,6 +886,30 @@ mod tests {
 
     use super::parse_grpc_timeout;
 
+    #[tokio::test]
+    async fn a_header_the_layer_reads_for_two_purposes_is_read_for_both() {
+        use http_body_util::BodyExt;
+        use reqscope_core::RequestContext;
+        use tower::{Layer, ServiceExt};
+
+        // The log-level header named like the id header: one value, both readings.
+        let layer = super::RequestContextLayer::new()
+            .access_log(false)
+            .log_level_header(Some(http::HeaderName::from_static("x-request-id")));
+        let service = layer.layer(tower::service_fn(|_: http::Request<String>| async {
+            let raised = RequestContext::with(|ctx| {
+                ctx.set_roles(["log-debug"]);
+                ctx.raised_level()
+            });
+            Ok::<_, std::convert::Infallible>(http::Response::new(format!("{raised:?}")))
+        }));
+        let request = http::Request::get("/").header("x-request-id", "debug").body(String::new()).unwrap();
+        let response = service.oneshot(request).await.unwrap();
+        assert_eq!(response.headers()["x-request-id"], "debug");
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body, "Some(Some(Debug))");
+    }
+
     #[test]
     fn grpc_timeouts_parse_as_the_protocol_writes_them() {
         assert_eq!(parse_grpc_timeout(b"100m"), Some(Duration::from_millis(100)));
