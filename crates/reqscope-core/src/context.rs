@@ -319,43 +319,41 @@ impl ContextField {
 }
 
 /// Builds a [`RequestContext`]; start with [`RequestContext::builder`].
+///
+/// The context is made in its shared allocation from the start, so neither a step nor
+/// [`build_shared`](Self::build_shared) copies it (it is some 500 bytes, and a request layer
+/// builds one per request).
 #[derive(Debug)]
 pub struct RequestContextBuilder {
-    id: RequestId,
-    trace: Option<TraceContext>,
-    method: Option<Method>,
-    path: Option<RequestPath>,
-    version: Option<Version>,
-    grpc: bool,
-    client_ip: Option<IpAddr>,
-    started: Option<(Instant, SystemTime)>,
-    // Boxed: rarely set, and the builder is moved by value at every step.
-    patch: Option<Box<Patch>>,
-    job: Option<Box<Job>>,
-    logged_headers: Vec<LoggedHeader>,
-    raised: Option<RaisedLevel>,
+    // Private and never cloned: no one else holds it until it is built.
+    ctx: Arc<RequestContext>,
 }
 
 impl RequestContextBuilder {
+    #[inline]
+    fn ctx(&mut self) -> &mut RequestContext {
+        Arc::get_mut(&mut self.ctx).expect("a context being built is held by its builder alone")
+    }
+
     /// The trace this request belongs to (see [`TraceContext::from_headers`]). Without one,
     /// the context has no trace until [`RequestContext::trace_or_start`] starts one.
     #[inline]
     pub fn trace(mut self, trace: TraceContext) -> Self {
-        self.trace = Some(trace);
+        self.ctx().trace = OnceLock::from(trace);
         self
     }
 
     /// The HTTP method.
     #[inline]
     pub fn method(mut self, method: Method) -> Self {
-        self.method = Some(method);
+        self.ctx().method = Some(method);
         self
     }
 
     /// The request path (without the query string, which may carry secrets).
     #[inline]
     pub fn path(mut self, path: impl Into<Box<str>>) -> Self {
-        self.path = Some(RequestPath::Owned(path.into()));
+        self.ctx().path = Some(RequestPath::Owned(path.into()));
         self
     }
 
@@ -363,49 +361,52 @@ impl RequestContextBuilder {
     /// request's buffer). The query string is never exposed.
     #[inline]
     pub fn uri(mut self, uri: &Uri) -> Self {
-        self.path = Some(RequestPath::Uri(uri.clone()));
+        self.ctx().path = Some(RequestPath::Uri(uri.clone()));
         self
     }
 
     /// The HTTP version the request came in.
     #[inline]
     pub fn version(mut self, version: Version) -> Self {
-        self.version = Some(version);
+        self.ctx().version = Some(version);
         self
     }
 
     /// Marks the request as a gRPC call (`content-type: application/grpc…`).
     #[inline]
     pub fn grpc(mut self, grpc: bool) -> Self {
-        self.grpc = grpc;
+        self.ctx().grpc = grpc;
         self
     }
 
     /// The client's address.
     #[inline]
     pub fn client_ip(mut self, ip: IpAddr) -> Self {
-        self.client_ip = Some(ip);
+        self.ctx().client_ip = Some(ip);
         self
     }
 
-    /// Overrides the start time (defaults to the moment of `build`).
+    /// Overrides the start time (defaults to the moment [`RequestContext::builder`] was
+    /// called).
     #[inline]
     pub fn started(mut self, at: Instant, wall_clock: SystemTime) -> Self {
-        self.started = Some((at, wall_clock));
+        let ctx = self.ctx();
+        ctx.started = at;
+        ctx.started_at = Some(wall_clock);
         self
     }
 
     /// Marks the context as a job's: its lines carry the job's name, id and attempt.
     #[inline]
     pub fn job(mut self, job: Job) -> Self {
-        self.job = Some(Box::new(job));
+        self.ctx().job = Some(Arc::new(job));
         self
     }
 
     /// The request headers a log layer writes on this request's access line (see
     /// [`logged_headers`](crate::logged_headers)).
     pub fn logged_headers(mut self, headers: impl IntoIterator<Item = LoggedHeader>) -> Self {
-        self.logged_headers = headers.into_iter().collect();
+        self.ctx().logged_headers = headers.into_iter().collect();
         self
     }
 
@@ -413,45 +414,27 @@ impl RequestContextBuilder {
     /// a raised request, say.
     #[inline]
     pub fn raised_level(mut self, level: RaisedLevel) -> Self {
-        self.raised = Some(level);
+        self.ctx().level = LevelState::new(Some(level));
         self
     }
 
     /// The patchable part to start with (a restored snapshot's).
     pub(crate) fn patch(mut self, patch: Patch) -> Self {
-        self.patch = Some(Box::new(patch));
+        self.ctx().patch = PatchCell::new(Arc::new(patch));
         self
+    }
+
+    /// The context, shared: what [`RequestContext::scope`] and the layers take. Cheaper than
+    /// `Arc::new(builder.build())`, which copies the context out and back in.
+    #[inline]
+    pub fn build_shared(self) -> Arc<RequestContext> {
+        self.ctx
     }
 
     /// The context.
     #[inline]
     pub fn build(self) -> RequestContext {
-        let (started, started_at) = match self.started {
-            Some((at, wall_clock)) => (at, Some(wall_clock)),
-            None => (Instant::now(), None),
-        };
-        let trace = OnceLock::new();
-        if let Some(given) = self.trace {
-            let _ = trace.set(given);
-        }
-        RequestContext {
-            id: self.id,
-            trace,
-            method: self.method,
-            path: self.path,
-            version: self.version,
-            grpc: self.grpc,
-            client_ip: self.client_ip,
-            started,
-            started_at,
-            patch: PatchCell::new(self.patch.map_or_else(empty_patch, |patch| Arc::new(*patch))),
-            extensions: RwLock::new(Extensions::new()),
-            finished: AtomicBool::new(false),
-            job: self.job.map(|job| Arc::new(*job)),
-            logged_headers: self.logged_headers.into_boxed_slice(),
-            level: LevelState::new(self.raised),
-            log_lines: OnceLock::new(),
-        }
+        Arc::into_inner(self.ctx).expect("a context being built is held by its builder alone")
     }
 }
 
@@ -466,18 +449,24 @@ impl RequestContext {
     #[inline]
     pub fn builder(id: RequestId) -> RequestContextBuilder {
         RequestContextBuilder {
-            id,
-            trace: None,
-            method: None,
-            path: None,
-            version: None,
-            grpc: false,
-            client_ip: None,
-            started: None,
-            patch: None,
-            job: None,
-            logged_headers: Vec::new(),
-            raised: None,
+            ctx: Arc::new(RequestContext {
+                id,
+                trace: OnceLock::new(),
+                method: None,
+                path: None,
+                version: None,
+                grpc: false,
+                client_ip: None,
+                started: Instant::now(),
+                started_at: None,
+                patch: PatchCell::new(empty_patch()),
+                extensions: RwLock::new(Extensions::new()),
+                finished: AtomicBool::new(false),
+                job: None,
+                logged_headers: Box::default(),
+                level: LevelState::new(None),
+                log_lines: OnceLock::new(),
+            }),
         }
     }
 

@@ -464,7 +464,7 @@ where
         if let Some(ip) = config.proxies.client_ip(peer, req.headers(), &config.client_ip_header) {
             builder = builder.client_ip(ip);
         }
-        let ctx = Arc::new(builder.build());
+        let ctx = builder.build_shared();
         if sent.log_level {
             config.log_level.apply(req.headers(), &ctx);
         }
