@@ -107,8 +107,11 @@ fn run() -> Result<(), String> {
         let what = args.next().ok_or(format!("{first} needs what to run"))?;
         let count = args.next().ok_or(format!("{first} needs a count"))?;
         let count: u64 = count.parse().map_err(|_| format!("bad count {count:?}"))?;
-        // Lines go to a sink, through the same non-blocking writer as the servers use.
-        let (writer, _guard) = reqscope::logging::non_blocking(std::io::sink());
+        // Lines go to a sink through the servers' writer, but without its worker thread (as
+        // after its guard is dropped, each line is written by the thread that logs it): how
+        // often a worker wakes depends on scheduling, which would make the counts vary.
+        let (writer, guard) = reqscope::logging::non_blocking(std::io::sink());
+        drop(guard);
         return if first == "requests" {
             inproc::requests(what.parse()?, count, writer)
         } else {

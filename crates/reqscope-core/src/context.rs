@@ -33,9 +33,11 @@ pub type Scoped<F> = tokio::task::futures::TaskLocalFuture<Arc<RequestContext>, 
 /// never waits on a writer's work and reading allocates nothing.
 pub struct RequestContext {
     id: RequestId,
-    /// Set once: at build time, or right after it by a layer that learns the trace from a
-    /// span (OpenTelemetry), or at the first outgoing call of a job that had none.
-    trace: OnceLock<TraceContext>,
+    /// Set at build time, when the trace is known then: reading it is a plain field read.
+    trace: Option<TraceContext>,
+    /// Otherwise set once, later: right after the build by a layer that learns the trace from
+    /// a span (OpenTelemetry), or at the first outgoing call of a job that had none.
+    late_trace: OnceLock<TraceContext>,
     method: Option<Method>,
     path: Option<RequestPath>,
     /// The HTTP version and whether the request is a gRPC call: what an exported span says of
@@ -339,7 +341,7 @@ impl RequestContextBuilder {
     /// the context has no trace until [`RequestContext::trace_or_start`] starts one.
     #[inline]
     pub fn trace(mut self, trace: TraceContext) -> Self {
-        self.ctx().trace = OnceLock::from(trace);
+        self.ctx().trace = Some(trace);
         self
     }
 
@@ -451,7 +453,8 @@ impl RequestContext {
         RequestContextBuilder {
             ctx: Arc::new(RequestContext {
                 id,
-                trace: OnceLock::new(),
+                trace: None,
+                late_trace: OnceLock::new(),
                 method: None,
                 path: None,
                 version: None,
@@ -512,11 +515,12 @@ impl RequestContext {
     /// kept (a context without a trace starts one here, so that parent and fork share it), and
     /// so is the [raised log level](Self::raised_level) with the role it waits on.
     pub fn fork(&self) -> RequestContext {
-        let trace = OnceLock::from(self.trace_or_start().clone());
+        let trace = Some(self.trace_or_start().clone());
         let extensions = self.extensions.read().map(|e| e.clone()).unwrap_or_default();
         RequestContext {
             id: self.id.clone(),
             trace,
+            late_trace: OnceLock::new(),
             method: self.method.clone(),
             path: self.path.clone(),
             version: self.version,
@@ -571,20 +575,26 @@ impl RequestContext {
     /// served by `RequestContextLayer` has).
     #[inline]
     pub fn trace(&self) -> Option<&TraceContext> {
-        self.trace.get()
+        self.trace.as_ref().or_else(|| self.late_trace.get())
     }
 
     /// The trace, starting a new one (this context as its root) if there is none yet: for
     /// jobs that make outgoing calls.
     pub fn trace_or_start(&self) -> &TraceContext {
-        self.trace.get_or_init(TraceContext::new_root)
+        match &self.trace {
+            Some(trace) => trace,
+            None => self.late_trace.get_or_init(TraceContext::new_root),
+        }
     }
 
     /// Sets the trace of a context built without one; returns the given trace back if the
     /// context already has one. For layers that learn the trace after the context exists
     /// (from an OpenTelemetry span that needs the context to be created).
     pub fn set_trace(&self, trace: TraceContext) -> Result<(), TraceContext> {
-        self.trace.set(trace)
+        if self.trace.is_some() {
+            return Err(trace);
+        }
+        self.late_trace.set(trace)
     }
 
     /// The HTTP method, if this context belongs to an HTTP request.
@@ -785,7 +795,7 @@ impl fmt::Debug for RequestContext {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RequestContext")
             .field("id", &self.id)
-            .field("trace", &self.trace.get())
+            .field("trace", &self.trace())
             .field("method", &self.method)
             .field("path", &self.path())
             .field("client_ip", &self.client_ip)

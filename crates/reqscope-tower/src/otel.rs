@@ -8,6 +8,8 @@ use reqscope_core::trace::{SpanId, TraceContext, TraceId, TraceParent, TraceStat
 use tracing::Span;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
+use crate::request_context::plain_trace;
+
 /// The trace of the request whose `request` span is `span`.
 ///
 /// When a `tracing-opentelemetry` layer is installed, `span` has an OpenTelemetry span: it
@@ -52,13 +54,6 @@ pub(crate) fn request_trace(
         return TraceContext::from_parts(trace_id, span_id, parent_id, otel.is_sampled()).with_state(state);
     }
     plain_trace(incoming, root_sampled)
-}
-
-fn plain_trace(incoming: Option<(TraceParent, Option<TraceState>)>, root_sampled: bool) -> TraceContext {
-    match incoming {
-        Some((parent, state)) => TraceContext::child_of(parent, state),
-        None => TraceContext::new_root_sampled(root_sampled),
-    }
 }
 
 /// The client span of an outgoing call made in the request whose trace is `request`.

@@ -112,7 +112,7 @@ use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 use reqscope_core::baggage::{BAGGAGE, Baggage};
 use reqscope_core::logged_headers::LoggedHeader;
-use reqscope_core::trace::{TRACEPARENT, TRACESTATE, TraceParent, TraceState, TraceStateEntry};
+use reqscope_core::trace::{TRACEPARENT, TRACESTATE, TraceContext, TraceParent, TraceState, TraceStateEntry};
 use reqscope_core::{
     ClientIpHeader, ForwardedIdPolicy, IdGenerator, REQUEST_SPAN_TARGET, RequestContext, RequestId, TrustedProxies,
 };
@@ -152,6 +152,16 @@ struct Config {
     logged_headers: Arc<[HeaderName]>,
     /// How a request asks for a raised log level.
     log_level: LevelRequests,
+}
+
+impl Config {
+    /// `trace` with this service's own `tracestate` entry, if it has one.
+    fn own_entry(&self, trace: TraceContext) -> TraceContext {
+        match &self.tracestate_entry {
+            Some(entry) => trace.with_entry(entry),
+            None => trace,
+        }
+    }
 }
 
 impl fmt::Debug for Config {
@@ -464,6 +474,13 @@ where
         if let Some(ip) = config.proxies.client_ip(peer, req.headers(), &config.client_ip_header) {
             builder = builder.client_ip(ip);
         }
+        // Without `otel` the trace depends on the headers alone, so the context is built with
+        // it (setting it later costs a once-cell initialisation per request). With `otel` it
+        // comes from the request's OpenTelemetry span, made in the context's scope below.
+        let mut incoming = incoming;
+        if !SPAN_DECIDES_TRACE {
+            builder = builder.trace(config.own_entry(plain_trace(incoming.take(), config.root_sampled)));
+        }
         let ctx = builder.build_shared();
         if sent.log_level {
             config.log_level.apply(req.headers(), &ctx);
@@ -485,11 +502,11 @@ where
             // With `otel` the trace comes from the OpenTelemetry span, which needs the context
             // to exist first; so the trace is set right after, before anything logs. Nothing
             // else has seen the context yet, so the slot is still empty.
-            let trace = request_trace(&span, incoming, config.root_sampled);
-            let trace = match &config.tracestate_entry {
-                Some(entry) => trace.with_entry(entry),
-                None => trace,
-            };
+            if ctx.trace().is_none() {
+                let unset = ctx.set_trace(config.own_entry(request_trace(&span, incoming, config.root_sampled)));
+                debug_assert!(unset.is_ok(), "the trace of a new request context is set once");
+            }
+            let trace = ctx.trace_or_start();
             if sent_traceparent {
                 // Inner services see this service's place in the trace, not the caller's (nor a
                 // rejected value): a handler that copies headers onward sends a proper child.
@@ -500,8 +517,6 @@ where
                     None => headers.remove(TRACESTATE),
                 };
             }
-            let unset = ctx.set_trace(trace);
-            debug_assert!(unset.is_ok(), "the trace of a new request context is set once");
             if let Some(reason) = invalid {
                 // The reason only: the value is untrusted input and never reaches a log line.
                 tracing::debug!(target: "reqscope::trace", %reason, "ignored an invalid traceparent; this request starts a new trace");
@@ -625,10 +640,18 @@ fn request_trace(
     _span: &Span,
     incoming: Option<(TraceParent, Option<TraceState>)>,
     root_sampled: bool,
-) -> reqscope_core::trace::TraceContext {
+) -> TraceContext {
+    plain_trace(incoming, root_sampled)
+}
+
+/// Whether a request's trace is known only once its span exists (the `otel` feature).
+const SPAN_DECIDES_TRACE: bool = cfg!(feature = "otel");
+
+/// The trace of a request from its headers alone: a child of the caller's, or a new root.
+pub(crate) fn plain_trace(incoming: Option<(TraceParent, Option<TraceState>)>, root_sampled: bool) -> TraceContext {
     match incoming {
-        Some((parent, state)) => reqscope_core::trace::TraceContext::child_of(parent, state),
-        None => reqscope_core::trace::TraceContext::new_root_sampled(root_sampled),
+        Some((parent, state)) => TraceContext::child_of(parent, state),
+        None => TraceContext::new_root_sampled(root_sampled),
     }
 }
 

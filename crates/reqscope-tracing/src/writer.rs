@@ -352,11 +352,16 @@ impl Shared {
     /// Writes `line` in the caller's thread (no worker runs), or counts it as dropped.
     fn write_direct(&self, state: &mut State, line: &[u8]) {
         let drops = std::mem::take(&mut state.pending_drops);
-        let mut batch = line.to_vec();
+        // No worker uses the buffer now: the line goes through it, so no line allocates.
+        let mut batch = std::mem::take(&mut state.buf);
+        batch.clear();
+        batch.extend_from_slice(line);
         let written = match state.output.as_mut() {
             Some(output) => output.write_batch(&mut batch, drops),
             None => Written { complete: false, lost: count_lines(line), reported: false },
         };
+        batch.clear();
+        state.buf = batch;
         self.dropped.fetch_add(written.lost, Ordering::Relaxed);
         state.pending_drops += written.lost + if written.reported { 0 } else { drops };
     }
@@ -772,8 +777,10 @@ mod robustness {
         let (writer, guard) = non_blocking(sink.clone());
         (&writer).write_all(b"before\n").unwrap();
         drop(guard);
-        (&writer).write_all(b"after\n").unwrap();
-        assert_eq!(sink.text(), "before\nafter\n", "written at once, by the caller");
+        (&writer).write_all(b"after, a longer line\n").unwrap();
+        (&writer).write_all(b"short\n").unwrap();
+        // Each line once, whole: the buffer the lines go through holds nothing of the last.
+        assert_eq!(sink.text(), "before\nafter, a longer line\nshort\n", "written at once, by the caller");
 
         struct Refuses;
         impl Write for Refuses {
