@@ -33,13 +33,14 @@ pub fn requests(stack: Stack, count: u64, writer: NonBlocking) -> Result<(), Str
         // request (`into_make_service*` calls `with_state`); without it, each request would
         // build its route and apply every layer anew.
         let app = stack.router(writer)?.with_state::<()>(());
+        // The request target in shared bytes, as hyper parses it from a slice of its read
+        // buffer: cloning the URI is a count increment, not a first copy of an owned buffer.
+        let target = bytes::Bytes::from(b"/hello".to_vec());
+        drop(target.clone()); // the first clone makes an owned buffer shared
         for _ in 0..count {
-            // A URI whose bytes are shared, as hyper's are (they are slices of its read
-            // buffer): a clone is a count increment, not a first copy of an owned buffer.
-            let mut request = Request::get(Uri::from_static("/hello"))
-                .header("authorization", &token)
-                .body(Body::empty())
-                .map_err(|e| e.to_string())?;
+            let uri = Uri::from_maybe_shared(target.clone()).map_err(|e| e.to_string())?;
+            let mut request =
+                Request::get(uri).header("authorization", &token).body(Body::empty()).map_err(|e| e.to_string())?;
             request.extensions_mut().insert(ConnectInfo(peer));
             let response = app.clone().oneshot(request).await.map_err(|e| e.to_string())?;
             if response.status() != StatusCode::OK {

@@ -36,7 +36,8 @@ pub struct RequestContext {
     /// Set at build time, when the trace is known then: reading it is a plain field read.
     trace: Option<TraceContext>,
     /// Otherwise set once, later: right after the build by a layer that learns the trace from
-    /// a span (OpenTelemetry), or at the first outgoing call of a job that had none.
+    /// a span (OpenTelemetry), or by the first [`RequestContext::trace_or_start`] (an outgoing
+    /// call, a fork or a carried snapshot of a context that had none).
     late_trace: OnceLock<TraceContext>,
     method: Option<Method>,
     path: Option<RequestPath>,
@@ -334,6 +335,8 @@ pub struct RequestContextBuilder {
 impl RequestContextBuilder {
     #[inline]
     fn ctx(&mut self) -> &mut RequestContext {
+        // The `Arc` is private to the builder, never cloned and never downgraded, so it is
+        // always unique here.
         Arc::get_mut(&mut self.ctx).expect("a context being built is held by its builder alone")
     }
 
@@ -433,9 +436,11 @@ impl RequestContextBuilder {
         self.ctx
     }
 
-    /// The context.
+    /// The context, by value: copied out of the builder's allocation, which is freed. Prefer
+    /// [`build_shared`](Self::build_shared) when the context is to be shared anyway.
     #[inline]
     pub fn build(self) -> RequestContext {
+        // Unique for the reason given in `ctx`.
         Arc::into_inner(self.ctx).expect("a context being built is held by its builder alone")
     }
 }
@@ -833,6 +838,36 @@ mod tests {
         })
         .await;
         assert!(RequestContext::current().is_none());
+    }
+
+    #[test]
+    fn a_context_has_one_trace_whenever_it_is_set() {
+        // Set at build: kept, and nothing replaces it.
+        let built = TraceContext::new_root();
+        let ctx = RequestContext::builder(RequestId::new_v4()).trace(built.clone()).build_shared();
+        assert_eq!(ctx.trace(), Some(&built));
+        assert_eq!(ctx.trace_or_start(), &built);
+        let other = TraceContext::new_root();
+        assert_eq!(ctx.set_trace(other.clone()), Err(other.clone()));
+        assert_eq!(ctx.trace(), Some(&built));
+        assert_eq!(ctx.fork().trace(), Some(&built));
+        assert_eq!(format!("{ctx:?}").matches(built.trace_id().as_str()).count(), 1, "{ctx:?}");
+
+        // Set later: once, by the first to set or start it.
+        let late = ctx_without_trace();
+        assert_eq!(late.trace(), None);
+        assert_eq!(late.set_trace(other.clone()), Ok(()));
+        assert_eq!(late.trace(), Some(&other));
+        assert_eq!(late.set_trace(built.clone()), Err(built.clone()));
+        assert_eq!(late.trace_or_start(), &other);
+        let started = ctx_without_trace();
+        let first = started.trace_or_start().clone();
+        assert_eq!(started.trace(), Some(&first));
+        assert_eq!(started.set_trace(built.clone()), Err(built));
+    }
+
+    fn ctx_without_trace() -> RequestContext {
+        RequestContext::builder(RequestId::new_v4()).build()
     }
 
     #[test]

@@ -59,7 +59,7 @@ use pin_project_lite::pin_project;
 use tracing::Instrument;
 
 use crate::carry::{Carried, InvalidCarriedContext};
-use crate::context::RequestContext;
+use crate::context::{RequestContext, RequestContextBuilder};
 use crate::id::RequestId;
 use crate::trace::TraceContext;
 
@@ -116,14 +116,21 @@ impl Job {
         &self,
         carried: Result<Carried, InvalidCarriedContext>,
     ) -> (RequestContext, Option<InvalidCarriedContext>) {
+        let (builder, rejected) = self.context_builder(carried);
+        (builder.build(), rejected)
+    }
+
+    /// [`context`](Self::context), not yet built: [`run`](Self::run) builds it shared.
+    fn context_builder(
+        &self,
+        carried: Result<Carried, InvalidCarriedContext>,
+    ) -> (RequestContextBuilder, Option<InvalidCarriedContext>) {
         match carried {
-            Ok(carried) => (carried.into_builder().job(self.clone()).build(), None),
+            Ok(carried) => (carried.into_builder().job(self.clone()), None),
             Err(invalid) => {
-                let ctx = RequestContext::builder(RequestId::new_v4())
-                    .trace(TraceContext::new_root())
-                    .job(self.clone())
-                    .build();
-                (ctx, Some(invalid))
+                let builder =
+                    RequestContext::builder(RequestId::new_v4()).trace(TraceContext::new_root()).job(self.clone());
+                (builder, Some(invalid))
             }
         }
     }
@@ -137,8 +144,8 @@ impl Job {
         E: fmt::Display,
     {
         let queued = carried.as_ref().ok().and_then(Carried::age);
-        let (ctx, rejected) = self.context(carried);
-        let ctx = Arc::new(ctx);
+        let (builder, rejected) = self.context_builder(carried);
+        let ctx = builder.build_shared();
         crate::panics::install_panic_location_hook();
         let run = async {
             match rejected {

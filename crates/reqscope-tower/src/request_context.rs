@@ -500,9 +500,9 @@ where
         RequestContext::scope_sync(Arc::clone(&ctx), move || {
             let span = tracing::info_span!(target: REQUEST_SPAN_TARGET, "request");
             // With `otel` the trace comes from the OpenTelemetry span, which needs the context
-            // to exist first; so the trace is set right after, before anything logs. Nothing
-            // else has seen the context yet, so the slot is still empty.
-            if ctx.trace().is_none() {
+            // to exist first; so the trace is set right after, before anything logs. Only the
+            // span's subscriber has seen the context yet, and it must not start a trace.
+            if SPAN_DECIDES_TRACE {
                 let unset = ctx.set_trace(config.own_entry(request_trace(&span, incoming, config.root_sampled)));
                 debug_assert!(unset.is_ok(), "the trace of a new request context is set once");
             }
@@ -931,6 +931,46 @@ mod tests {
         assert_eq!(response.headers()["x-request-id"], "debug");
         let body = response.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(body, "Some(Some(Debug))");
+    }
+
+    #[tokio::test]
+    async fn the_request_continues_the_callers_trace_and_inner_services_see_the_context_s() {
+        use http_body_util::BodyExt;
+        use reqscope_core::RequestContext;
+        use reqscope_core::trace::TraceStateEntry;
+        use tower::{Layer, ServiceExt};
+
+        // Built with the trace (without `otel`) or given it by the span right after (with
+        // `otel` and no OpenTelemetry layer): either way one trace, the caller's child,
+        // carrying this service's entry first, and the headers inner services see agree.
+        let layer = super::RequestContextLayer::new()
+            .access_log(false)
+            .tracestate_entry(TraceStateEntry::new("rs", "1").unwrap());
+        let service = layer.layer(tower::service_fn(|request: http::Request<String>| async move {
+            let (trace, state, parent) = RequestContext::with(|ctx| {
+                let trace = ctx.trace().expect("a served request has a trace");
+                (trace.traceparent(), trace.state().map(|s| s.as_str().to_owned()), trace.parent_id().copied())
+            })
+            .unwrap();
+            assert_eq!(request.headers()["traceparent"], trace);
+            assert_eq!(request.headers()["tracestate"].to_str().ok(), state.as_deref());
+            let body = format!("{} {} {}", trace.to_str().unwrap(), state.unwrap(), parent.unwrap());
+            Ok::<_, std::convert::Infallible>(http::Response::new(body))
+        }));
+        let request = http::Request::get("/")
+            .header("traceparent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
+            .header("tracestate", "vendor=x")
+            .body(String::new())
+            .unwrap();
+        let response = service.oneshot(request).await.unwrap();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        let body = std::str::from_utf8(&body).unwrap();
+        let [traceparent, state, parent] = body.split(' ').collect::<Vec<_>>()[..] else { panic!("{body}") };
+        assert!(traceparent.starts_with("00-0af7651916cd43dd8448eb211c80319c-"), "{traceparent}");
+        assert!(!traceparent.contains("b7ad6b7169203331"), "a span of its own: {traceparent}");
+        assert!(traceparent.ends_with("-01"), "{traceparent}");
+        assert_eq!(state, "rs=1,vendor=x");
+        assert_eq!(parent, "b7ad6b7169203331");
     }
 
     #[test]

@@ -353,6 +353,7 @@ impl Shared {
     fn write_direct(&self, state: &mut State, line: &[u8]) {
         let drops = std::mem::take(&mut state.pending_drops);
         // No worker uses the buffer now: the line goes through it, so no line allocates.
+        debug_assert!(state.buf.is_empty(), "direct mode starts with the worker's lines written or counted");
         let mut batch = std::mem::take(&mut state.buf);
         batch.clear();
         batch.extend_from_slice(line);
@@ -360,8 +361,11 @@ impl Shared {
             Some(output) => output.write_batch(&mut batch, drops),
             None => Written { complete: false, lost: count_lines(line), reported: false },
         };
-        batch.clear();
-        state.buf = batch;
+        // Kept for the next line, unless one huge line made it larger than the buffer limit.
+        if batch.capacity() <= self.limit {
+            batch.clear();
+            state.buf = batch;
+        }
         self.dropped.fetch_add(written.lost, Ordering::Relaxed);
         state.pending_drops += written.lost + if written.reported { 0 } else { drops };
     }
