@@ -89,11 +89,11 @@ fn request_context() -> Arc<RequestContext> {
         .method(http::Method::GET)
         .path("/users/42")
         .trace(reqscope::trace::TraceContext::new_root())
-        .build();
+        .build_shared();
     ctx.set_user_id("42");
     ctx.set_org_id("acme");
     ctx.set_route("/users/{id}");
-    Arc::new(ctx)
+    ctx
 }
 
 fn poll_once<F: Future>(future: F) -> Option<F::Output> {
@@ -114,7 +114,7 @@ fn context(c: &mut Criterion) {
             let ctx = RequestContext::builder(RequestId::new_v4())
                 .method(http::Method::GET)
                 .path(black_box("/users/42"))
-                .build();
+                .build_shared();
             poll_once(RequestContext::scope(ctx, async { RequestContext::current().map(|c| c.id().as_str().len()) }))
         })
     });
@@ -380,7 +380,7 @@ fn rate_limit(c: &mut Criterion) {
         b.iter(|| {
             n = n.wrapping_add(1);
             let ip = std::net::IpAddr::V4(std::net::Ipv4Addr::from(n));
-            call(Arc::new(RequestContext::builder(RequestId::new_v4()).client_ip(ip).build()));
+            call(RequestContext::builder(RequestId::new_v4()).client_ip(ip).build_shared());
         })
     });
     group.finish();

@@ -449,32 +449,38 @@ impl RequestContext {
     /// A context with only an id, for jobs, CLIs and tests; add details with
     /// [`RequestContext::builder`].
     pub fn new(id: RequestId) -> Self {
-        Self::builder(id).build()
+        Self::with_id(id)
     }
 
     /// Starts building a context.
     #[inline]
     pub fn builder(id: RequestId) -> RequestContextBuilder {
-        RequestContextBuilder {
-            ctx: Arc::new(RequestContext {
-                id,
-                trace: None,
-                late_trace: OnceLock::new(),
-                method: None,
-                path: None,
-                version: None,
-                grpc: false,
-                client_ip: None,
-                started: Instant::now(),
-                started_at: None,
-                patch: PatchCell::new(empty_patch()),
-                extensions: RwLock::new(Extensions::new()),
-                finished: AtomicBool::new(false),
-                job: None,
-                logged_headers: Box::default(),
-                level: LevelState::new(None),
-                log_lines: OnceLock::new(),
-            }),
+        RequestContextBuilder { ctx: Arc::new(Self::with_id(id)) }
+    }
+
+    /// A context with only its id (and its start time, now).
+    // Inlined: returned from a call, the ~500-byte context was copied once more on its way
+    // into `builder`'s `Arc`.
+    #[inline(always)]
+    fn with_id(id: RequestId) -> Self {
+        RequestContext {
+            id,
+            trace: None,
+            late_trace: OnceLock::new(),
+            method: None,
+            path: None,
+            version: None,
+            grpc: false,
+            client_ip: None,
+            started: Instant::now(),
+            started_at: None,
+            patch: PatchCell::new(empty_patch()),
+            extensions: RwLock::new(Extensions::new()),
+            finished: AtomicBool::new(false),
+            job: None,
+            logged_headers: Box::default(),
+            level: LevelState::new(None),
+            log_lines: OnceLock::new(),
         }
     }
 
