@@ -477,9 +477,9 @@ where
         // Without `otel` the trace depends on the headers alone, so the context is built with
         // it (setting it later costs a once-cell initialisation per request). With `otel` it
         // comes from the request's OpenTelemetry span, made in the context's scope below.
-        let mut incoming = incoming;
-        if !SPAN_DECIDES_TRACE {
-            builder = builder.trace(config.own_entry(plain_trace(incoming.take(), config.root_sampled)));
+        #[cfg(not(feature = "otel"))]
+        {
+            builder = builder.trace(config.own_entry(plain_trace(incoming, config.root_sampled)));
         }
         let ctx = builder.build_shared();
         if sent.log_level {
@@ -502,9 +502,15 @@ where
             // With `otel` the trace comes from the OpenTelemetry span, which needs the context
             // to exist first; so the trace is set right after, before anything logs. Only the
             // span's subscriber has seen the context yet, and it must not start a trace.
-            if SPAN_DECIDES_TRACE {
-                let unset = ctx.set_trace(config.own_entry(request_trace(&span, incoming, config.root_sampled)));
-                debug_assert!(unset.is_ok(), "the trace of a new request context is set once");
+            #[cfg(feature = "otel")]
+            if ctx
+                .set_trace(config.own_entry(crate::otel::request_trace(&span, incoming, config.root_sampled)))
+                .is_err()
+            {
+                debug_assert!(false, "the trace of a new request context is set once");
+                // Released builds go on with the trace already there; the exported span's ids
+                // may then differ from the logged ones, which is worth saying.
+                tracing::warn!(target: "reqscope::trace", "the request's trace was started before its span could set it; exported spans may not match its log lines");
             }
             let trace = ctx.trace_or_start();
             if sent_traceparent {
@@ -631,21 +637,6 @@ fn parse_grpc_timeout(value: &[u8]) -> Option<std::time::Duration> {
         _ => return None,
     })
 }
-
-#[cfg(feature = "otel")]
-use crate::otel::request_trace;
-
-#[cfg(not(feature = "otel"))]
-fn request_trace(
-    _span: &Span,
-    incoming: Option<(TraceParent, Option<TraceState>)>,
-    root_sampled: bool,
-) -> TraceContext {
-    plain_trace(incoming, root_sampled)
-}
-
-/// Whether a request's trace is known only once its span exists (the `otel` feature).
-const SPAN_DECIDES_TRACE: bool = cfg!(feature = "otel");
 
 /// The trace of a request from its headers alone: a child of the caller's, or a new root.
 pub(crate) fn plain_trace(incoming: Option<(TraceParent, Option<TraceState>)>, root_sampled: bool) -> TraceContext {
@@ -934,7 +925,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_request_continues_the_callers_trace_and_inner_services_see_the_context_s() {
+    async fn the_request_continues_the_callers_trace_and_inner_services_see_the_same_trace() {
         use http_body_util::BodyExt;
         use reqscope_core::RequestContext;
         use reqscope_core::trace::TraceStateEntry;

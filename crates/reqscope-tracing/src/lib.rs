@@ -303,14 +303,24 @@ pub enum InitError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tracing::Subscriber as _;
     use tracing_subscriber::prelude::*;
 
     /// Whether the request span is enabled under the filter built from `directives`.
+    ///
+    /// Asked of the subscriber directly, as the span macro asks it: a callsite's cached
+    /// interest is shared by every test thread, and another test's subscriber registering
+    /// the same callsite at the same time could answer for this one.
     fn request_span_enabled(directives: Option<&str>) -> bool {
-        let subscriber = tracing_subscriber::registry().with(env_filter(directives).unwrap());
-        tracing::subscriber::with_default(subscriber, || {
-            !tracing::info_span!(target: reqscope_core::REQUEST_SPAN_TARGET, "request").is_disabled()
+        // The span's metadata, from a subscriber that takes every span.
+        let metadata = tracing::subscriber::with_default(tracing_subscriber::registry(), || {
+            tracing::info_span!(target: reqscope_core::REQUEST_SPAN_TARGET, "request").metadata()
         })
+        .expect("the registry takes every span");
+        let subscriber = tracing_subscriber::registry().with(env_filter(directives).unwrap());
+        let below_max = subscriber.max_level_hint().is_none_or(|max| *metadata.level() <= max);
+        let interest = subscriber.register_callsite(metadata);
+        below_max && (interest.is_always() || (interest.is_sometimes() && subscriber.enabled(metadata)))
     }
 
     #[test]
