@@ -384,3 +384,56 @@ async fn two_servers_with_redis_leases_share_the_budget_within_the_bound() {
     assert_eq!(store_a.stats().script_calls, 2, "one lease, one refusal: {:?}", store_a.stats());
     assert_eq!(store_a.stats().local, 4);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_leases_stay_within_the_documented_overshoot_as_the_budget_refills() {
+    let Some(url) = redis_url().await else { return };
+    let prefix = fresh_prefix();
+    // 40 per second with a burst of 2, 4 cells per lease, leases that expire within the run:
+    // the budget refills and is re-leased many times while two servers spend it.
+    let (rate, burst, cells, instances) = (40.0, 2.0, 4.0, 2.0);
+    let quota = Quota::per_second(40).unwrap().with_burst(2).unwrap();
+    let store = || {
+        RedisStore::open(&url).unwrap().prefix(prefix.clone()).local_lease(4).lease_lifetime(Duration::from_millis(100))
+    };
+    let (store_a, store_b) = (store(), store());
+    let a = serve(limited_app(RateLimitLayer::redis(quota, store_a.clone()), RequestContextLayer::new())).await;
+    let b = serve(limited_app(RateLimitLayer::redis(quota, store_b.clone()), RequestContextLayer::new())).await;
+
+    // Each answer with the instant its request was sent; the run lasts 1.5 s of sending.
+    let start = std::time::Instant::now();
+    let mut answers = Vec::new();
+    let mut n = 0;
+    while start.elapsed() < Duration::from_millis(1500) {
+        let sent = start.elapsed().as_secs_f64();
+        let reply = as_user(if n % 2 == 0 { a } else { b }, "kim", &format!("refill-{n}")).await;
+        assert!(matches!(reply.status.as_u16(), 200 | 429), "{reply:?}");
+        answers.push((sent, reply.status.as_u16() == 200));
+        n += 1;
+    }
+    let end = start.elapsed().as_secs_f64();
+    let allowed_from = |t: f64| answers.iter().filter(|&&(sent, ok)| ok && sent >= t).count() as f64;
+    let refused = answers.iter().filter(|(_, ok)| !ok).count();
+    assert!(refused > 0, "the quota was reached, or the run proves nothing: {} requests", answers.len());
+
+    // Every allowed request spent a cell Redis counted within the run: never more than the
+    // exact budget over it.
+    let exact = |from: f64| burst + rate * (end - from) + 1.0;
+    assert!(allowed_from(0.0) <= exact(0.0), "{} allowed, exact bound {}", allowed_from(0.0), exact(0.0));
+    // Over any later interval, at most the exact budget plus `cells − 1` per instance (cells
+    // leased before the interval and spent in it).
+    for from in [0.25, 0.5, 0.75, 1.0, 1.25] {
+        let bound = exact(from) + instances * (cells - 1.0);
+        assert!(allowed_from(from) <= bound, "from {from} s: {} allowed, bound {bound}", allowed_from(from));
+    }
+    // And not a limiter that refuses everything: the burst and most of the refill got through
+    // (at most `cells − 1` per instance lost with each lease that ran out unspent).
+    assert!(
+        allowed_from(0.0) >= burst + rate * end / 4.0,
+        "{} allowed of {} requests",
+        allowed_from(0.0),
+        answers.len()
+    );
+    let stats = (store_a.stats(), store_b.stats());
+    assert!(stats.0.local + stats.1.local > 0, "leases were spent in process: {stats:?}");
+}
