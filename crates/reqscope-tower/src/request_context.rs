@@ -400,7 +400,8 @@ where
     }
 
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
-        let config = &*self.config;
+        let shared_config = &self.config;
+        let config = &**shared_config;
         let inner = &mut self.inner;
         let peer = config.peer.peer_addr(req.extensions()).map(|addr| addr.ip());
         if peer.is_none() && config.default_peer {
@@ -545,13 +546,11 @@ where
                     empty_body: false,
                     head,
                     log: config.access_log,
-                    classifier: Arc::clone(&config.classifier),
-                    sampler: Arc::clone(&config.sampler),
+                    config: Arc::clone(shared_config),
                     grpc_timeout,
                     classification: Classification::SUCCESS,
                     finished: false,
                 }),
-                header: config.header.clone(),
                 id: id_header,
             }
         })
@@ -652,7 +651,6 @@ pin_project! {
         #[pin]
         inner: F,
         state: Option<RequestState>,
-        header: HeaderName,
         id: HeaderValue,
     }
 }
@@ -684,10 +682,11 @@ where
         };
         match result {
             Ok(mut response) => {
-                response.headers_mut().insert(this.header.clone(), this.id.clone());
+                response.headers_mut().insert(state.config.header.clone(), this.id.clone());
                 state.status = Some(response.status());
                 if state.log {
-                    state.classification = state.classifier.classify_response(response.status(), response.headers());
+                    state.classification =
+                        state.config.classifier.classify_response(response.status(), response.headers());
                 }
                 // A body hyper will never send (HEAD, 204, 304) is dropped unpolled: that is a
                 // completed response, not an aborted one.
@@ -733,8 +732,8 @@ struct RequestState {
     empty_body: bool,
     head: bool,
     log: bool,
-    classifier: Arc<dyn ClassifyFailure>,
-    sampler: Arc<dyn SampleAccess>,
+    /// The layer's settings: the id header, the failure classifier, the access sampler.
+    config: Arc<Config>,
     /// The call's `grpc-timeout`: a call dropped after it passed was cut off at its deadline
     /// (by tonic's server, or by the client), which is `DEADLINE_EXCEEDED`, not a client who left.
     grpc_timeout: Option<std::time::Duration>,
@@ -772,14 +771,14 @@ impl RequestState {
         let deadline = (deadline_passed && grpc_status.is_none()).then(|| {
             let mut trailers = http::HeaderMap::new();
             trailers.insert(crate::classify::GRPC_STATUS, HeaderValue::from(DEADLINE_EXCEEDED));
-            self.classifier.classify_trailers(self.classification, &trailers)
+            self.config.classifier.classify_trailers(self.classification, &trailers)
         });
         let verdict = match (outcome, deadline) {
             (Outcome::Aborted, Some(deadline)) => deadline,
             _ => self.classification,
         };
         let request = AccessRequest::new(&self.ctx, self.status, verdict, elapsed, outcome == Outcome::Completed);
-        let sample_rate = match self.sampler.sample(&request) {
+        let sample_rate = match self.config.sampler.sample(&request) {
             AccessDecision::Log => None,
             AccessDecision::Sampled(rate) => Some(rate.get()),
             AccessDecision::Skip => return,
@@ -866,7 +865,8 @@ impl<B: Body> Body for ContextBody<B> {
                     // gRPC's status is here. Trailers are the last frame: hyper sends them and
                     // stops, without polling again to see the end.
                     if state.log {
-                        state.classification = state.classifier.classify_trailers(state.classification, trailers);
+                        state.classification =
+                            state.config.classifier.classify_trailers(state.classification, trailers);
                     }
                     Some(Outcome::Completed)
                 } else {

@@ -8,7 +8,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use quick_cache::sync::Cache;
+use quick_cache::UnitWeighter;
+use quick_cache::sync::{Cache, DefaultLifecycle};
 
 use super::keys::KeySet;
 use super::verify::{Verified, unix_now};
@@ -24,8 +25,12 @@ struct Entry {
 }
 
 /// Bounded map from a token (the whole string) to its verified claims.
+///
+/// Hashed with foldhash, seeded per cache: a token is a few hundred bytes hashed on every
+/// request, where SipHash costs several times more. Only tokens whose signature verified are
+/// ever stored, so nobody without the signing key can fill a shard with colliding entries.
 pub(crate) struct VerifiedCache {
-    entries: Cache<Box<str>, Arc<Entry>>,
+    entries: Cache<Box<str>, Arc<Entry>, UnitWeighter, foldhash::fast::RandomState>,
     capacity: usize,
     ttl: Duration,
     /// The key-set generation whose removed keys were last purged.
@@ -35,7 +40,14 @@ pub(crate) struct VerifiedCache {
 impl VerifiedCache {
     pub(crate) fn new(capacity: usize, ttl: Duration) -> Self {
         let capacity = capacity.max(1);
-        VerifiedCache { entries: Cache::new(capacity), capacity, ttl, purged_for: AtomicU64::new(0) }
+        let entries = Cache::with(
+            capacity,
+            capacity as u64,
+            UnitWeighter,
+            foldhash::fast::RandomState::default(),
+            DefaultLifecycle::default(),
+        );
+        VerifiedCache { entries, capacity, ttl, purged_for: AtomicU64::new(0) }
     }
 
     /// The same limits, no entries.

@@ -39,9 +39,9 @@ pub struct Claims {
     roles: Arc<[Arc<str>]>,
 }
 
-/// The verified payload, parsed into a map on first use: most requests never ask.
+/// The verified payload (UTF-8 JSON), parsed into a map on first use: most requests never ask.
 struct ClaimSet {
-    json: Box<[u8]>,
+    json: String,
     map: OnceLock<Map<String, Value>>,
 }
 
@@ -50,7 +50,7 @@ impl ClaimSet {
         // The payload was parsed in full as a JSON object when the token was checked (every
         // value, nested ones included), so this parse succeeds; an empty map would only stand
         // for a token that could not have been admitted.
-        self.map.get_or_init(|| serde_json::from_slice(&self.json).unwrap_or_default())
+        self.map.get_or_init(|| serde_json::from_str(&self.json).unwrap_or_default())
     }
 }
 
@@ -98,7 +98,7 @@ impl Claims {
 
     #[cfg(test)]
     pub(crate) fn for_tests() -> Self {
-        let claims = ClaimSet { json: Box::from(&b"{}"[..]), map: OnceLock::new() };
+        let claims = ClaimSet { json: "{}".to_owned(), map: OnceLock::new() };
         Claims { claims: Arc::new(claims), roles: Arc::from(Vec::new()) }
     }
 }
@@ -116,11 +116,19 @@ pub(crate) struct Rules {
     pub(crate) scope_fallback: bool,
 }
 
-/// The parts of a token's header the layer acts on.
+/// The parts of a token's header the layer acts on, and where the token's other two
+/// segments start (the token is split once, here).
 pub(crate) struct TokenHeader {
     pub(crate) alg: Algorithm,
     pub(crate) kid: Option<String>,
+    /// The byte offsets of the payload and of the signature in the token.
+    payload_at: usize,
+    signature_at: usize,
 }
+
+/// The longest header decoded onto the stack; a longer one (many parameters, a long `kid`)
+/// is decoded onto the heap.
+const STACK_HEADER_BYTES: usize = 256;
 
 #[derive(Clone)]
 pub(crate) struct Verified {
@@ -184,17 +192,32 @@ pub(crate) fn token_header(token: &str) -> Result<TokenHeader, Reason> {
         #[serde(default)]
         crit: Present,
     }
-    let mut parts = token.split('.');
-    let (Some(header), Some(_), Some(_), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+    // Three segments, two dots: each byte is looked at once.
+    let (header, rest) = token.split_once('.').ok_or(Reason::Malformed)?;
+    let (payload, signature) = rest.split_once('.').ok_or(Reason::Malformed)?;
+    if signature.contains('.') {
         return Err(Reason::Malformed);
+    }
+    let payload_at = header.len() + 1;
+    let signature_at = payload_at + payload.len() + 1;
+    let mut stack = [0u8; STACK_HEADER_BYTES];
+    let heap;
+    let bytes = match URL_SAFE_NO_PAD.decode_slice(header, &mut stack) {
+        Ok(length) => &stack[..length],
+        Err(base64::DecodeSliceError::OutputSliceTooSmall) => {
+            heap = URL_SAFE_NO_PAD.decode(header).map_err(|_| Reason::Malformed)?;
+            &heap[..]
+        }
+        Err(base64::DecodeSliceError::DecodeError(_)) => return Err(Reason::Malformed),
     };
-    let bytes = URL_SAFE_NO_PAD.decode(header).map_err(|_| Reason::Malformed)?;
+    // Checked once here, so the parser need not check each string again.
+    let json = std::str::from_utf8(bytes).map_err(|_| Reason::Malformed)?;
     // serde would also read a struct from a JSON array; a header is an object.
-    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+    if json.trim_start_matches(|c: char| c.is_ascii_whitespace()).as_bytes().first() != Some(&b'{') {
         return Err(Reason::Malformed);
     }
     // Duplicate parameter names are refused by serde (RFC 7515 §4 allows refusing them).
-    let raw: Raw<'_> = serde_json::from_slice(&bytes).map_err(|_| Reason::Malformed)?;
+    let raw: Raw<'_> = serde_json::from_str(json).map_err(|_| Reason::Malformed)?;
     // RFC 7515 §4.1.11: extensions listed in `crit` must be understood, and this layer
     // understands none; an empty or non-array `crit` is invalid anyway.
     if raw.crit.0 {
@@ -202,7 +225,7 @@ pub(crate) fn token_header(token: &str) -> Result<TokenHeader, Reason> {
     }
     let alg = raw.alg.ok_or(Reason::Malformed)?;
     let alg = Algorithm::from_str(&alg).map_err(|_| Reason::UnsupportedAlgorithm)?;
-    Ok(TokenHeader { alg, kid: raw.kid.map(Cow::into_owned) })
+    Ok(TokenHeader { alg, kid: raw.kid.map(Cow::into_owned), payload_at, signature_at })
 }
 
 /// Checks the signature with `key` (whose family must include the token's algorithm), then
@@ -211,8 +234,11 @@ pub(crate) fn verify(token: &str, header: &TokenHeader, key: &KeyEntry, rules: &
     if !key.algorithms.contains(&header.alg) {
         return Err(Reason::UnsupportedAlgorithm);
     }
-    let (message, signature) = token.rsplit_once('.').ok_or(Reason::Malformed)?;
-    let payload = message.split_once('.').map(|(_, payload)| payload).ok_or(Reason::Malformed)?;
+    // Split by `token_header`, from this same token.
+    let segment = |range: std::ops::Range<usize>| token.get(range).ok_or(Reason::Malformed);
+    let message = segment(0..header.signature_at - 1)?;
+    let payload = segment(header.payload_at..header.signature_at - 1)?;
+    let signature = segment(header.signature_at..token.len())?;
     match key.hmac.as_deref().and_then(|keys| keys.for_algorithm(header.alg)) {
         Some(prepared) => verify_hmac(prepared, message.as_bytes(), signature)?,
         None => match jsonwebtoken::crypto::verify(signature, message.as_bytes(), &key.key, header.alg) {
@@ -223,15 +249,17 @@ pub(crate) fn verify(token: &str, header: &TokenHeader, key: &KeyEntry, rules: &
     }
     // Only signed bytes are parsed from here on.
     let bytes = URL_SAFE_NO_PAD.decode(payload).map_err(|_| Reason::Malformed)?;
+    // Checked once here, so the parser need not check each string again.
+    let json = String::from_utf8(bytes).map_err(|_| Reason::Malformed)?;
     let (exp, nbf, user_id, org_id, roles) = {
-        let claims = Registered::read(&bytes, rules).ok_or(Reason::Malformed)?;
+        let claims = Registered::read(&json, rules).ok_or(Reason::Malformed)?;
         let (exp, nbf) = check_claims(&claims, rules, unix_now())?;
         let user_id = claims.sub.as_ref().and_then(Claim::as_str).map(Arc::from);
-        let org_id = claims.org.as_ref().and_then(text).map(Arc::from);
+        let org_id = claims.org.as_ref().and_then(text);
         let roles: Arc<[Arc<str>]> = roles(&claims, rules.scope_fallback).into();
         (exp, nbf, user_id, org_id, roles)
     };
-    let claims = ClaimSet { json: bytes.into_boxed_slice(), map: OnceLock::new() };
+    let claims = ClaimSet { json, map: OnceLock::new() };
     Ok(Verified {
         claims: Claims { claims: Arc::new(claims), roles: Arc::clone(&roles) },
         user_id,
@@ -328,10 +356,10 @@ fn classify(kind: &ErrorKind) -> Reason {
 }
 
 /// A claim as text: strings as they are, numbers in decimal.
-fn text(value: &Claim<'_>) -> Option<String> {
+fn text(value: &Claim<'_>) -> Option<Arc<str>> {
     match value {
-        Claim::Str(s) if !s.is_empty() => Some(s.to_string()),
-        Claim::Num(n) => Some(n.to_string()),
+        Claim::Str(s) if !s.is_empty() => Some(Arc::from(&**s)),
+        Claim::Num(n) => Some(Arc::from(n.to_string())),
         _ => None,
     }
 }
@@ -367,8 +395,8 @@ struct Registered<'a> {
 
 impl<'a> Registered<'a> {
     /// `None` unless `json` is one JSON object and nothing else.
-    fn read(json: &'a [u8], rules: &Rules) -> Option<Self> {
-        let mut deserializer = serde_json::Deserializer::from_slice(json);
+    fn read(json: &'a str, rules: &Rules) -> Option<Self> {
+        let mut deserializer = serde_json::Deserializer::from_str(json);
         let claims = Pick { rules }.deserialize(&mut deserializer).ok()?;
         deserializer.end().ok()?;
         Some(claims)
@@ -540,13 +568,30 @@ mod tests {
             assert_eq!(token_header(&header(bad)).err(), Some(Reason::Malformed), "{bad}");
         }
         assert_eq!(token_header(&header(r#"{"alg":"none"}"#)).err(), Some(Reason::UnsupportedAlgorithm));
+        let valid = header(r#"{"alg":"HS256"}"#);
+        let (head, rest) = valid.split_once('.').unwrap();
+        for bad in [head.to_owned(), format!("{head}.e30"), format!("{valid}.x"), format!("{head}..e30.sig")] {
+            assert_eq!(token_header(&bad).err(), Some(Reason::Malformed), "{bad}");
+        }
+        let not_utf8 = format!("{}.{rest}", URL_SAFE_NO_PAD.encode(b"{\"alg\":\"HS256\",\"x\":\"\xff\"}"));
+        assert_eq!(token_header(&not_utf8).err(), Some(Reason::Malformed));
+        assert_eq!(token_header(&format!("{head}!.{rest}")).err(), Some(Reason::Malformed), "not base64url");
+    }
+
+    #[test]
+    fn a_header_too_long_for_the_stack_is_read_all_the_same() {
+        let kid = "k".repeat(STACK_HEADER_BYTES * 2);
+        let parsed = token_header(&header(&format!(r#"{{"alg":"HS384","kid":"{kid}"}}"#))).unwrap();
+        assert_eq!((parsed.alg, parsed.kid.as_deref()), (Algorithm::HS384, Some(kid.as_str())));
+        let crit = format!(r#"{{"alg":"HS384","kid":"{kid}","crit":["b64"]}}"#);
+        assert_eq!(token_header(&header(&crit)).err(), Some(Reason::UnsupportedCrit));
     }
 
     #[test]
     fn claims_are_checked_as_rfc_7519_says() {
         let now = 1_000_000;
         let check = |claims: Value| {
-            let json = serde_json::to_vec(&claims).unwrap();
+            let json = serde_json::to_string(&claims).unwrap();
             check_claims(&Registered::read(&json, &rules()).unwrap(), &rules(), now)
         };
         assert_eq!(check(json!({"sub": "1", "exp": now, "aud": "api"})), Ok((now, None)));
@@ -596,7 +641,7 @@ mod tests {
     #[test]
     fn claims_are_read_as_a_map_of_the_payload_would_read_them() {
         fn read(json: &str) -> Option<Registered<'_>> {
-            Registered::read(json.as_bytes(), &rules())
+            Registered::read(json, &rules())
         }
         // Escaped names and values, a repeated name (the last one counts), nested values skipped.
         let claims =
@@ -616,7 +661,7 @@ mod tests {
         }
         // The org claim may be a registered name: one value fills both.
         let rules = Rules { org_claim: "sub".into(), ..rules() };
-        let claims = Registered::read(br#"{"sub":"7"}"#, &rules).unwrap();
+        let claims = Registered::read(r#"{"sub":"7"}"#, &rules).unwrap();
         assert_eq!(claims.org.as_ref().and_then(text).as_deref(), Some("7"));
         assert_eq!(claims.sub.as_ref().and_then(Claim::as_str), Some("7"));
     }
@@ -635,7 +680,7 @@ mod tests {
 
     #[test]
     fn scope_gives_roles_only_when_asked_to() {
-        let json = br#"{"scope": "read admin", "roles": []}"#;
+        let json = r#"{"scope": "read admin", "roles": []}"#;
         let claims = Registered::read(json, &rules()).unwrap();
         assert!(roles(&claims, false).is_empty());
         assert_eq!(roles(&claims, true), vec![Arc::from("read"), Arc::from("admin")]);
