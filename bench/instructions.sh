@@ -6,6 +6,7 @@
 #
 #   bench/instructions.sh            # measure and write the baseline
 #   bench/instructions.sh --check    # measure and compare
+#   bench/instructions.sh --time 9   # the same requests natively: CPU µs, 9 interleaved rounds
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -15,8 +15,8 @@ use super::keys::KeySet;
 use super::verify::{Verified, unix_now};
 
 /// One verified token: its claims, when it was verified, and by which key of which key set.
-struct Entry {
-    verified: Verified,
+pub(crate) struct Entry {
+    pub(crate) verified: Verified,
     at: Instant,
     /// The generation of the key set that verified it, and the verifying key's fingerprint:
     /// a later set without that key must not honour it.
@@ -57,7 +57,9 @@ impl VerifiedCache {
 
     /// The verified claims of `token` if it was verified less than `ttl` ago, is still within
     /// `exp` and `nbf`, and the key that verified it is still in `keys`.
-    pub(crate) fn get(&self, token: &str, leeway_secs: u64, keys: &KeySet) -> Option<Verified> {
+    /// The entry itself, not a copy of its claims: a hit clones one `Arc`, and only what the
+    /// request keeps is cloned out of it.
+    pub(crate) fn get(&self, token: &str, leeway_secs: u64, keys: &KeySet) -> Option<Arc<Entry>> {
         let entry = self.entries.get(token)?;
         let now = unix_now();
         let fresh = entry.at.elapsed() < self.ttl
@@ -69,7 +71,7 @@ impl VerifiedCache {
         if !key_kept {
             self.entries.remove(token);
         }
-        (fresh && key_kept).then(|| entry.verified.clone())
+        (fresh && key_kept).then_some(entry)
     }
 
     /// Remembers that `key` of the set of `generation` verified `token`.

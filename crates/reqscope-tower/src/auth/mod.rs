@@ -443,17 +443,17 @@ pub struct Auth<S, M = ByContentType> {
 }
 
 /// Puts the verified identity into the context and the claims into the extensions.
-fn admit<B>(request: &mut Request<B>, verified: Verified) {
+fn admit<B>(request: &mut Request<B>, verified: &Verified) {
     let Verified { claims, user_id, org_id, roles, .. } = verified;
     RequestContext::with(|ctx| {
         ctx.update(|patch| {
             patch.user_id = user_id.clone();
             patch.org_id = org_id.clone();
-            patch.roles = Arc::clone(&roles);
+            patch.roles = Arc::clone(roles);
         });
         ctx.insert_extension(claims.clone());
     });
-    request.extensions_mut().insert(claims);
+    request.extensions_mut().insert(claims.clone());
 }
 
 /// What the layer decided about a request, with the keys at hand.
@@ -480,8 +480,8 @@ impl Config {
         let keys = self.keys.current();
         if let Some(cache) = &self.cache {
             cache.forget_removed_keys(&keys);
-            if let Some(verified) = cache.get(token, self.rules.leeway_secs, &keys) {
-                admit(request, verified);
+            if let Some(entry) = cache.get(token, self.rules.leeway_secs, &keys) {
+                admit(request, &entry.verified);
                 return Checked::Admitted;
             }
         }
@@ -509,7 +509,7 @@ impl Config {
                 if let Some(cache) = &self.cache {
                     cache.insert(token, verified.clone(), keys.generation, &key.fingerprint);
                 }
-                admit(request, verified);
+                admit(request, &verified);
                 Checked::Admitted
             }
             Err(reason) => Checked::Refused(reason),
