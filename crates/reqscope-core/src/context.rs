@@ -79,38 +79,50 @@ enum RequestPath {
 
 /// The patch behind a lock that is only ever held for a pointer copy: readers hold it while
 /// they read (a log line's formatting), writers build the next patch outside it and hold it
-/// only to swap the pointer.
-struct PatchCell(RwLock<Arc<Patch>>);
+/// only to swap the pointer. The slot counts its writes, so a writer tells whether another
+/// got in between by the count it read, without keeping the patch it copied alive for the
+/// comparison (two reference-count updates less per write).
+struct PatchCell(RwLock<Slot>);
+
+struct Slot {
+    patch: Arc<Patch>,
+    writes: u64,
+}
 
 impl PatchCell {
     fn new(patch: Arc<Patch>) -> Self {
-        PatchCell(RwLock::new(patch))
+        PatchCell(RwLock::new(Slot { patch, writes: 0 }))
+    }
+
+    fn slot(&self) -> std::sync::RwLockReadGuard<'_, Slot> {
+        self.0.read().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     #[inline]
     fn read<R>(&self, f: impl FnOnce(&Patch) -> R) -> R {
-        match self.0.read() {
-            Ok(patch) => f(&patch),
-            Err(poisoned) => f(&poisoned.into_inner()),
-        }
+        f(&self.slot().patch)
     }
 
     fn load_full(&self) -> Arc<Patch> {
-        match self.0.read() {
-            Ok(patch) => Arc::clone(&patch),
-            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
-        }
+        Arc::clone(&self.slot().patch)
     }
 
     fn update(&self, f: impl Fn(&mut Patch)) {
         loop {
-            let current = self.load_full();
-            let mut next = Patch::clone(&current);
+            let (mut next, seen) = {
+                let slot = self.slot();
+                (Patch::clone(&slot.patch), slot.writes)
+            };
             f(&mut next);
+            let next = Arc::new(next);
             let mut slot = self.0.write().unwrap_or_else(|poisoned| poisoned.into_inner());
             // Another writer got in between: apply `f` again on top of its patch.
-            if Arc::ptr_eq(&slot, &current) {
-                *slot = Arc::new(next);
+            if slot.writes == seen {
+                let previous = std::mem::replace(&mut slot.patch, next);
+                slot.writes = slot.writes.wrapping_add(1);
+                drop(slot);
+                // Freed outside the lock.
+                drop(previous);
                 return;
             }
         }
@@ -893,6 +905,31 @@ mod tests {
         assert_eq!(child.user_id().as_deref(), Some("2"));
         assert_eq!(child.extension::<u8>(), Some(9));
         assert_eq!(child.id(), parent.id());
+    }
+
+    #[test]
+    fn concurrent_updates_all_land() {
+        let ctx = RequestContext::new(RequestId::new_v4());
+        let snapshot = ctx.patch();
+        std::thread::scope(|scope| {
+            for thread in 0..4 {
+                let ctx = &ctx;
+                scope.spawn(move || {
+                    for i in 0..250 {
+                        let key: Arc<str> = format!("t{thread}-{i}").into();
+                        ctx.update(|patch| patch.fields.push((Arc::clone(&key), FieldValue::U64(i))));
+                    }
+                });
+            }
+        });
+        let fields = ctx.patch().fields.clone();
+        assert_eq!(fields.len(), 1000, "an update was lost or applied twice");
+        let mut keys: Vec<_> = fields.iter().map(|(k, _)| k.clone()).collect();
+        keys.sort();
+        keys.dedup();
+        assert_eq!(keys.len(), 1000);
+        // A snapshot taken before is not changed by later writes.
+        assert!(snapshot.fields.is_empty());
     }
 
     #[test]

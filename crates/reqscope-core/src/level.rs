@@ -88,9 +88,13 @@ pub(crate) struct LevelState {
 
 impl LevelState {
     pub(crate) fn new(level: Option<RaisedLevel>) -> Self {
-        let state = LevelState::default();
-        state.set(level);
-        state
+        // Made with its level, not set afterwards: a new context is not shared yet, and a
+        // swap is an atomic read-modify-write on every request.
+        let effective = RaisedLevel::to_u8(level);
+        if effective != 0 {
+            RAISED.fetch_add(1, Ordering::Relaxed);
+        }
+        LevelState { effective: AtomicU8::new(effective), gated: AtomicBool::new(false), gate: Mutex::new(None) }
     }
 
     /// A copy for a fork: the same level in effect, the same request.

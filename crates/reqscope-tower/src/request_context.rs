@@ -682,7 +682,9 @@ where
         };
         match result {
             Ok(mut response) => {
-                response.headers_mut().insert(state.config.header.clone(), this.id.clone());
+                // Taken, not cloned: the future answers once, and a clone is a reference count.
+                let id = std::mem::replace(this.id, HeaderValue::from_static(""));
+                response.headers_mut().insert(state.config.header.clone(), id);
                 state.status = Some(response.status());
                 if state.log {
                     state.classification =
