@@ -11,7 +11,7 @@ seconds: the same binary gives the same counts whatever else the machine does.
     bench/instructions.py BINARY --time ROUNDS  # the same requests natively: CPU µs per request, no valgrind
 
 Beside the instructions, each row counts the atomic read-modify-writes that ran (`lock`-prefixed
-and `xchg` instructions of the binary, found with objdump; reference counts, locks): few
+and memory `xchg` instructions of the binary, found with objdump; reference counts, locks): few
 instructions, but tens of cycles each, so they are where fewer instructions can still take
 longer. Recorded, printed, not checked.
 
@@ -57,14 +57,16 @@ GROWTH_ALLOWED = 0.10
 
 
 def atomic_addresses(binary):
-    """Addresses of the binary's atomic read-modify-write instructions (`lock`-prefixed, `xchg`)."""
+    """Addresses of the binary's atomic read-modify-write instructions (`lock`-prefixed, and
+    `xchg` with a memory operand)."""
     out = subprocess.run(["objdump", "-d", "--no-show-raw-insn", binary], capture_output=True, text=True)
     if out.returncode != 0:
         sys.exit(f"objdump -d {binary} failed:\n{out.stderr}")
     found = set()
     for line in out.stdout.splitlines():
         address, _, instruction = line.partition(":\t")
-        if instruction.startswith(("lock ", "xchg ")):
+        # `xchg` with memory is atomic without a prefix; between registers (or as padding) it is not.
+        if instruction.startswith("lock ") or (instruction.startswith("xchg ") and "(" in instruction):
             found.add(int(address, 16))
     return found
 
@@ -204,7 +206,9 @@ def main():
     parser.add_argument("--check", metavar="BASELINE", help="compare with a committed baseline instead of writing one")
     parser.add_argument("--time", metavar="ROUNDS", type=int, help="time the request rows natively instead")
     args = parser.parse_args()
-    if args.time:
+    if args.time is not None:
+        if args.time < 1:
+            sys.exit("--time needs at least one round")
         time_natively(args.binary, args.time)
         return
     results, atomics = measure(args.binary)
@@ -235,7 +239,7 @@ def main():
     with open(os.path.join(here, "results", "instructions.md"), "w") as f:
         f.write(f"# Instructions per request and per event\n\n`bench/instructions.sh`, {record['date']}, {rustc}, {valgrind}; "
                 f"release build, in process (no sockets), (count at {LARGE} − count at {SMALL}) / {LARGE - SMALL}. "
-                f"Atomic read-modify-writes: `lock`-prefixed and `xchg` instructions of the binary (not of libc) "
+                f"Atomic read-modify-writes: `lock`-prefixed and memory `xchg` instructions of the binary (not of libc) "
                 f"that ran, counted the same way; each costs tens of cycles where most instructions cost one.\n\n")
         f.write(table(results, atomics) + "\n")
     print(table(results, atomics))

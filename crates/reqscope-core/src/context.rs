@@ -77,9 +77,9 @@ enum RequestPath {
     Owned(Box<str>),
 }
 
-/// The patch behind a lock that is only ever held for a pointer copy: readers hold it while
-/// they read (a log line's formatting), writers build the next patch outside it and hold it
-/// only to swap the pointer. The slot counts its writes, so a writer tells whether another
+/// The patch behind a lock whose write side is only ever held to swap a pointer: readers hold
+/// it while they read (a log line's formatting, a writer copying the patch it changes),
+/// writers change their copy outside it. The slot counts its writes, so a writer tells whether another
 /// got in between by the count it read, without keeping the patch it copied alive for the
 /// comparison (two reference-count updates less per write).
 struct PatchCell(RwLock<Slot>);

@@ -47,9 +47,9 @@ struct ClaimSet {
 
 impl ClaimSet {
     fn map(&self) -> &Map<String, Value> {
-        // The payload was parsed in full as a JSON object when the token was checked (every
-        // value, nested ones included), so this parse succeeds; an empty map would only stand
-        // for a token that could not have been admitted.
+        // The payload was checked as UTF-8 and parsed in full as a JSON object when the token
+        // was checked (every value, nested ones included), so this parse succeeds; an empty
+        // map would only stand for a token that could not have been admitted.
         self.map.get_or_init(|| serde_json::from_str(&self.json).unwrap_or_default())
     }
 }
@@ -676,6 +676,29 @@ mod tests {
         assert_eq!(verified.claims.get("tenant"), Some(&json!({"id": 5})));
         assert_eq!(verified.claims.subject().as_deref(), Some("1"));
         assert_eq!(Value::Object(verified.claims.as_map().clone()), claims);
+    }
+
+    #[test]
+    fn a_signed_payload_that_is_not_utf8_is_malformed_even_in_a_claim_no_check_reads() {
+        let key = KeyEntry::hmac(b"a secret of thirty-two bytes or more");
+        let secret = jsonwebtoken::EncodingKey::from_secret(b"a secret of thirty-two bytes or more");
+        let exp = unix_now() + 60;
+        let sign = |payload: &[u8]| {
+            let message = format!(
+                "{}.{}",
+                URL_SAFE_NO_PAD.encode(br#"{"alg":"HS256","typ":"JWT"}"#),
+                URL_SAFE_NO_PAD.encode(payload)
+            );
+            let signature = jsonwebtoken::crypto::sign(message.as_bytes(), &secret, Algorithm::HS256).unwrap();
+            format!("{message}.{signature}")
+        };
+        let good = sign(format!(r#"{{"sub":"1","exp":{exp},"aud":"api","x":"é"}}"#).as_bytes());
+        assert!(verify(&good, &token_header(&good).unwrap(), &key, &rules()).is_ok());
+        let mut bad = format!(r#"{{"sub":"1","exp":{exp},"aud":"api","x":"??"}}"#).into_bytes();
+        let at = bad.len() - 4;
+        bad[at..at + 2].copy_from_slice(b"\xc3\x28");
+        let bad = sign(&bad);
+        assert_eq!(verify(&bad, &token_header(&bad).unwrap(), &key, &rules()).err(), Some(Reason::Malformed));
     }
 
     #[test]
