@@ -79,9 +79,9 @@ enum RequestPath {
 
 /// The patch behind a lock whose write side is only ever held to swap a pointer: readers hold
 /// it while they read (a log line's formatting, a writer copying the patch it changes),
-/// writers change their copy outside it. The slot counts its writes, so a writer tells whether another
-/// got in between by the count it read, without keeping the patch it copied alive for the
-/// comparison (two reference-count updates less per write).
+/// writers change their copy outside it. The slot counts its writes, so a writer tells
+/// whether another got in between by the count it read, without keeping the patch it copied
+/// alive for the comparison (two reference-count updates less per write).
 struct PatchCell(RwLock<Slot>);
 
 struct Slot {
