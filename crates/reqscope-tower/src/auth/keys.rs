@@ -21,6 +21,7 @@ use jsonwebtoken::{Algorithm, DecodingKey};
 use tokio::sync::watch;
 
 use super::AuthConfigError;
+use super::verify::KnownHeaders;
 
 const HMAC: &[Algorithm] = &[Algorithm::HS256, Algorithm::HS384, Algorithm::HS512];
 const RSA: &[Algorithm] =
@@ -192,11 +193,13 @@ pub(crate) struct KeySet {
     /// may be used before it is refetched in the background.
     fetched: Option<Instant>,
     max_age: Duration,
+    /// The headers of tokens these keys verified.
+    pub(crate) headers: KnownHeaders,
 }
 
 impl KeySet {
     pub(crate) fn fixed(keys: Vec<KeyEntry>) -> Self {
-        KeySet { keys, generation: 0, fetched: None, max_age: Duration::MAX }
+        KeySet { keys, generation: 0, fetched: None, max_age: Duration::MAX, headers: KnownHeaders::default() }
     }
 
     /// Whether a key with this fingerprint is in the set.
@@ -212,7 +215,7 @@ impl KeySet {
     pub(crate) fn for_tests(generation: u64, fingerprints: &[&str]) -> Self {
         let keys =
             fingerprints.iter().map(|f| KeyEntry { fingerprint: Arc::from(*f), ..KeyEntry::hmac(b"test") }).collect();
-        KeySet { keys, generation, fetched: None, max_age: Duration::MAX }
+        KeySet { keys, generation, fetched: None, max_age: Duration::MAX, headers: KnownHeaders::default() }
     }
 }
 
@@ -242,9 +245,8 @@ impl std::ops::Deref for CurrentKeys<'_> {
 
 /// The result of looking a token's key up.
 pub(crate) enum Lookup {
-    /// `keys[i]` for each `i`, in order, are the keys to try. More than one only for tokens
-    /// without a `kid`.
-    Found(Vec<usize>),
+    /// [`candidates`] are the keys to try (more than one only for tokens without a `kid`).
+    Found,
     /// No key with that `kid` (or no keys yet): a fetch is under way, wait for it.
     Wait(Pending),
     /// No key can verify this token.
@@ -273,9 +275,8 @@ impl KeySource {
     /// The keys of `keys` for a token with `kid` and `alg`. With `may_wait`, an unknown `kid`
     /// starts a fetch (unless one ran within the minimum interval) to wait for.
     pub(crate) fn lookup(&self, keys: &KeySet, kid: Option<&str>, alg: Algorithm, may_wait: bool) -> Lookup {
-        let found = select(&keys.keys, kid, alg);
-        if !found.is_empty() {
-            return Lookup::Found(found);
+        if candidates(&keys.keys, kid, alg).next().is_some() {
+            return Lookup::Found;
         }
         match self {
             KeySource::Static(_) => Lookup::NoKey,
@@ -293,14 +294,19 @@ impl KeySource {
 /// whose family has the token's algorithm (during a rotation several may). A key without a
 /// `kid` serves tokens with any `kid`. When no key of the family matches, the first key by
 /// `kid` is returned so that verification reports the algorithm mismatch.
-fn select(keys: &[KeyEntry], kid: Option<&str>, alg: Algorithm) -> Vec<usize> {
-    let by_kid = |k: &KeyEntry| match (kid, k.kid.as_deref()) {
+/// Computed as they are tried, not collected: a request pays for no list.
+pub(crate) fn candidates<'k>(
+    keys: &'k [KeyEntry],
+    kid: Option<&'k str>,
+    alg: Algorithm,
+) -> impl Iterator<Item = &'k KeyEntry> + 'k {
+    let by_kid = move |k: &&KeyEntry| match (kid, k.kid.as_deref()) {
         (Some(want), Some(have)) => want == have,
         _ => true,
     };
-    let of_family: Vec<usize> =
-        keys.iter().enumerate().filter(|(_, k)| by_kid(k) && k.algorithms.contains(&alg)).map(|(i, _)| i).collect();
-    if of_family.is_empty() { keys.iter().position(by_kid).into_iter().collect() } else { of_family }
+    let mut of_family = keys.iter().filter(move |k| by_kid(k) && k.algorithms.contains(&alg)).peekable();
+    let fallback = if of_family.peek().is_none() { keys.iter().find(by_kid) } else { None };
+    of_family.chain(fallback)
 }
 
 /// Why a JWKS URL could not be fetched (from [`AuthLayer::refresh`](super::AuthLayer::refresh)).
@@ -511,7 +517,13 @@ impl RemoteJwks {
                 let mut current = self.keys.write().unwrap_or_else(|p| p.into_inner());
                 let changed = fingerprints(&current.keys) != fingerprints(&keys);
                 let generation = current.generation + u64::from(changed);
-                *current = Arc::new(KeySet { keys, generation, fetched: Some(Instant::now()), max_age });
+                *current = Arc::new(KeySet {
+                    keys,
+                    generation,
+                    fetched: Some(Instant::now()),
+                    max_age,
+                    headers: KnownHeaders::default(),
+                });
                 Ok(())
             }
             Err(error) => {

@@ -94,7 +94,12 @@
 //! [`AuthLayer::without_verified_token_cache`] turns it off. The cache is sharded (a hit
 //! takes one shard's read lock) and, when full, evicts the entries least used (S3-FIFO), so a
 //! token in use stays while one-off tokens come and go. When a refetched key set no longer
-//! has a key, every cached token that key verified is forgotten at once.
+//! has a key, every cached token that key verified is forgotten at once. Apart from it (and
+//! with it off too), the layer remembers the header segments of the first four tokens that
+//! verified with the current keys (a refetched key set starts afresh): an issuer's tokens
+//! share one header per key, so a new token's header is recognized by its text instead of
+//! decoded and parsed again. A token whose header is remembered is verified like any other;
+//! only tokens that verified add a header, so made-up headers cannot take the places.
 //!
 //! **Keys.** An HMAC secret, an RSA / EC / Ed25519 public key in PEM, a JWKS document (string
 //! or file), or a JWKS URL. A JWKS URL is fetched on first use and cached. It is fetched again:
@@ -376,7 +381,8 @@ impl<M> AuthLayer<M> {
         self
     }
 
-    /// Verifies every token in full, every time.
+    /// Verifies every token in full, every time: signature and claims (what its header says
+    /// may still come from the remembered headers; see the module docs).
     pub fn without_verified_token_cache(mut self) -> Self {
         self.config_mut().cache = None;
         self
@@ -485,19 +491,18 @@ impl Config {
                 return Checked::Admitted;
             }
         }
-        let header = match verify::token_header(token) {
+        let header = match verify::token_header(token, &keys.headers) {
             Ok(header) => header,
             Err(reason) => return Checked::Refused(reason),
         };
-        let candidates = match self.keys.lookup(&keys, header.kid.as_deref(), header.alg, may_wait) {
-            Lookup::Found(candidates) => candidates,
+        match self.keys.lookup(&keys, header.kid.as_deref(), header.alg, may_wait) {
+            Lookup::Found => {}
             Lookup::Wait(pending) => return Checked::Wait(pending),
             Lookup::NoKey => return Checked::Refused(no_key(&header)),
             Lookup::Unavailable => return Checked::Refused(Reason::Unavailable),
-        };
+        }
         let mut outcome = Err(Reason::InvalidSignature);
-        for index in candidates {
-            let Some(key) = keys.keys.get(index) else { continue };
+        for key in keys::candidates(&keys.keys, header.kid.as_deref(), header.alg) {
             outcome = verify::verify(token, &header, key, &self.rules).map(|verified| (verified, key));
             // Only a signature mismatch is worth trying the next key of the family for.
             if !matches!(outcome, Err(Reason::InvalidSignature)) {
@@ -506,6 +511,7 @@ impl Config {
         }
         match outcome {
             Ok((verified, key)) => {
+                keys.headers.remember(token, &header);
                 if let Some(cache) = &self.cache {
                     cache.insert(token, verified.clone(), keys.generation, &key.fingerprint);
                 }

@@ -120,10 +120,12 @@ pub(crate) struct Rules {
 /// segments start (the token is split once, here).
 pub(crate) struct TokenHeader {
     pub(crate) alg: Algorithm,
-    pub(crate) kid: Option<String>,
+    pub(crate) kid: Option<Arc<str>>,
     /// The byte offsets of the payload and of the signature in the token.
     payload_at: usize,
     signature_at: usize,
+    /// Read from [`KnownHeaders`]: nothing to remember.
+    known: bool,
 }
 
 /// The longest header decoded onto the stack; a longer one (many parameters, a long `kid`)
@@ -179,10 +181,28 @@ impl<'de> Deserialize<'de> for Present {
     }
 }
 
-/// Reads `alg` and `kid` from the token's header. `alg: none`, unknown algorithms and any
-/// `crit` are refused here, before any key is looked at; other parameters, of any JSON type,
-/// are ignored (RFC 7515 §4).
-pub(crate) fn token_header(token: &str) -> Result<TokenHeader, Reason> {
+/// Splits the token into its three segments and reads `alg` and `kid` from its header
+/// (from `known` when a verified token had the same header). `alg: none`, unknown algorithms
+/// and any `crit` are refused here, before any key is looked at; other parameters, of any
+/// JSON type, are ignored (RFC 7515 §4).
+pub(crate) fn token_header(token: &str, known: &KnownHeaders) -> Result<TokenHeader, Reason> {
+    // Three segments, two dots: each byte is looked at once.
+    let (header, rest) = token.split_once('.').ok_or(Reason::Malformed)?;
+    let (payload, signature) = rest.split_once('.').ok_or(Reason::Malformed)?;
+    if signature.contains('.') {
+        return Err(Reason::Malformed);
+    }
+    let payload_at = header.len() + 1;
+    let signature_at = payload_at + payload.len() + 1;
+    let ((alg, kid), known) = match known.get(header) {
+        Some(read) => (read, true),
+        None => (read_header(header)?, false),
+    };
+    Ok(TokenHeader { alg, kid, payload_at, signature_at, known })
+}
+
+/// Decodes and parses a header segment: its `alg` and `kid`.
+fn read_header(header: &str) -> Result<(Algorithm, Option<Arc<str>>), Reason> {
     #[derive(Deserialize)]
     struct Raw<'a> {
         #[serde(borrow, default)]
@@ -192,14 +212,6 @@ pub(crate) fn token_header(token: &str) -> Result<TokenHeader, Reason> {
         #[serde(default)]
         crit: Present,
     }
-    // Three segments, two dots: each byte is looked at once.
-    let (header, rest) = token.split_once('.').ok_or(Reason::Malformed)?;
-    let (payload, signature) = rest.split_once('.').ok_or(Reason::Malformed)?;
-    if signature.contains('.') {
-        return Err(Reason::Malformed);
-    }
-    let payload_at = header.len() + 1;
-    let signature_at = payload_at + payload.len() + 1;
     let mut stack = [0u8; STACK_HEADER_BYTES];
     let heap;
     let bytes = match URL_SAFE_NO_PAD.decode_slice(header, &mut stack) {
@@ -225,7 +237,61 @@ pub(crate) fn token_header(token: &str) -> Result<TokenHeader, Reason> {
     }
     let alg = raw.alg.ok_or(Reason::Malformed)?;
     let alg = Algorithm::from_str(&alg).map_err(|_| Reason::UnsupportedAlgorithm)?;
-    Ok(TokenHeader { alg, kid: raw.kid.map(Cow::into_owned), payload_at, signature_at })
+    Ok((alg, raw.kid.map(|kid| Arc::from(&*kid))))
+}
+
+/// How many header segments [`KnownHeaders`] keeps.
+const KNOWN_HEADERS: usize = 4;
+
+/// Header segments of tokens that verified, with what they say. The tokens of one issuer
+/// carry the same header (`{"alg":"HS256","typ":"JWT"}`, or one per `kid`), so the next
+/// token's header is recognized by comparing its text instead of being decoded and parsed
+/// again: what a header says depends on its text alone. Only headers of verified tokens are
+/// kept, the first [`KNOWN_HEADERS`] of them, so tokens with made-up headers can neither
+/// fill it nor push the real ones out. Slots are set once and read without a lock or a
+/// reference count (a hit is a few loads); it belongs to a key set, so a refetched set, after
+/// a rotation, starts with none.
+#[derive(Default)]
+pub(crate) struct KnownHeaders([OnceLock<KnownHeader>; KNOWN_HEADERS]);
+
+struct KnownHeader {
+    encoded: Box<str>,
+    alg: Algorithm,
+    kid: Option<Arc<str>>,
+}
+
+impl KnownHeaders {
+    fn get(&self, encoded: &str) -> Option<(Algorithm, Option<Arc<str>>)> {
+        let found = self.0.iter().map_while(OnceLock::get).find(|h| *h.encoded == *encoded)?;
+        Some((found.alg, found.kid.clone()))
+    }
+
+    /// Remembers the header of `token`, which has just verified with `header` read from it,
+    /// while a slot is free.
+    pub(crate) fn remember(&self, token: &str, header: &TokenHeader) {
+        if header.known {
+            return;
+        }
+        let Some(encoded) = token.get(..header.payload_at - 1) else { return };
+        for slot in &self.0 {
+            match slot.get() {
+                Some(known) if *known.encoded == *encoded => return,
+                Some(_) => {}
+                None => {
+                    let entry = KnownHeader { encoded: encoded.into(), alg: header.alg, kid: header.kid.clone() };
+                    // Another request may fill the slot first; its header is as good.
+                    let _ = slot.set(entry);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Whether `token`'s header segment is kept.
+    #[cfg(test)]
+    fn knows(&self, token: &str) -> bool {
+        token.split_once('.').is_some_and(|(header, _)| self.get(header).is_some())
+    }
 }
 
 /// Checks the signature with `key` (whose family must include the token's algorithm), then
@@ -544,10 +610,63 @@ mod tests {
         format!("{}.e30.sig", URL_SAFE_NO_PAD.encode(json))
     }
 
+    /// The header of `token`, read with nothing remembered.
+    fn fresh_header(token: &str) -> Result<TokenHeader, Reason> {
+        token_header(token, &KnownHeaders::default())
+    }
+
+    fn hs256(claims: &Value, kid: Option<&str>) -> String {
+        let secret = jsonwebtoken::EncodingKey::from_secret(b"a secret of thirty-two bytes or more");
+        let header =
+            jsonwebtoken::Header { kid: kid.map(str::to_owned), ..jsonwebtoken::Header::new(Algorithm::HS256) };
+        jsonwebtoken::encode(&header, claims, &secret).unwrap()
+    }
+
+    #[test]
+    fn only_verified_headers_are_remembered_and_only_a_few() {
+        let key = KeyEntry::hmac(b"a secret of thirty-two bytes or more");
+        let known = KnownHeaders::default();
+        let claims = json!({"sub": "1", "exp": unix_now() + 60, "aud": "api"});
+        let check = |token: &str| {
+            let header = token_header(token, &known)?;
+            let verified = verify(token, &header, &key, &rules())?;
+            known.remember(token, &header);
+            Ok::<_, Reason>((header, verified))
+        };
+        let token = hs256(&claims, Some("k1"));
+        check(&token).unwrap();
+        assert!(known.knows(&token));
+        // Read from what was remembered: the same as reading it afresh.
+        let again = hs256(&json!({"sub": "2", "exp": unix_now() + 60, "aud": "api"}), Some("k1"));
+        let (header, verified) = check(&again).unwrap();
+        assert_eq!((header.alg, header.kid.as_deref()), (Algorithm::HS256, Some("k1")));
+        assert_eq!(verified.user_id.as_deref(), Some("2"));
+        // A remembered header does not make a bad signature good.
+        let (message, _) = again.rsplit_once('.').unwrap();
+        assert_eq!(check(&format!("{message}.AAAA")).err(), Some(Reason::InvalidSignature));
+        // A token that fails is not remembered, whatever its header.
+        let forged = hs256(&claims, Some("k-forged"));
+        let (message, _) = forged.rsplit_once('.').unwrap();
+        assert_eq!(check(&format!("{message}.AAAA")).err(), Some(Reason::InvalidSignature));
+        assert!(!known.knows(&forged));
+        // Only the first few are kept; later ones verify all the same.
+        let kids: Vec<String> = (2..=KNOWN_HEADERS + 1).map(|n| format!("k{n}")).collect();
+        for kid in &kids {
+            check(&hs256(&claims, Some(kid))).unwrap();
+        }
+        assert!(known.knows(&token), "the first header stays");
+        let (kept, later) = kids.split_at(KNOWN_HEADERS - 1);
+        for kid in kept {
+            assert!(known.knows(&hs256(&claims, Some(kid))), "{kid}");
+        }
+        assert!(!known.knows(&hs256(&claims, Some(&later[0]))), "no slot left");
+        check(&hs256(&claims, Some(&later[0]))).unwrap();
+    }
+
     #[test]
     fn unknown_header_parameters_of_any_type_are_ignored() {
         for extra in [r#"1"#, r#"1.5"#, r#"true"#, r#"null"#, r#"[1,"a"]"#, r#"{"n":1}"#, r#""s""#] {
-            let parsed = token_header(&header(&format!(r#"{{"alg":"HS256","x-extra":{extra},"kid":"k"}}"#)));
+            let parsed = fresh_header(&header(&format!(r#"{{"alg":"HS256","x-extra":{extra},"kid":"k"}}"#)));
             let parsed = parsed.unwrap_or_else(|r| panic!("{extra}: {r}"));
             assert_eq!(parsed.alg, Algorithm::HS256);
             assert_eq!(parsed.kid.as_deref(), Some("k"));
@@ -557,7 +676,7 @@ mod tests {
     #[test]
     fn any_crit_is_refused() {
         for crit in [r#"["exp"]"#, r#"["b64"]"#, r#"[]"#, r#""b64""#, r#"null"#] {
-            let parsed = token_header(&header(&format!(r#"{{"alg":"HS256","crit":{crit}}}"#)));
+            let parsed = fresh_header(&header(&format!(r#"{{"alg":"HS256","crit":{crit}}}"#)));
             assert_eq!(parsed.err(), Some(Reason::UnsupportedCrit), "{crit}");
         }
     }
@@ -565,26 +684,26 @@ mod tests {
     #[test]
     fn headers_that_are_not_objects_or_repeat_a_name_are_malformed() {
         for bad in [r#"["HS256","k"]"#, r#"{"alg":"HS256","alg":"HS512"}"#, r#"{"alg":5}"#, r#"{"kid":"k"}"#] {
-            assert_eq!(token_header(&header(bad)).err(), Some(Reason::Malformed), "{bad}");
+            assert_eq!(fresh_header(&header(bad)).err(), Some(Reason::Malformed), "{bad}");
         }
-        assert_eq!(token_header(&header(r#"{"alg":"none"}"#)).err(), Some(Reason::UnsupportedAlgorithm));
+        assert_eq!(fresh_header(&header(r#"{"alg":"none"}"#)).err(), Some(Reason::UnsupportedAlgorithm));
         let valid = header(r#"{"alg":"HS256"}"#);
         let (head, rest) = valid.split_once('.').unwrap();
         for bad in [head.to_owned(), format!("{head}.e30"), format!("{valid}.x"), format!("{head}..e30.sig")] {
-            assert_eq!(token_header(&bad).err(), Some(Reason::Malformed), "{bad}");
+            assert_eq!(fresh_header(&bad).err(), Some(Reason::Malformed), "{bad}");
         }
         let not_utf8 = format!("{}.{rest}", URL_SAFE_NO_PAD.encode(b"{\"alg\":\"HS256\",\"x\":\"\xff\"}"));
-        assert_eq!(token_header(&not_utf8).err(), Some(Reason::Malformed));
-        assert_eq!(token_header(&format!("{head}!.{rest}")).err(), Some(Reason::Malformed), "not base64url");
+        assert_eq!(fresh_header(&not_utf8).err(), Some(Reason::Malformed));
+        assert_eq!(fresh_header(&format!("{head}!.{rest}")).err(), Some(Reason::Malformed), "not base64url");
     }
 
     #[test]
     fn a_header_too_long_for_the_stack_is_read_all_the_same() {
         let kid = "k".repeat(STACK_HEADER_BYTES * 2);
-        let parsed = token_header(&header(&format!(r#"{{"alg":"HS384","kid":"{kid}"}}"#))).unwrap();
+        let parsed = fresh_header(&header(&format!(r#"{{"alg":"HS384","kid":"{kid}"}}"#))).unwrap();
         assert_eq!((parsed.alg, parsed.kid.as_deref()), (Algorithm::HS384, Some(kid.as_str())));
         let crit = format!(r#"{{"alg":"HS384","kid":"{kid}","crit":["b64"]}}"#);
-        assert_eq!(token_header(&header(&crit)).err(), Some(Reason::UnsupportedCrit));
+        assert_eq!(fresh_header(&header(&crit)).err(), Some(Reason::UnsupportedCrit));
     }
 
     #[test]
@@ -618,7 +737,7 @@ mod tests {
         for alg in [Algorithm::HS256, Algorithm::HS384, Algorithm::HS512] {
             let secret = jsonwebtoken::EncodingKey::from_secret(b"a secret of thirty-two bytes or more");
             let token = jsonwebtoken::encode(&jsonwebtoken::Header::new(alg), &claims, &secret).unwrap();
-            let header = token_header(&token).unwrap();
+            let header = fresh_header(&token).unwrap();
             let verified = verify(&token, &header, &key, &rules()).unwrap_or_else(|r| panic!("{alg:?}: {r}"));
             assert_eq!(verified.user_id.as_deref(), Some("1"));
             assert_eq!(verify(&token, &header, &other, &rules()).err(), Some(Reason::InvalidSignature), "{alg:?}");
@@ -672,7 +791,7 @@ mod tests {
         let claims = json!({"sub": "1", "exp": unix_now() + 60, "aud": "api", "tenant": {"id": 5}});
         let secret = jsonwebtoken::EncodingKey::from_secret(b"a secret of thirty-two bytes or more");
         let token = jsonwebtoken::encode(&jsonwebtoken::Header::new(Algorithm::HS256), &claims, &secret).unwrap();
-        let verified = verify(&token, &token_header(&token).unwrap(), &key, &rules()).unwrap();
+        let verified = verify(&token, &fresh_header(&token).unwrap(), &key, &rules()).unwrap();
         assert_eq!(verified.claims.get("tenant"), Some(&json!({"id": 5})));
         assert_eq!(verified.claims.subject().as_deref(), Some("1"));
         assert_eq!(Value::Object(verified.claims.as_map().clone()), claims);
@@ -693,12 +812,12 @@ mod tests {
             format!("{message}.{signature}")
         };
         let good = sign(format!(r#"{{"sub":"1","exp":{exp},"aud":"api","x":"é"}}"#).as_bytes());
-        assert!(verify(&good, &token_header(&good).unwrap(), &key, &rules()).is_ok());
+        assert!(verify(&good, &fresh_header(&good).unwrap(), &key, &rules()).is_ok());
         let mut bad = format!(r#"{{"sub":"1","exp":{exp},"aud":"api","x":"??"}}"#).into_bytes();
         let at = bad.len() - 4;
         bad[at..at + 2].copy_from_slice(b"\xc3\x28");
         let bad = sign(&bad);
-        assert_eq!(verify(&bad, &token_header(&bad).unwrap(), &key, &rules()).err(), Some(Reason::Malformed));
+        assert_eq!(verify(&bad, &fresh_header(&bad).unwrap(), &key, &rules()).err(), Some(Reason::Malformed));
     }
 
     #[test]
