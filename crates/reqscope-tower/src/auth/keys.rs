@@ -272,8 +272,9 @@ impl KeySource {
         }
     }
 
-    /// The keys of `keys` for a token with `kid` and `alg`. With `may_wait`, an unknown `kid`
-    /// starts a fetch (unless one ran within the minimum interval) to wait for.
+    /// Whether `keys` has a key to try ([`candidates`]) for a token with `kid` and `alg`, and
+    /// if not, what to do. With `may_wait`, an unknown `kid` starts a fetch (unless one ran
+    /// within the minimum interval) to wait for.
     pub(crate) fn lookup(&self, keys: &KeySet, kid: Option<&str>, alg: Algorithm, may_wait: bool) -> Lookup {
         if candidates(&keys.keys, kid, alg).next().is_some() {
             return Lookup::Found;
@@ -293,8 +294,8 @@ impl KeySource {
 /// The keys to try for a token: the one with its `kid` when it names one, else every key
 /// whose family has the token's algorithm (during a rotation several may). A key without a
 /// `kid` serves tokens with any `kid`. When no key of the family matches, the first key by
-/// `kid` is returned so that verification reports the algorithm mismatch.
-/// Computed as they are tried, not collected: a request pays for no list.
+/// `kid` is the one candidate, so that verification reports the algorithm mismatch. Yielded
+/// as they are tried, not collected: a request pays for no list.
 pub(crate) fn candidates<'k>(
     keys: &'k [KeyEntry],
     kid: Option<&'k str>,
@@ -635,6 +636,30 @@ fn cache_max_age(headers: &HeaderMap) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn candidates_are_the_named_key_or_the_family_in_order() {
+        let named = |kid: Option<&str>, fingerprint: &str| KeyEntry {
+            kid: kid.map(str::to_owned),
+            fingerprint: Arc::from(fingerprint),
+            ..KeyEntry::hmac(b"a secret of thirty-two bytes or more")
+        };
+        let keys = vec![named(Some("a"), "1"), named(None, "2"), named(Some("b"), "3")];
+        let found = |kid: Option<&str>, alg| -> Vec<String> {
+            candidates(&keys, kid, alg).map(|k| k.fingerprint.to_string()).collect()
+        };
+        // A key without a `kid` serves any `kid`, after the named one, in the set's order.
+        assert_eq!(found(Some("a"), Algorithm::HS256), ["1", "2"]);
+        assert_eq!(found(Some("b"), Algorithm::HS512), ["2", "3"]);
+        assert_eq!(found(Some("c"), Algorithm::HS256), ["2"]);
+        // No `kid`: the whole family, as during a rotation.
+        assert_eq!(found(None, Algorithm::HS384), ["1", "2", "3"]);
+        // No key of the family: the first by `kid`, once, so that verification says why.
+        assert_eq!(found(Some("b"), Algorithm::RS256), ["2"]);
+        assert_eq!(found(None, Algorithm::ES256), ["1"]);
+        let only_named = vec![named(Some("a"), "1")];
+        assert_eq!(candidates(&only_named, Some("z"), Algorithm::HS256).count(), 0);
+    }
 
     fn headers(values: &[&str]) -> HeaderMap {
         let mut headers = HeaderMap::new();

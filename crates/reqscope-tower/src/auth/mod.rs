@@ -95,8 +95,8 @@
 //! takes one shard's read lock) and, when full, evicts the entries least used (S3-FIFO), so a
 //! token in use stays while one-off tokens come and go. When a refetched key set no longer
 //! has a key, every cached token that key verified is forgotten at once. Apart from it (and
-//! with it off too), the layer remembers the header segments of the first four tokens that
-//! verified with the current keys (a refetched key set starts afresh): an issuer's tokens
+//! with it off too), the layer remembers the first four distinct header segments of tokens
+//! that verified with the current keys (a refetched key set starts afresh): an issuer's tokens
 //! share one header per key, so a new token's header is recognized by its text instead of
 //! decoded and parsed again. A token whose header is remembered is verified like any other;
 //! only tokens that verified add a header, so made-up headers cannot take the places.
@@ -640,5 +640,32 @@ where
             },
             KindProj::Pending { future } => future.as_mut().poll(cx),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::header::AUTHORIZATION;
+    use jsonwebtoken::{Algorithm, EncodingKey, Header};
+
+    #[test]
+    fn only_tokens_that_verify_leave_their_header_behind() {
+        let secret = b"a secret of thirty-two bytes or more";
+        let layer = AuthLayer::hmac(secret).without_verified_token_cache();
+        let claims = serde_json::json!({"sub": "1", "exp": verify::unix_now() + 60});
+        let header = Header { kid: Some("k".to_owned()), ..Header::new(Algorithm::HS256) };
+        let good = jsonwebtoken::encode(&header, &claims, &EncodingKey::from_secret(secret)).unwrap();
+        let (message, _) = good.rsplit_once('.').unwrap();
+        let forged = format!("{message}.AAAA");
+        let request =
+            |token: &str| Request::builder().header(AUTHORIZATION, format!("Bearer {token}")).body(()).unwrap();
+        let keys = layer.config.keys.current();
+        assert!(matches!(layer.config.check(&mut request(&forged), false), Checked::Refused(Reason::InvalidSignature)));
+        assert!(!keys.headers.knows(&forged), "a refused token left its header");
+        assert!(matches!(layer.config.check(&mut request(&good), false), Checked::Admitted));
+        assert!(keys.headers.knows(&good));
+        // Remembered, the header does not make the forged token good.
+        assert!(matches!(layer.config.check(&mut request(&forged), false), Checked::Refused(Reason::InvalidSignature)));
     }
 }

@@ -248,9 +248,9 @@ const KNOWN_HEADERS: usize = 4;
 /// token's header is recognized by comparing its text instead of being decoded and parsed
 /// again: what a header says depends on its text alone. Only headers of verified tokens are
 /// kept, the first [`KNOWN_HEADERS`] of them, so tokens with made-up headers can neither
-/// fill it nor push the real ones out. Slots are set once and read without a lock or a
-/// reference count (a hit is a few loads); it belongs to a key set, so a refetched set, after
-/// a rotation, starts with none.
+/// fill it nor push the real ones out. Slots are set once and read without a lock (a hit is
+/// a few loads and a text comparison, and a reference count for a `kid`); it belongs to a key
+/// set, so a refetched set, after a rotation, starts with none.
 #[derive(Default)]
 pub(crate) struct KnownHeaders([OnceLock<KnownHeader>; KNOWN_HEADERS]);
 
@@ -289,7 +289,7 @@ impl KnownHeaders {
 
     /// Whether `token`'s header segment is kept.
     #[cfg(test)]
-    fn knows(&self, token: &str) -> bool {
+    pub(crate) fn knows(&self, token: &str) -> bool {
         token.split_once('.').is_some_and(|(header, _)| self.get(header).is_some())
     }
 }
@@ -639,6 +639,10 @@ mod tests {
         // Read from what was remembered: the same as reading it afresh.
         let again = hs256(&json!({"sub": "2", "exp": unix_now() + 60, "aud": "api"}), Some("k1"));
         let (header, verified) = check(&again).unwrap();
+        assert!(header.known, "read from what was remembered");
+        let fresh = fresh_header(&again).unwrap();
+        assert!(!fresh.known);
+        assert_eq!((header.alg, header.kid.as_deref()), (fresh.alg, fresh.kid.as_deref()));
         assert_eq!((header.alg, header.kid.as_deref()), (Algorithm::HS256, Some("k1")));
         assert_eq!(verified.user_id.as_deref(), Some("2"));
         // A remembered header does not make a bad signature good.
