@@ -523,7 +523,8 @@ impl RemoteJwks {
                     generation,
                     fetched: Some(Instant::now()),
                     max_age,
-                    headers: KnownHeaders::default(),
+                    // The same keys again: the headers they verified stay known.
+                    headers: if changed { KnownHeaders::default() } else { current.headers.clone() },
                 });
                 Ok(())
             }
@@ -694,5 +695,22 @@ mod tests {
         assert_eq!(remote.snapshot().generation, 1, "the same keys again: the same generation");
         remote.set_max_age(Duration::from_secs(10 * 86_400));
         assert_eq!(remote.max_age(), MAX_AGE_LIMIT);
+    }
+
+    #[test]
+    fn known_headers_outlive_a_refetch_of_the_same_keys_only() {
+        use base64::Engine as _;
+        let remote = RemoteJwks::new("http://127.0.0.1:9/jwks.json").unwrap();
+        let key = |kid: &str| KeyEntry { kid: Some(kid.into()), fingerprint: Arc::from(kid), ..KeyEntry::hmac(b"k") };
+        remote.complete(Ok((vec![key("a")], None))).unwrap();
+        let encoded = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(r#"{"alg":"HS256","kid":"a"}"#);
+        let token = format!("{encoded}.e30.sig");
+        let keys = remote.snapshot();
+        keys.headers.remember(&token, &super::super::verify::token_header(&token, &keys.headers).unwrap());
+        assert!(remote.snapshot().headers.knows(&token));
+        remote.complete(Ok((vec![key("a")], None))).unwrap();
+        assert!(remote.snapshot().headers.knows(&token), "the same keys came back");
+        remote.complete(Ok((vec![key("b")], None))).unwrap();
+        assert!(!remote.snapshot().headers.knows(&token), "other keys start afresh");
     }
 }

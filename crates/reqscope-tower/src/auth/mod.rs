@@ -96,10 +96,11 @@
 //! token in use stays while one-off tokens come and go. When a refetched key set no longer
 //! has a key, every cached token that key verified is forgotten at once. Apart from it (and
 //! with it off too), the layer remembers the first four distinct header segments of tokens
-//! that verified with the current keys (a refetched key set starts afresh): an issuer's tokens
-//! share one header per key, so a new token's header is recognized by its text instead of
-//! decoded and parsed again. A token whose header is remembered is verified like any other;
-//! only tokens that verified add a header, so made-up headers cannot take the places.
+//! that verified with the current keys (a refetch that brings other keys starts afresh): an
+//! issuer's tokens share one header per key, so a new token's header is recognized by its
+//! text instead of decoded and parsed again. A token whose header is remembered is verified
+//! like any other; only tokens that verified add a header, so made-up headers cannot take
+//! the places.
 //!
 //! **Keys.** An HMAC secret, an RSA / EC / Ed25519 public key in PEM, a JWKS document (string
 //! or file), or a JWKS URL. A JWKS URL is fetched on first use and cached. It is fetched again:

@@ -250,10 +250,12 @@ const KNOWN_HEADERS: usize = 4;
 /// kept, the first [`KNOWN_HEADERS`] of them, so tokens with made-up headers can neither
 /// fill it nor push the real ones out. Slots are set once and read without a lock (a hit is
 /// a few loads and a text comparison, and a reference count for a `kid`); it belongs to a key
-/// set, so a refetched set, after a rotation, starts with none.
-#[derive(Default)]
+/// set, so a refetch that brings other keys, as after a rotation, starts with none (the same
+/// keys again keep them).
+#[derive(Clone, Default)]
 pub(crate) struct KnownHeaders([OnceLock<KnownHeader>; KNOWN_HEADERS]);
 
+#[derive(Clone)]
 struct KnownHeader {
     encoded: Box<str>,
     alg: Algorithm,
