@@ -1,11 +1,15 @@
+use std::cell::RefCell;
 use std::fmt;
 use std::future::Future;
 use std::net::IpAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock, OnceLock, RwLock};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
 
 use http::{Extensions, Method, Uri, Version};
+use pin_project_lite::pin_project;
 
 use crate::baggage::{Baggage, InvalidBaggage};
 use crate::error::NoRequestContext;
@@ -15,12 +19,96 @@ use crate::level::{LevelState, RaisedLevel};
 use crate::logged_headers::LoggedHeader;
 use crate::trace::TraceContext;
 
-tokio::task_local! {
-    static CURRENT: Arc<RequestContext>;
+thread_local! {
+    /// The context of the request this thread is working for right now. A scope moves its
+    /// context in and back out again (a swap of two pointers), never cloning it: a future
+    /// polled many times per request would otherwise pay two atomic operations per poll.
+    static CURRENT: RefCell<Option<Arc<RequestContext>>> = const { RefCell::new(None) };
 }
 
-/// A future running inside a request context; returned by [`RequestContext::scope`].
-pub type Scoped<F> = tokio::task::futures::TaskLocalFuture<Arc<RequestContext>, F>;
+/// Swaps `slot` with the thread's current context, or says why it cannot.
+#[inline]
+fn swap_current(slot: &mut Option<Arc<RequestContext>>) -> Result<(), &'static str> {
+    CURRENT
+        .try_with(|current| match current.try_borrow_mut() {
+            Ok(mut current) => {
+                std::mem::swap(&mut *current, slot);
+                Ok(())
+            }
+            Err(_) => Err("a request context scope cannot be entered inside `RequestContext::with`'s closure"),
+        })
+        .unwrap_or(Err("a request context scope cannot be entered while the thread's local storage is destroyed"))
+}
+
+/// Makes `slot` the current context until dropped, then puts both back where they were.
+struct Entered<'a> {
+    slot: &'a mut Option<Arc<RequestContext>>,
+}
+
+impl<'a> Entered<'a> {
+    #[inline]
+    fn enter(slot: &'a mut Option<Arc<RequestContext>>) -> Result<Self, &'static str> {
+        swap_current(slot)?;
+        Ok(Entered { slot })
+    }
+}
+
+impl Drop for Entered<'_> {
+    #[inline]
+    fn drop(&mut self) {
+        // Cannot fail: nothing borrows the cell across the scope's closure, and the thread's
+        // storage outlives the scope that was entered in it.
+        let _ = swap_current(self.slot);
+    }
+}
+
+pin_project! {
+    /// A future running inside a request context, on every poll and when it is dropped (so
+    /// that what its destructors log is stamped too); returned by [`RequestContext::scope`].
+    #[must_use = "futures do nothing unless polled"]
+    pub struct Scoped<F> {
+        ctx: Option<Arc<RequestContext>>,
+        // `None` once complete: the future is dropped inside the context, as soon as it is done.
+        #[pin]
+        future: Option<F>,
+    }
+
+    impl<F> PinnedDrop for Scoped<F> {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            if this.future.is_some() {
+                let mut future = this.future;
+                // Where the context cannot be entered (the thread is being torn down), the
+                // future is still dropped, outside it.
+                if let Ok(_entered) = Entered::enter(this.ctx) {
+                    future.set(None);
+                }
+            }
+        }
+    }
+}
+
+impl<F: Future> Future for Scoped<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let mut future = this.future;
+        RequestContext::scope_in_place(this.ctx, || {
+            let polled = future.as_mut().as_pin_mut().expect("`Scoped` polled after it completed").poll(cx);
+            if polled.is_ready() {
+                future.set(None);
+            }
+            polled
+        })
+    }
+}
+
+impl<F> fmt::Debug for Scoped<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Scoped").field("id", &self.ctx.as_ref().map(|ctx| ctx.id())).finish_non_exhaustive()
+    }
+}
 
 /// Everything known about the request being served, readable from anywhere that runs on its
 /// behalf.
@@ -68,6 +156,13 @@ pub struct RequestContext {
 /// reqscope-tracing; the type in it is that crate's.
 pub fn log_lines(ctx: &RequestContext) -> &OnceLock<Box<dyn std::any::Any + Send + Sync>> {
     &ctx.log_lines
+}
+
+/// A weak reference to the current context, taken without a strong one in between (two
+/// atomic operations fewer than `Arc::downgrade(&RequestContext::current()?)`). Plumbing for
+/// reqscope-tracing, which keeps one in each request span.
+pub fn downgrade_current() -> Option<std::sync::Weak<RequestContext>> {
+    RequestContext::with_shared(Arc::downgrade)
 }
 
 /// Where the path comes from: the request's own URI (shared, no copy) or a string.
@@ -501,7 +596,7 @@ impl RequestContext {
     /// Costs one atomic increment; use [`RequestContext::with`] to read without it.
     #[inline]
     pub fn current() -> Option<Arc<RequestContext>> {
-        CURRENT.try_with(Arc::clone).ok()
+        Self::with_shared(Arc::clone)
     }
 
     /// Like [`RequestContext::current`], but outside a request returns an error whose message
@@ -512,9 +607,18 @@ impl RequestContext {
     }
 
     /// Runs `f` with the current context, without cloning it; `None` outside a request.
+    ///
+    /// `f` must not enter a context scope of its own (poll a [`Scoped`] future, call
+    /// [`scope_sync`](Self::scope_sync)): that panics, as entering a `tokio::task_local!` scope
+    /// there does.
     #[inline]
     pub fn with<R>(f: impl FnOnce(&RequestContext) -> R) -> Option<R> {
-        CURRENT.try_with(|ctx| f(ctx)).ok()
+        Self::with_shared(|ctx| f(ctx))
+    }
+
+    #[inline]
+    fn with_shared<R>(f: impl FnOnce(&Arc<RequestContext>) -> R) -> Option<R> {
+        CURRENT.try_with(|current| current.try_borrow().ok()?.as_ref().map(f)).ok().flatten()
     }
 
     /// Runs `future` with `ctx` as the current context on every poll.
@@ -523,14 +627,44 @@ impl RequestContext {
     /// [`spawn`](crate::spawn) and the other propagation helpers.
     #[inline]
     pub fn scope<F: Future>(ctx: impl Into<Arc<RequestContext>>, future: F) -> Scoped<F> {
-        CURRENT.scope(ctx.into(), future)
+        Scoped { ctx: Some(ctx.into()), future: Some(future) }
     }
 
     /// Runs the closure `f` with `ctx` as the current context: for synchronous jobs, threads
     /// and tests. Works on any thread, inside or outside a tokio runtime.
     #[inline]
     pub fn scope_sync<R>(ctx: impl Into<Arc<RequestContext>>, f: impl FnOnce() -> R) -> R {
-        CURRENT.sync_scope(ctx.into(), f)
+        Self::scope_in_place(&mut Some(ctx.into()), f)
+    }
+
+    /// Runs `f` with the context in `slot` as the current one (none, for `None`), moving it
+    /// in and back out rather than cloning it: for a future or body of your own that polls
+    /// inner work inside a context it holds, many times per request, where
+    /// [`scope_sync`](Self::scope_sync) would take and drop a reference each time. While `f`
+    /// runs, `slot` holds the context that was current before; both are back in place when
+    /// `f` returns or unwinds.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use reqscope_core::{RequestContext, RequestId};
+    ///
+    /// let mut held = Some(Arc::new(RequestContext::new(RequestId::parse("req-3").unwrap())));
+    /// for _ in 0..3 {
+    ///     let id = RequestContext::scope_in_place(&mut held, || RequestContext::with(|c| c.id().to_string()));
+    ///     assert_eq!(id.as_deref(), Some("req-3"));
+    /// }
+    /// assert_eq!(held.map(|ctx| Arc::strong_count(&ctx)), Some(1));
+    /// ```
+    ///
+    /// # Panics
+    ///
+    /// Inside [`with`](Self::with)'s closure, and while the thread's local storage is being
+    /// destroyed, as entering a `tokio::task_local!` scope there does.
+    #[inline]
+    pub fn scope_in_place<R>(slot: &mut Option<Arc<RequestContext>>, f: impl FnOnce() -> R) -> R {
+        // Left in place until the end: `f`'s result is returned where it is made, not copied.
+        let _entered = Entered::enter(slot).unwrap_or_else(|reason| panic!("{reason}"));
+        f()
     }
 
     /// A copy of this context to scope a sub-task with different values; changes to the copy
@@ -856,6 +990,87 @@ mod tests {
         })
         .await;
         assert!(RequestContext::current().is_none());
+    }
+
+    fn current_id() -> Option<String> {
+        RequestContext::with(|c| c.id().to_string())
+    }
+
+    #[test]
+    fn a_lent_context_is_current_inside_and_back_in_its_slot_after_even_on_unwinding() {
+        let mut held = Some(Arc::new(ctx("lent")));
+        let outer = Arc::new(ctx("outer"));
+        RequestContext::scope_sync(Arc::clone(&outer), || {
+            let inside = RequestContext::scope_in_place(&mut held, || {
+                // Nested: the outer scope's context is hidden, then current again.
+                let nested = RequestContext::scope_sync(ctx("nested"), current_id);
+                (current_id(), nested)
+            });
+            assert_eq!(inside, (Some("lent".to_owned()), Some("nested".to_owned())));
+            assert_eq!(current_id().as_deref(), Some("outer"));
+            let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                RequestContext::scope_in_place(&mut held, || panic!("inside the scope"))
+            }));
+            assert!(unwound.is_err());
+            assert_eq!(current_id().as_deref(), Some("outer"));
+            // An empty slot hides the current context for its scope.
+            assert_eq!(RequestContext::scope_in_place(&mut None, current_id), None);
+        });
+        assert_eq!(current_id(), None);
+        // Lent three times, never cloned: the slot holds the only reference again.
+        assert_eq!(
+            held.as_ref().map(|c| (c.id().as_str().to_owned(), Arc::strong_count(c))),
+            Some(("lent".to_owned(), 1))
+        );
+        assert_eq!(Arc::strong_count(&outer), 1);
+    }
+
+    #[test]
+    fn entering_a_scope_inside_with_panics_with_a_message_and_leaves_the_context() {
+        let reason = RequestContext::scope_sync(ctx("r"), || {
+            let unwound =
+                std::panic::catch_unwind(|| RequestContext::with(|_| RequestContext::scope_sync(ctx("x"), || ())));
+            let payload = unwound.expect_err("entering a scope inside `with` panics");
+            payload.downcast_ref::<String>().cloned().unwrap_or_default()
+        });
+        assert!(reason.contains("inside `RequestContext::with`"), "{reason}");
+    }
+
+    /// Says, when dropped, which context was current.
+    struct SaysOnDrop(Arc<std::sync::Mutex<Vec<Option<String>>>>);
+
+    impl Drop for SaysOnDrop {
+        fn drop(&mut self) {
+            self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).push(current_id());
+        }
+    }
+
+    #[tokio::test]
+    async fn a_scoped_future_is_dropped_inside_its_context_when_done_or_abandoned() {
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        // Done: dropped as it completes, before the scope is left.
+        let says = SaysOnDrop(Arc::clone(&seen));
+        RequestContext::scope(ctx("done"), async move {
+            tokio::task::yield_now().await;
+            drop(says);
+        })
+        .await;
+        let says = SaysOnDrop(Arc::clone(&seen));
+        let held = RequestContext::scope(ctx("held"), async move {
+            let _says = says;
+            tokio::task::yield_now().await;
+        });
+        let mut held = Box::pin(held);
+        assert!(futures_poll_once(held.as_mut()).await.is_pending());
+        // Abandoned half way: its destructors still see its context.
+        drop(held);
+        assert_eq!(*seen.lock().unwrap(), [Some("done".to_owned()), Some("held".to_owned())]);
+        assert_eq!(current_id(), None);
+    }
+
+    async fn futures_poll_once<F: Future>(future: Pin<&mut F>) -> Poll<F::Output> {
+        let mut future = Some(future);
+        std::future::poll_fn(move |cx| Poll::Ready(future.take().map(|f| f.poll(cx)))).await.unwrap_or(Poll::Pending)
     }
 
     #[test]

@@ -2,8 +2,9 @@
 //!
 //! Every request gets one [`RequestContext`]: its [`RequestId`], its W3C [`TraceContext`](trace::TraceContext), method, path, client ip and
 //! start time, plus a patchable part (user, org, roles, rate-limit budget, custom fields and
-//! typed extensions) that later layers fill in. The context lives in a tokio task-local, so
-//! any code running on behalf of the request reads it with [`RequestContext::current`] or
+//! typed extensions) that later layers fill in. The context is task-local (current around
+//! every poll of the request's future, like a `tokio::task_local!`), so any code running on
+//! behalf of the request reads it with [`RequestContext::current`] or
 //! [`RequestContext::with`] — no `req` parameter anywhere.
 //!
 //! ```
@@ -57,7 +58,7 @@ pub use proxy::{ClientIpHeader, InvalidProxy, TrustedProxies};
 /// Plumbing shared by reqscope's own crates; not a public API, and it may change at any time.
 #[doc(hidden)]
 pub mod __private {
-    pub use crate::context::log_lines;
+    pub use crate::context::{downgrade_current, log_lines};
     pub use crate::error::ErrorChain;
     pub use crate::panics::{install_panic_location_hook, panic_message, take_panic_location};
 }

@@ -1,7 +1,7 @@
 //! Carrying the context across task and thread boundaries.
 //!
-//! tokio task-locals belong to one task: `tokio::spawn`, `spawn_blocking`, `JoinSet`, std
-//! threads and callbacks run elsewhere and see no context (tokio will not add inheritance).
+//! The context belongs to one task, like a tokio task-local: `tokio::spawn`, `spawn_blocking`,
+//! `JoinSet`, std threads and callbacks run elsewhere and see no context.
 //! These helpers capture the current context — and the current `tracing` span, so that
 //! libraries that hop threads with the span (sqlx-sqlite) stay stamped too — and re-enter
 //! both around the work.
@@ -50,6 +50,17 @@ impl Captured {
         let _entered = self.span.enter();
         match &self.ctx {
             Some(ctx) => RequestContext::scope_sync(Arc::clone(ctx), f),
+            None => f(),
+        }
+    }
+
+    /// [`run`](Self::run), lending the captured context rather than cloning it: for
+    /// [`InContext`], which enters it on every poll.
+    #[inline]
+    fn run_in_place<R>(&mut self, f: impl FnOnce() -> R) -> R {
+        let _entered = self.span.enter();
+        match self.ctx {
+            Some(_) => RequestContext::scope_in_place(&mut self.ctx, f),
             None => f(),
         }
     }
@@ -259,7 +270,7 @@ impl<F: Future> Future for InContext<F> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        this.captured.run(|| this.inner.poll(cx))
+        this.captured.run_in_place(|| this.inner.poll(cx))
     }
 }
 

@@ -497,32 +497,34 @@ where
         };
 
         // Everything is built inside the scope and returned at once: the inner future is moved
-        // as few times as can be.
-        RequestContext::scope_sync(Arc::clone(&ctx), move || {
+        // as few times as can be. The context is lent to the scope, then put in the state.
+        let mut held = Some(ctx);
+        let mut future = RequestContext::scope_in_place(&mut held, move || {
             let span = tracing::info_span!(target: REQUEST_SPAN_TARGET, "request");
             // With `otel` the trace comes from the OpenTelemetry span, which needs the context
             // to exist first; so the trace is set right after, before anything logs. Only the
             // span's subscriber has seen the context yet, and it must not start a trace.
             #[cfg(feature = "otel")]
-            if ctx
-                .set_trace(config.own_entry(crate::otel::request_trace(&span, incoming, config.root_sampled)))
-                .is_err()
-            {
+            let trace = config.own_entry(crate::otel::request_trace(&span, incoming, config.root_sampled));
+            #[cfg(feature = "otel")]
+            if RequestContext::with(|ctx| ctx.set_trace(trace).is_err()).unwrap_or(true) {
                 debug_assert!(false, "the trace of a new request context is set once");
                 // Released builds go on with the trace already there; the exported span's ids
                 // may then differ from the logged ones, which is worth saying.
                 tracing::warn!(target: "reqscope::trace", "the request's trace was started before its span could set it; exported spans may not match its log lines");
             }
-            let trace = ctx.trace_or_start();
             if sent_traceparent {
                 // Inner services see this service's place in the trace, not the caller's (nor a
                 // rejected value): a handler that copies headers onward sends a proper child.
                 let headers = req.headers_mut();
-                headers.insert(TRACEPARENT, trace.traceparent());
-                match trace.state() {
-                    Some(state) => headers.insert(TRACESTATE, state.header_value().clone()),
-                    None => headers.remove(TRACESTATE),
-                };
+                RequestContext::with(|ctx| {
+                    let trace = ctx.trace_or_start();
+                    headers.insert(TRACEPARENT, trace.traceparent());
+                    match trace.state() {
+                        Some(state) => headers.insert(TRACESTATE, state.header_value().clone()),
+                        None => headers.remove(TRACESTATE),
+                    };
+                });
             }
             if let Some(reason) = invalid {
                 // The reason only: the value is untrusted input and never reaches a log line.
@@ -538,7 +540,7 @@ where
             ResponseFuture {
                 inner,
                 state: Some(RequestState {
-                    ctx,
+                    ctx: None,
                     span,
                     status: None,
                     bytes: 0,
@@ -553,7 +555,11 @@ where
                 }),
                 id: id_header,
             }
-        })
+        });
+        if let Some(state) = future.state.as_mut() {
+            state.ctx = held;
+        }
+        future
     }
 }
 
@@ -664,14 +670,14 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let result = match this.state.as_ref() {
+        let result = match this.state.as_mut() {
             Some(state) => {
                 let _entered = state.span.enter();
                 let inner = this.inner;
                 // Written in place rather than returned through the scope: a response is large,
                 // and each return would copy it.
                 let mut polled = Poll::Pending;
-                RequestContext::scope_sync(Arc::clone(&state.ctx), || polled = inner.poll(cx));
+                RequestContext::scope_in_place(&mut state.ctx, || polled = inner.poll(cx));
                 ready!(polled)
             }
             // Polled again after completion: the inner future decides what that means.
@@ -725,7 +731,9 @@ enum Outcome {
 /// What the access line needs; owned by the future, then by the body. Dropped unfinished, it
 /// reports the request as aborted, so no request goes without its line.
 struct RequestState {
-    ctx: Arc<RequestContext>,
+    /// `None` only while lent to a scope (see [`RequestContext::scope_in_place`]), when
+    /// nothing else can reach the state; and in the request's future until `call` returns.
+    ctx: Option<Arc<RequestContext>>,
     span: Span,
     status: Option<StatusCode>,
     bytes: u64,
@@ -749,13 +757,16 @@ impl RequestState {
         if std::mem::replace(&mut self.finished, true) {
             return;
         }
+        let Some(ctx) = self.ctx.as_deref() else {
+            return;
+        };
         // Spans that outlive the request stop stamping it; the access line still is (task-local).
-        self.ctx.mark_finished();
+        ctx.mark_finished();
         if !self.log {
             return;
         }
         let _entered = self.span.enter();
-        let elapsed = self.ctx.elapsed();
+        let elapsed = ctx.elapsed();
         let duration_ms = elapsed.as_micros() as f64 / 1000.0;
         let status = self.status.map(|s| s.as_u16());
         let bytes = self.bytes;
@@ -779,13 +790,13 @@ impl RequestState {
             (Outcome::Aborted, Some(deadline)) => deadline,
             _ => self.classification,
         };
-        let request = AccessRequest::new(&self.ctx, self.status, verdict, elapsed, outcome == Outcome::Completed);
+        let request = AccessRequest::new(ctx, self.status, verdict, elapsed, outcome == Outcome::Completed);
         let sample_rate = match self.config.sampler.sample(&request) {
             AccessDecision::Log => None,
             AccessDecision::Sampled(rate) => Some(rate.get()),
             AccessDecision::Skip => return,
         };
-        RequestContext::scope_sync(Arc::clone(&self.ctx), || match outcome {
+        RequestContext::scope_in_place(&mut self.ctx, || match outcome {
             Outcome::Completed if failed => {
                 tracing::error!(target: "reqscope::access", status, grpc_status, duration_ms, bytes, sample_rate, "request completed")
             }
@@ -856,7 +867,7 @@ impl<B: Body> Body for ContextBody<B> {
         let polled = {
             let _entered = state.span.enter();
             let inner = this.inner.as_mut();
-            RequestContext::scope_sync(Arc::clone(&state.ctx), || inner.poll_frame(cx))
+            RequestContext::scope_in_place(&mut state.ctx, || inner.poll_frame(cx))
         };
         let outcome = match &polled {
             Poll::Ready(Some(Ok(frame))) => {

@@ -87,10 +87,10 @@ pub(crate) fn remember_request<S>(span: &SpanRef<'_, S>)
 where
     S: for<'a> LookupSpan<'a>,
 {
-    if let Some(request) = RequestContext::current() {
+    if let Some(request) = reqscope_core::__private::downgrade_current() {
         // `replace`, not a look-up then an insert: one map operation. Another layer that
         // remembered it first stored the same request.
-        span.extensions_mut().replace(SpanContext(Arc::downgrade(&request)));
+        span.extensions_mut().replace(SpanContext(request));
     }
 }
 
