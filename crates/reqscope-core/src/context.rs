@@ -177,44 +177,69 @@ enum RequestPath {
 /// writers change their copy outside it. The slot counts its writes, so a writer tells
 /// whether another got in between by the count it read, without keeping the patch it copied
 /// alive for the comparison (two reference-count updates less per write).
-struct PatchCell(RwLock<Slot>);
+///
+/// Until the first write, the patch is the empty one, read without the lock: most requests of
+/// a service without auth are never patched, and each of their lines would take it for nothing.
+struct PatchCell {
+    /// Set under the write lock by the first write; never unset.
+    written: AtomicBool,
+    slot: RwLock<Slot>,
+}
 
 struct Slot {
-    patch: Arc<Patch>,
+    /// `None` for the empty patch.
+    patch: Option<Arc<Patch>>,
     writes: u64,
 }
 
 impl PatchCell {
-    fn new(patch: Arc<Patch>) -> Self {
-        PatchCell(RwLock::new(Slot { patch, writes: 0 }))
+    fn new(patch: Option<Arc<Patch>>) -> Self {
+        PatchCell { written: AtomicBool::new(patch.is_some()), slot: RwLock::new(Slot { patch, writes: 0 }) }
     }
 
     fn slot(&self) -> std::sync::RwLockReadGuard<'_, Slot> {
-        self.0.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.slot.read().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     #[inline]
     fn read<R>(&self, f: impl FnOnce(&Patch) -> R) -> R {
-        f(&self.slot().patch)
+        // One call of `f`, so that it is inlined here once.
+        let slot;
+        let patch = if self.written.load(Ordering::Acquire) {
+            slot = self.slot();
+            slot.patch.as_deref().unwrap_or_else(|| empty_patch())
+        } else {
+            empty_patch()
+        };
+        f(patch)
+    }
+
+    /// The patch, shared; `None` while it is the empty one.
+    fn written(&self) -> Option<Arc<Patch>> {
+        if !self.written.load(Ordering::Acquire) {
+            return None;
+        }
+        self.slot().patch.clone()
     }
 
     fn load_full(&self) -> Arc<Patch> {
-        Arc::clone(&self.slot().patch)
+        self.written().unwrap_or_else(|| Arc::clone(&EMPTY_SHARED))
     }
 
     fn update(&self, f: impl Fn(&mut Patch)) {
         loop {
             let (mut next, seen) = {
                 let slot = self.slot();
-                (Patch::clone(&slot.patch), slot.writes)
+                (Patch::clone(slot.patch.as_deref().unwrap_or_else(|| empty_patch())), slot.writes)
             };
             f(&mut next);
             let next = Arc::new(next);
-            let mut slot = self.0.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let mut slot = self.slot.write().unwrap_or_else(|poisoned| poisoned.into_inner());
             // Another writer got in between: apply `f` again on top of its patch.
             if slot.writes == seen {
-                let previous = std::mem::replace(&mut slot.patch, next);
+                let previous = slot.patch.replace(next);
                 slot.writes = slot.writes.wrapping_add(1);
+                self.written.store(true, Ordering::Release);
                 drop(slot);
                 // Freed outside the lock.
                 drop(previous);
@@ -226,10 +251,13 @@ impl PatchCell {
 
 /// Every context starts from the same empty patch; the first write replaces it.
 #[inline]
-fn empty_patch() -> Arc<Patch> {
-    static EMPTY: LazyLock<Arc<Patch>> = LazyLock::new(|| Arc::new(Patch::default()));
-    Arc::clone(&EMPTY)
+fn empty_patch() -> &'static Patch {
+    static EMPTY: LazyLock<Patch> = LazyLock::new(Patch::default);
+    &EMPTY
 }
+
+/// The empty patch for [`RequestContext::patch`], which returns it shared.
+static EMPTY_SHARED: LazyLock<Arc<Patch>> = LazyLock::new(|| Arc::new(Patch::default()));
 
 /// The patchable part of a [`RequestContext`]: who is asking and with how much budget.
 ///
@@ -532,7 +560,7 @@ impl RequestContextBuilder {
 
     /// The patchable part to start with (a restored snapshot's).
     pub(crate) fn patch(mut self, patch: Patch) -> Self {
-        self.ctx().patch = PatchCell::new(Arc::new(patch));
+        self.ctx().patch = PatchCell::new(Some(Arc::new(patch)));
         self
     }
 
@@ -581,7 +609,7 @@ impl RequestContext {
             client_ip: None,
             started: Instant::now(),
             started_at: None,
-            patch: PatchCell::new(empty_patch()),
+            patch: PatchCell::new(None),
             extensions: RwLock::new(Extensions::new()),
             finished: AtomicBool::new(false),
             job: None,
@@ -685,7 +713,7 @@ impl RequestContext {
             client_ip: self.client_ip,
             started: self.started,
             started_at: self.started_at,
-            patch: PatchCell::new(self.patch.load_full()),
+            patch: PatchCell::new(self.patch.written()),
             extensions: RwLock::new(extensions),
             finished: AtomicBool::new(false),
             job: self.job.clone(),
