@@ -10,6 +10,7 @@
 //! bench-server soak ADDR REQUESTS CONNECTIONS PID TOKEN   # bench/soak.sh's load client
 //! bench-server requests <stack> N  # N requests in process, no sockets (bench/instructions.sh)
 //! bench-server events <reqscope|fmt-json> N   # N stamped events (bench/instructions.sh)
+//! bench-server calls <grpc-stack> N   # N unary gRPC calls in process (bench/instructions.sh)
 //! bench-server otlp-sink ADDR   # a stand-in OTLP/HTTP collector; GET /counts: "spans records"
 //! ```
 //!
@@ -103,7 +104,7 @@ fn run() -> Result<(), String> {
             runtime.block_on(ws_load::run(addr, seconds, connections, arg("TOKEN")?))
         };
     }
-    if first == "requests" || first == "events" {
+    if first == "requests" || first == "events" || first == "calls" {
         let what = args.next().ok_or(format!("{first} needs what to run"))?;
         let count = args.next().ok_or(format!("{first} needs a count"))?;
         let count: u64 = count.parse().map_err(|_| format!("bad count {count:?}"))?;
@@ -114,6 +115,8 @@ fn run() -> Result<(), String> {
         drop(guard);
         return if first == "requests" {
             inproc::requests(what.parse()?, count, writer)
+        } else if first == "calls" {
+            GrpcStack::parse(&what).ok_or(format!("unknown gRPC stack {what:?}"))?.calls(count, writer)
         } else {
             inproc::events(what.parse()?, count, writer)
         };

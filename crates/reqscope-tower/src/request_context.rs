@@ -434,7 +434,10 @@ where
         let grpc = sent.content_type
             && req.headers().get(http::header::CONTENT_TYPE).is_some_and(|v| is_grpc_content_type(v.as_bytes()));
         let grpc_timeout = if grpc {
-            let sent = req.headers().get(GRPC_TIMEOUT).and_then(|value| parse_grpc_timeout(value.as_bytes()));
+            let sent = sent
+                .grpc_timeout
+                .then(|| req.headers().get(GRPC_TIMEOUT).and_then(|value| parse_grpc_timeout(value.as_bytes())))
+                .flatten();
             match (sent, config.grpc_server_timeout) {
                 (Some(sent), Some(server)) => Some(sent.min(server)),
                 (sent, server) => sent.or(server),
@@ -571,6 +574,7 @@ where
 struct Sent {
     id: bool,
     content_type: bool,
+    grpc_timeout: bool,
     traceparent: bool,
     tracestate: bool,
     baggage: bool,
@@ -582,8 +586,15 @@ impl Sent {
 
     fn of(headers: &http::HeaderMap, config: &Config) -> Sent {
         let all = headers.keys_len() > Self::SCAN_LIMIT;
-        let mut sent =
-            Sent { id: all, content_type: all, traceparent: all, tracestate: all, baggage: all, log_level: all };
+        let mut sent = Sent {
+            id: all,
+            content_type: all,
+            grpc_timeout: all,
+            traceparent: all,
+            tracestate: all,
+            baggage: all,
+            log_level: all,
+        };
         if all {
             return sent;
         }
@@ -592,6 +603,7 @@ impl Sent {
         // headers are configurable and may be named like another one.
         for name in headers.keys() {
             sent.content_type |= *name == http::header::CONTENT_TYPE;
+            sent.grpc_timeout |= *name == GRPC_TIMEOUT;
             sent.id |= *name == config.header;
             sent.traceparent |= *name == TRACEPARENT;
             sent.tracestate |= *name == TRACESTATE;
@@ -619,7 +631,7 @@ fn warn_no_peer_once() {
 }
 
 /// The gRPC call's timeout header (gRPC over HTTP/2: "grpc-timeout").
-const GRPC_TIMEOUT: &str = "grpc-timeout";
+const GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
 /// The gRPC status of a call cut off at its deadline.
 const DEADLINE_EXCEEDED: i32 = 4;
 
