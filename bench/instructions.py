@@ -1,23 +1,24 @@
 #!/usr/bin/env python3
 """Instructions per request and per stamped event, counted by valgrind's callgrind.
 
-Each row runs `bench-server requests <stack> N` (or `events <writer> N`) twice under callgrind,
-with a small and a large N; the difference of the two totals over the difference of N is the
-cost of one request (or event) once warm: start-up, warm-up and exit cancel out. Counts, not
+Each row runs `bench-server requests <stack> N` (or `calls <grpc-stack> N`, `events <writer> N`)
+twice under callgrind, with a small and a large N; the difference of the two totals over the
+difference of N is the cost of one request (call, event) once warm: start-up, warm-up and exit
+cancel out. Counts, not
 seconds: the same binary gives the same counts whatever else the machine does.
 
     bench/instructions.py BINARY                # measure, print, write bench/results/instructions.{md,json}
     bench/instructions.py BINARY --check FILE   # measure, compare with the baseline FILE, exit 1 on a regression
-    bench/instructions.py BINARY --time ROUNDS  # the same requests natively: CPU µs per request, no valgrind
+    bench/instructions.py BINARY --time ROUNDS  # the same requests and calls natively: CPU µs each, no valgrind
 
 Beside the instructions, each row counts the atomic read-modify-writes that ran (`lock`-prefixed
 and memory `xchg` instructions of the binary, found with objdump; reference counts, locks): few
 instructions, but tens of cycles each, so they are where fewer instructions can still take
 longer. Recorded, printed, not checked.
 
-`--time` runs each request row without valgrind, pinned to CPU 0, in interleaved rounds (each
-stack once per round, 200,000 and 20,000 requests; the difference of their CPU times over
-180,000 is one request) and writes the medians and fastest rounds to
+`--time` runs each request and call row without valgrind, pinned to CPU 0, in interleaved
+rounds (each stack once per round, 200,000 and 20,000 requests; the difference of their CPU
+times over 180,000 is one request) and writes the medians and fastest rounds to
 bench/results/inproc-time.md: seconds, so noisy, but the native cost of the same code (the
 SHA-256 extensions, for one, which valgrind does not emulate). Not used by CI.
 
@@ -49,10 +50,15 @@ ROWS = [
     ("requests", "full-verify-each", "full stack, token verified each time"),
     ("requests", "full-rate-limit", "full stack + in-process rate limit"),
     ("requests", "tower-http", "tower-http + fmt().json(), 2 lines"),
+    ("calls", "grpc-bare", "bare tonic, one unary call"),
+    ("calls", "grpc-context-log", "tonic + reqscope context + 1 line"),
+    ("calls", "grpc-auth", "tonic + context + HS256 auth + 1 line"),
     ("events", "reqscope", "one stamped event, reqscope JSON"),
     ("events", "fmt-json", "one event, fmt().json() with the fields on a span"),
 ]
 SMALL, LARGE = 200, 1200
+# What the rows of each kind are measured over ("over bare" in the tables).
+BASE = {"requests": "bare", "calls": "grpc-bare"}
 GROWTH_ALLOWED = 0.10
 
 
@@ -132,13 +138,13 @@ def measure(binary):
 
 
 def table(results, atomics):
-    bare = results["bare"]
     lines = [
-        "| row | instructions | over bare axum | atomic read-modify-writes |",
+        "| row | instructions | over bare axum (tonic) | atomic read-modify-writes |",
         "| --- | ---: | ---: | ---: |",
     ]
     for kind, name, label in ROWS:
-        over = f"+{results[name] - bare:,}" if kind == "requests" and name != "bare" else ""
+        base = BASE.get(kind)
+        over = f"+{results[name] - results[base]:,}" if base and name != base else ""
         lines.append(f"| {label} (`{name}`) | {results[name]:,} | {over} | {atomics[name]} |")
     return "\n".join(lines)
 
@@ -156,11 +162,11 @@ def cpu_seconds(command):
 def time_natively(binary, rounds):
     big, small = 200_000, 20_000
     pin = ["taskset", "-c", "0"] if shutil.which("taskset") else []
-    names = [(name, label) for kind, name, label in ROWS if kind == "requests"]
-    runs = {name: [] for name, _ in names}
+    names = [(kind, name, label) for kind, name, label in ROWS if kind in BASE]
+    runs = {name: [] for _, name, _ in names}
     for round_no in range(rounds):
-        for name, _ in names:
-            command = pin + [binary, "requests", name]
+        for kind, name, _ in names:
+            command = pin + [binary, kind, name]
             seconds = cpu_seconds(command + [str(big)]) - cpu_seconds(command + [str(small)])
             runs[name].append(seconds / (big - small) * 1e6)
             print(f"round {round_no + 1}/{rounds} {name:>18}: {runs[name][-1]:.3f} µs", file=sys.stderr, flush=True)
@@ -168,14 +174,15 @@ def time_natively(binary, rounds):
     fastest = {name: min(v) for name, v in runs.items()}
     lines = [
         f"# CPU time per request, natively, in process\n\n`bench/instructions.sh --time {rounds}`, {date.today().isoformat()}: "
-        f"the requests of the instruction rows without valgrind, pinned to CPU 0, {rounds} interleaved rounds; "
-        f"(CPU at {big:,} − CPU at {small:,}) / {big - small:,}.\n",
-        "| row | median µs | over bare | fastest round µs | over bare |",
+        f"the requests and calls of the instruction rows without valgrind, pinned to CPU 0, {rounds} interleaved "
+        f"rounds; (CPU at {big:,} − CPU at {small:,}) / {big - small:,}.\n",
+        "| row | median µs | over bare axum (tonic) | fastest round µs | over bare |",
         "| --- | ---: | ---: | ---: | ---: |",
     ]
-    for name, label in names:
-        lines.append(f"| {label} (`{name}`) | {median[name]:.3f} | {median[name] - median['bare']:+.3f} | "
-                     f"{fastest[name]:.3f} | {fastest[name] - fastest['bare']:+.3f} |")
+    for kind, name, label in names:
+        base = BASE[kind]
+        lines.append(f"| {label} (`{name}`) | {median[name]:.3f} | {median[name] - median[base]:+.3f} | "
+                     f"{fastest[name]:.3f} | {fastest[name] - fastest[base]:+.3f} |")
     text = "\n".join(lines) + "\n"
     with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "inproc-time.md"), "w") as f:
         f.write(text)
