@@ -176,7 +176,7 @@ def time_natively(binary, rounds):
         f"# CPU time per request, natively, in process\n\n`bench/instructions.sh --time {rounds}`, {date.today().isoformat()}: "
         f"the requests and calls of the instruction rows without valgrind, pinned to CPU 0, {rounds} interleaved "
         f"rounds; (CPU at {big:,} − CPU at {small:,}) / {big - small:,}.\n",
-        "| row | median µs | over bare axum (tonic) | fastest round µs | over bare |",
+        "| row | median µs | over bare axum (tonic) | fastest round µs | over bare (fastest) |",
         "| --- | ---: | ---: | ---: | ---: |",
     ]
     for kind, name, label in names:
@@ -211,7 +211,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("binary")
     parser.add_argument("--check", metavar="BASELINE", help="compare with a committed baseline instead of writing one")
-    parser.add_argument("--time", metavar="ROUNDS", type=int, help="time the request rows natively instead")
+    parser.add_argument("--time", metavar="ROUNDS", type=int, help="time the request and call rows natively instead")
     args = parser.parse_args()
     if args.time is not None:
         if args.time < 1:

@@ -72,7 +72,9 @@ impl GrpcStack {
 
     /// Makes `count` unary `GetUser` calls through the stack in process, as tonic's server
     /// would hand them over (the layers in the order `serve` adds them), for
-    /// `bench/instructions.sh`; every answer must carry the user and `grpc-status: 0`.
+    /// `bench/instructions.sh`; every answer must carry the user and `grpc-status: 0`. The
+    /// service is called directly: tonic's router and transport are the same for every
+    /// stack, and not in the counts.
     pub fn calls(self, count: u64, writer: NonBlocking) -> Result<(), String> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -107,9 +109,13 @@ where
     frame.extend_from_slice(&message);
     let frame = bytes::Bytes::from(frame);
     let token = format!("Bearer {}", crate::stacks::token());
+    // The target as h2 hands it over: absolute form, in shared bytes (a clone of the URI is a
+    // count increment, as for a served call).
+    let target = bytes::Bytes::from(b"http://127.0.0.1:50051/reqscope.example.v1.Users/GetUser".to_vec());
     let peer: std::net::SocketAddr = "127.0.0.1:50000".parse().map_err(|_| "bad peer address")?;
     for _ in 0..count {
-        let mut request = http::Request::post(http::Uri::from_static("/reqscope.example.v1.Users/GetUser"))
+        let uri = http::Uri::from_maybe_shared(target.clone()).map_err(|e| e.to_string())?;
+        let mut request = http::Request::post(uri)
             .header("content-type", "application/grpc")
             .header("te", "trailers")
             .header("authorization", &token)

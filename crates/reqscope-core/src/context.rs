@@ -8,6 +8,7 @@ use std::sync::{Arc, LazyLock, OnceLock, RwLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
 
+use http::uri::{PathAndQuery, Scheme};
 use http::{Extensions, Method, Uri, Version};
 use pin_project_lite::pin_project;
 
@@ -58,7 +59,8 @@ impl Drop for Entered<'_> {
     fn drop(&mut self) {
         // Cannot fail: nothing borrows the cell across the scope's closure, and the thread's
         // storage outlives the scope that was entered in it.
-        let _ = swap_current(self.slot);
+        let restored = swap_current(self.slot);
+        debug_assert!(restored.is_ok(), "a request context scope could not be left: {restored:?}");
     }
 }
 
@@ -76,7 +78,7 @@ pin_project! {
     impl<F> PinnedDrop for Scoped<F> {
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
-            if this.future.is_some() {
+            if std::mem::needs_drop::<F>() && this.future.is_some() {
                 let mut future = this.future;
                 // Where the context cannot be entered (the thread is being torn down), the
                 // future is still dropped, outside it.
@@ -165,10 +167,11 @@ pub fn downgrade_current() -> Option<std::sync::Weak<RequestContext>> {
     RequestContext::with_shared(Arc::downgrade)
 }
 
-/// Where the path comes from: the request's own URI (shared, no copy) or a string.
+/// Where the path comes from: the request's own URI (its path and scheme, sharing the URI's
+/// bytes, no copy) or a string.
 #[derive(Clone, Debug)]
 enum RequestPath {
-    Uri(Uri),
+    Uri { scheme: Option<Scheme>, path: Option<PathAndQuery> },
     Owned(Box<str>),
 }
 
@@ -252,11 +255,10 @@ impl PatchCell {
 /// Every context starts from the same empty patch; the first write replaces it.
 #[inline]
 fn empty_patch() -> &'static Patch {
-    static EMPTY: LazyLock<Patch> = LazyLock::new(Patch::default);
-    &EMPTY
+    &EMPTY_SHARED
 }
 
-/// The empty patch for [`RequestContext::patch`], which returns it shared.
+/// The empty patch, shared for [`RequestContext::patch`], which returns an `Arc`.
 static EMPTY_SHARED: LazyLock<Arc<Patch>> = LazyLock::new(|| Arc::new(Patch::default()));
 
 /// The patchable part of a [`RequestContext`]: who is asking and with how much budget.
@@ -501,7 +503,9 @@ impl RequestContextBuilder {
     /// request's buffer). The query string is never exposed.
     #[inline]
     pub fn uri(mut self, uri: &Uri) -> Self {
-        self.ctx().path = Some(RequestPath::Uri(uri.clone()));
+        // The path and scheme only: an absolute-form URI (HTTP/2, gRPC) has an authority too,
+        // whose bytes would be one more reference count to take and drop.
+        self.ctx().path = Some(RequestPath::Uri { scheme: uri.scheme().cloned(), path: uri.path_and_query().cloned() });
         self
     }
 
@@ -792,7 +796,8 @@ impl RequestContext {
     #[inline]
     pub fn path(&self) -> Option<&str> {
         match self.path.as_ref()? {
-            RequestPath::Uri(uri) => Some(uri.path()),
+            // As `Uri::path`: empty for a URI without a path (authority form).
+            RequestPath::Uri { path, .. } => Some(path.as_ref().map_or("", |path| path.path())),
             RequestPath::Owned(path) => Some(path),
         }
     }
@@ -802,7 +807,7 @@ impl RequestContext {
     #[inline]
     pub fn scheme(&self) -> Option<&str> {
         match self.path.as_ref()? {
-            RequestPath::Uri(uri) => uri.scheme_str(),
+            RequestPath::Uri { scheme, .. } => scheme.as_ref().map(|scheme| scheme.as_str()),
             RequestPath::Owned(_) => None,
         }
     }
@@ -1073,16 +1078,32 @@ mod tests {
         }
     }
 
+    /// Ready at its first poll, without dropping what it holds: that is left to whoever drops it.
+    struct ReadyHolding(#[allow(dead_code)] SaysOnDrop);
+
+    impl Future for ReadyHolding {
+        type Output = ();
+        fn poll(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<()> {
+            Poll::Ready(())
+        }
+    }
+
     #[tokio::test]
     async fn a_scoped_future_is_dropped_inside_its_context_when_done_or_abandoned() {
         let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
-        // Done: dropped as it completes, before the scope is left.
-        let says = SaysOnDrop(Arc::clone(&seen));
-        RequestContext::scope(ctx("done"), async move {
-            tokio::task::yield_now().await;
-            drop(says);
-        })
-        .await;
+        let seen_so_far = || seen.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone();
+        // Done: its future dropped as it completes, inside the context, while the `Scoped`
+        // itself is still alive.
+        let mut done = Box::pin(RequestContext::scope(ctx("done"), ReadyHolding(SaysOnDrop(Arc::clone(&seen)))));
+        assert!(futures_poll_once(done.as_mut()).await.is_ready());
+        assert_eq!(seen_so_far(), [Some("done".to_owned())]);
+        let polled_again = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let waker = std::task::Waker::noop();
+            let _ = done.as_mut().poll(&mut Context::from_waker(waker));
+        }));
+        assert!(polled_again.is_err(), "a completed `Scoped` panics when polled again");
+        drop(done);
+        // Abandoned half way: its destructors still see its context.
         let says = SaysOnDrop(Arc::clone(&seen));
         let held = RequestContext::scope(ctx("held"), async move {
             let _says = says;
@@ -1090,15 +1111,33 @@ mod tests {
         });
         let mut held = Box::pin(held);
         assert!(futures_poll_once(held.as_mut()).await.is_pending());
-        // Abandoned half way: its destructors still see its context.
         drop(held);
-        assert_eq!(*seen.lock().unwrap(), [Some("done".to_owned()), Some("held".to_owned())]);
+        // Dropped inside `with`, where no scope can be entered: dropped all the same, without
+        // a panic, in the context that was current.
+        let inside_with = RequestContext::scope(ctx("unseen"), ReadyHolding(SaysOnDrop(Arc::clone(&seen))));
+        RequestContext::scope_sync(ctx("outer"), || RequestContext::with(|_| drop(inside_with)));
+        assert_eq!(seen_so_far(), [Some("done".to_owned()), Some("held".to_owned()), Some("outer".to_owned())]);
         assert_eq!(current_id(), None);
     }
 
     async fn futures_poll_once<F: Future>(future: Pin<&mut F>) -> Poll<F::Output> {
         let mut future = Some(future);
         std::future::poll_fn(move |cx| Poll::Ready(future.take().map(|f| f.poll(cx)))).await.unwrap_or(Poll::Pending)
+    }
+
+    #[test]
+    fn a_context_keeps_the_path_and_scheme_of_its_uri_and_never_the_query() {
+        let of = |uri: &str| {
+            let ctx = RequestContext::builder(RequestId::new_v4()).uri(&uri.parse().unwrap()).build();
+            (ctx.path().map(str::to_owned), ctx.scheme().map(str::to_owned))
+        };
+        let owned = |s: &str| Some(s.to_owned());
+        // HTTP/2 and gRPC: absolute form.
+        assert_eq!(of("https://api.example.com:8443/users/7?token=secret"), (owned("/users/7"), owned("https")));
+        // HTTP/1.1: origin form, no scheme.
+        assert_eq!(of("/hello?x=1"), (owned("/hello"), None));
+        // CONNECT: authority form, no path (as `Uri::path` says).
+        assert_eq!(of("example.com:443"), (owned(""), None));
     }
 
     #[test]

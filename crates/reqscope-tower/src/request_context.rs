@@ -770,6 +770,7 @@ impl RequestState {
             return;
         }
         let Some(ctx) = self.ctx.as_deref() else {
+            debug_assert!(false, "a request's state finishes while its context is lent");
             return;
         };
         // Spans that outlive the request stop stamping it; the access line still is (task-local).
