@@ -167,6 +167,17 @@ pub fn downgrade_current() -> Option<std::sync::Weak<RequestContext>> {
     RequestContext::with_shared(Arc::downgrade)
 }
 
+/// [`RequestContext::scope_in_place`] for destructors: where the context cannot be entered
+/// (inside `with`'s closure, or while the thread's local storage is destroyed), `f` runs
+/// without it instead of panicking, which in a destructor would abort. Plumbing for
+/// reqscope-tower, whose request state writes the access line when it is dropped.
+pub fn scope_in_place_or_outside<R>(slot: &mut Option<Arc<RequestContext>>, f: impl FnOnce() -> R) -> R {
+    match Entered::enter(slot) {
+        Ok(_entered) => f(),
+        Err(_) => f(),
+    }
+}
+
 /// Where the path comes from: the request's own URI (its path and scheme, sharing the URI's
 /// bytes, no copy) or a string.
 #[derive(Clone, Debug)]
@@ -1056,6 +1067,34 @@ mod tests {
             Some(("lent".to_owned(), 1))
         );
         assert_eq!(Arc::strong_count(&outer), 1);
+    }
+
+    #[test]
+    fn a_scope_entered_by_a_thread_locals_destructor_never_panics() {
+        type Seen = Arc<std::sync::Mutex<Option<Option<String>>>>;
+        struct EntersOnDrop(Option<Arc<RequestContext>>, Seen);
+        impl Drop for EntersOnDrop {
+            fn drop(&mut self) {
+                let seen = scope_in_place_or_outside(&mut self.0, current_id);
+                *self.1.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(seen);
+            }
+        }
+        thread_local! {
+            static HELD: RefCell<Option<EntersOnDrop>> = const { RefCell::new(None) };
+        }
+        let seen: Seen = Arc::default();
+        let written = Arc::clone(&seen);
+        std::thread::spawn(move || {
+            // Stored before the context's own storage is first used, so that where thread-locals
+            // are destroyed in reverse order, the context's is gone when this one is dropped.
+            HELD.with(|held| *held.borrow_mut() = Some(EntersOnDrop(Some(Arc::new(ctx("late"))), written)));
+            RequestContext::scope_sync(ctx("during"), || ());
+        })
+        .join()
+        .expect("the thread exits without a panic");
+        let seen = seen.lock().unwrap().clone();
+        // In the context where its storage still lives, outside it where it is gone.
+        assert!(matches!(seen.as_ref().map(|id| id.as_deref()), Some(Some("late") | None)), "{seen:?}");
     }
 
     #[test]

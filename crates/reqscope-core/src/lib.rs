@@ -58,7 +58,7 @@ pub use proxy::{ClientIpHeader, InvalidProxy, TrustedProxies};
 /// Plumbing shared by reqscope's own crates; not a public API, and it may change at any time.
 #[doc(hidden)]
 pub mod __private {
-    pub use crate::context::{downgrade_current, log_lines};
+    pub use crate::context::{downgrade_current, log_lines, scope_in_place_or_outside};
     pub use crate::error::ErrorChain;
     pub use crate::panics::{install_panic_location_hook, panic_message, take_panic_location};
 }

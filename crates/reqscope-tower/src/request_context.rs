@@ -809,7 +809,8 @@ impl RequestState {
             AccessDecision::Sampled(rate) => Some(rate.get()),
             AccessDecision::Skip => return,
         };
-        RequestContext::scope_in_place(&mut self.ctx, || match outcome {
+        // Often run by a destructor (a dropped response): never a panic there.
+        reqscope_core::__private::scope_in_place_or_outside(&mut self.ctx, || match outcome {
             Outcome::Completed if failed => {
                 tracing::error!(target: "reqscope::access", status, grpc_status, duration_ms, bytes, sample_rate, "request completed")
             }
