@@ -698,6 +698,35 @@ mod tests {
         capture(|w| LogLayer::new().with_writer(w), f).json_lines()
     }
 
+    /// The count of spans with fields is process-wide, and other tests open such spans in
+    /// parallel: this one runs alone, in a child process of the test binary.
+    #[test]
+    fn a_span_with_fields_is_counted_while_open_and_given_back_when_it_closes() {
+        const NAME: &str = "layer::tests::a_span_with_fields_is_counted_while_open_and_given_back_when_it_closes";
+        if std::env::var_os("REQSCOPE_ALONE").is_none() {
+            let exe = std::env::current_exe().expect("the test binary's path");
+            let run = std::process::Command::new(exe)
+                .args([NAME, "--exact", "--test-threads=1", "--nocapture"])
+                .env("REQSCOPE_ALONE", "1")
+                .output()
+                .expect("the test binary runs");
+            let out = String::from_utf8_lossy(&run.stdout);
+            assert!(run.status.success() && out.contains("1 passed"), "{out}{}", String::from_utf8_lossy(&run.stderr));
+            return;
+        }
+        let counted = || LIVE_JSON.load(Ordering::Relaxed);
+        let lines = json(|| {
+            let before = counted();
+            let span = tracing::info_span!("query", table = "users");
+            assert_eq!(counted(), before + 1, "an open span with fields is counted");
+            span.in_scope(|| tracing::info!("inside"));
+            drop(span);
+            // Closed: its fields are taken back, and events stop looking up spans.
+            assert_eq!(counted(), before, "a closed span gives its count back");
+        });
+        assert_eq!(lines[0]["table"], "users");
+    }
+
     fn request(id: &str) -> Arc<RequestContext> {
         Arc::new(
             RequestContext::builder(RequestId::parse(id).unwrap())
